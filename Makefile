@@ -1,0 +1,50 @@
+# convserve: the same targets run locally and in CI (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup setup-service serve test lint fmt train-default clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Service only (no torch): enough to serve the committed models.
+$(VENV)/.service-installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[service]'
+	touch $@
+
+# Everything: service, training (torch, torchvision, onnx) and the test tools.
+$(VENV)/.all-installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[service,train,dev]'
+	touch $@ $(VENV)/.service-installed
+
+setup-service: $(VENV)/.service-installed
+setup: $(VENV)/.all-installed
+
+## serve: set up the service and serve ./models on 127.0.0.1:8000
+serve: setup-service
+	$(PY) -m service
+
+## lint: formatting, lint and strict typing
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy training service
+
+## test: set up everything, lint, then run the whole test suite
+test: lint
+	$(PY) -m pytest
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## train-default: retrain and export the committed default model (models/lenet5-fashion)
+train-default: setup
+	$(PY) -m training.train --arch lenet5 --dataset fashion-mnist --epochs 12 --out runs/lenet5-fashion
+	$(PY) -m training.export --checkpoint runs/lenet5-fashion/best.pt --repository models --name lenet5-fashion
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Datasets for training: Fashion-MNIST (IDX), scikit-learn digits, ImageFolder trees, CIFAR-10."""
