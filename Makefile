@@ -3,21 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# Every install (here, CI and the Dockerfile) pins versions through constraints.txt.
+PIP_INSTALL := $(PIP) install --quiet -c constraints.txt
 
-.PHONY: setup setup-service serve test lint fmt train-default clean
+.PHONY: setup setup-service serve test lint fmt train-default lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 # Service only (no torch): enough to serve the committed models.
-$(VENV)/.service-installed: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[service]'
+$(VENV)/.service-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e '.[service]'
 	touch $@
 
 # Everything: service, training (torch, torchvision, onnx) and the test tools.
-$(VENV)/.all-installed: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[service,train,dev]'
+$(VENV)/.all-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e '.[service,train,dev]'
 	touch $@ $(VENV)/.service-installed
 
 setup-service: $(VENV)/.service-installed
@@ -45,6 +47,10 @@ fmt: setup
 train-default: setup
 	$(PY) -m training.train --arch lenet5 --dataset fashion-mnist --epochs 12 --out runs/lenet5-fashion
 	$(PY) -m training.export --checkpoint runs/lenet5-fashion/best.pt --repository models --name lenet5-fashion
+
+## lock: re-pin constraints.txt from the current .venv (after changing dependencies)
+lock: setup
+	$(PIP) freeze --exclude-editable | grep -v '^-e' > constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
