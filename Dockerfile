@@ -1,0 +1,89 @@
+# syntax=docker/dockerfile:1
+#
+# convserve images (see deploy/README.md):
+#
+#   docker build -t convserve:cpu .                                   # service, CPU (default target)
+#   docker build -t convserve:gpu --build-arg VARIANT=gpu .           # service, CUDA (onnxruntime-gpu)
+#   docker build -t convserve-train --target train .                  # training.train / torchrun, with torch
+#
+# Every install pins versions through constraints.txt with the same pip command form as the
+# Makefile's PIP_INSTALL (`pip install --quiet -c constraints.txt ...`), so `make test` in CI
+# resolves exactly what these images install (tests/deploy/test_dockerfile.py checks that).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# One fixed non-root identity for every image, so Kubernetes' runAsUser and file ownership agree.
+RUN groupadd --system --gid 10001 convserve \
+    && useradd --system --uid 10001 --gid convserve --home-dir /home/convserve --create-home \
+        --shell /usr/sbin/nologin convserve
+WORKDIR /src
+
+# ---------------------------------------------------------------------------------------------
+# Builds the service's virtual environment. No torch: the service only needs ONNX Runtime.
+FROM base AS service-build
+# cpu | gpu. gpu adds the CUDA 13 + cuDNN runtime libraries as PyPI wheels (onnxruntime-gpu's
+# `cuda` and `cudnn` extras, pinned in constraints.txt); the driver (libcuda) comes from the
+# NVIDIA container runtime on the host, so the base image stays the same small Python image.
+ARG VARIANT=cpu
+COPY pyproject.toml constraints.txt README.md ./
+COPY service/ service/
+# VARIANT is checked first so a typo fails the build instead of silently building a CPU image.
+RUN case "${VARIANT}" in \
+        cpu) gpu_requirements="" ;; \
+        gpu) gpu_requirements="onnxruntime-gpu[cuda,cudnn]" ;; \
+        *) echo "VARIANT must be cpu or gpu, not ${VARIANT}" >&2; exit 1 ;; \
+    esac \
+    && python -m venv /opt/venv \
+    && pip install --quiet -c constraints.txt '.[service]' ${gpu_requirements:+"$gpu_requirements"} \
+    && python -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+
+# ---------------------------------------------------------------------------------------------
+# Training image: torch + torchvision (their PyPI wheels carry CUDA), for `python -m
+# training.train` on one node or `torchrun` across nodes (deploy/k8s/training/).
+FROM base AS train
+COPY pyproject.toml constraints.txt README.md ./
+COPY service/ service/
+COPY training/ training/
+RUN python -m venv /opt/venv \
+    && pip install --quiet -c constraints.txt '.[train]' \
+    && python -c "import torch, training; print('torch', torch.__version__)"
+WORKDIR /workspace
+RUN chown convserve:convserve /workspace
+USER 10001:10001
+# torchrun reads its rendezvous settings from PET_* variables (set by the Kubeflow training
+# operator), so `torchrun -m training.train ...` needs no host-specific flags.
+CMD ["python", "-m", "training.train", "--help"]
+
+# ---------------------------------------------------------------------------------------------
+# Service runtime (default target): the venv, the default model, nothing else.
+FROM base AS service
+ARG VARIANT=cpu
+COPY --from=service-build /opt/venv /opt/venv
+# The default model is baked in; mount another repository over /models (or point
+# CONVSERVE_MODEL_REPOSITORY elsewhere) to serve other models. Files stay root-owned: the
+# service only reads them. No VOLUME: that would copy /models into an anonymous volume per
+# container and hide later image updates.
+COPY models/ /models/
+# pip's CUDA wheels put their libraries under site-packages/nvidia; ONNX Runtime's CUDA provider
+# finds them through LD_LIBRARY_PATH (the paths do not exist in the CPU image, which is harmless).
+ENV CONVSERVE_HOST=0.0.0.0 \
+    CONVSERVE_PORT=8000 \
+    CONVSERVE_MODEL_REPOSITORY=/models \
+    CONVSERVE_VARIANT=${VARIANT} \
+    LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
+WORKDIR /home/convserve
+USER 10001:10001
+EXPOSE 8000
+# The slim image has no curl: the stdlib client probes liveness on whatever port is configured.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('CONVSERVE_PORT', '8000') + '/health/live', timeout=2)"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]
