@@ -1,0 +1,1 @@
+"""HTTP layer: thin routers, request parsing, the one error mapping, the metrics middleware."""

@@ -1,0 +1,54 @@
+"""FastAPI dependencies: objects built in the lifespan (app.state) and the API-key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.classify import Classifier
+from service.errors import Forbidden, Unauthorized
+from service.manager import ModelManager
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def get_classifier(request: Request) -> Classifier:
+    classifier: Classifier = request.app.state.classifier
+    return classifier
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With CONVSERVE_API_KEY set: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."""
+    if settings.api_key is None:
+        return
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[len("bearer ") :].strip()
+    if not given:
+        raise Unauthorized("an API key is required (Authorization: Bearer or X-API-Key)")
+    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise Forbidden("invalid API key")

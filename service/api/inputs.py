@@ -1,0 +1,94 @@
+"""Reading classify bodies: raw image, multipart `file` parts, or JSON base64; size-limited."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncGenerator
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import (
+    BadRequest,
+    InvalidImage,
+    PayloadTooLarge,
+    SchemaError,
+    UnsupportedMediaType,
+)
+from service.schemas import JsonImages
+
+RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/octet-stream"})
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+FILE_FIELD = "file"
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The body stream, failing with 413 as soon as it exceeds `limit` bytes."""
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        yield chunk
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _limited(request, limit)])
+
+
+async def read_images(request: Request, *, max_body_bytes: int, max_images: int) -> list[bytes]:
+    """Encoded images of a classify request, in request order."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {max_body_bytes}")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == MULTIPART:
+        return await _multipart(request, max_body_bytes, max_images)
+    if media == JSON:
+        return _json_images(await _read(request, max_body_bytes))
+    if media in RAW_IMAGE_TYPES:
+        return [await _read(request, max_body_bytes)]
+    raise UnsupportedMediaType(
+        f"unsupported content type {media or '(none)'!r}: send image/jpeg, image/png, image/webp,"
+        " multipart/form-data with 'file' parts, or application/json {'images': [base64]}"
+    )
+
+
+async def _multipart(request: Request, limit: int, max_images: int) -> list[bytes]:
+    parser = MultiPartParser(
+        request.headers, _limited(request, limit), max_files=max_images, max_fields=16
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise BadRequest(f"malformed multipart body: {err.message}") from err
+    try:
+        parts = form.getlist(FILE_FIELD)
+        if not parts:
+            raise BadRequest(f"multipart body has no '{FILE_FIELD}' part")
+        images = []
+        for part in parts:
+            if not isinstance(part, UploadFile):
+                raise BadRequest(f"'{FILE_FIELD}' parts must be files, not text fields")
+            images.append(await part.read())
+        return images
+    finally:
+        await form.close()
+
+
+def _json_images(body: bytes) -> list[bytes]:
+    try:
+        payload = JsonImages.model_validate_json(body)
+    except ValidationError as err:
+        raise SchemaError(f"JSON body must be {{'images': [base64, ...]}}: {err}") from err
+    images = []
+    for index, text in enumerate(payload.images):
+        try:
+            images.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError) as err:
+            raise InvalidImage(f"image {index}: invalid base64: {err}") from err
+    return images

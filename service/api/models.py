@@ -1,0 +1,68 @@
+"""Model listing, metadata and first-layer filter images."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+
+from service.api.deps import ManagerDep, require_api_key
+from service.errors import LayerNotFound
+from service.repository import inside
+from service.schemas import FeatureMapInfo, ModelDetail, ModelList, ModelSummary
+
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/models")
+async def list_models(manager: ManagerDep) -> ModelList:
+    """Every loaded model with its loaded versions (the newest serves unversioned routes)."""
+    return ModelList(
+        models=[
+            ModelSummary(
+                name=m, versions=manager.versions(m), default_version=manager.versions(m)[-1]
+            )
+            for m in manager.model_names()
+        ]
+    )
+
+
+@router.get("/models/{model}")
+async def describe_model(model: str, manager: ManagerDep) -> ModelDetail:
+    """Labels, input, preprocessing, feature-map layers with shapes, and versions."""
+    meta = manager.get(model).metadata
+    return ModelDetail(
+        name=meta.name,
+        version=meta.version,
+        versions=manager.versions(model),
+        architecture=meta.architecture,
+        labels=meta.labels,
+        input=meta.input.model_dump(),
+        preprocessing=meta.preprocessing.model_dump(),
+        feature_maps=[
+            FeatureMapInfo(layer=f.layer, output=f.output, shape=f.shape) for f in meta.feature_maps
+        ],
+        filters=[f.layer for f in meta.filters],
+        cam=meta.cam is not None,
+        max_batch_size=meta.max_batch_size,
+        training=meta.training,
+    )
+
+
+@router.get(
+    "/models/{model}/filters/{layer}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG grid of conv weights"}},
+)
+async def filter_image(model: str, layer: str, manager: ManagerDep) -> FileResponse:
+    """PNG grid of a conv layer's weights, as written by the exporter."""
+    loaded = manager.get(model)
+    image = next((f for f in loaded.metadata.filters if f.layer == layer), None)
+    if image is None:
+        known = ", ".join(f.layer for f in loaded.metadata.filters) or "none"
+        raise LayerNotFound(
+            f"{model} has no filter image for {layer!r} (known: {known})", model=model
+        )
+    path = inside(manager.root, loaded.path / image.file)
+    if not path.is_file():
+        raise LayerNotFound(f"{model}: filter image for {layer!r} is missing", model=model)
+    return FileResponse(path, media_type="image/png")

@@ -1,0 +1,79 @@
+"""`create_app(settings)`: the FastAPI application; everything is built in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service.api import classify, health, models
+from service.api.errors import install_error_handlers
+from service.api.middleware import MetricsMiddleware
+from service.classify import Classifier
+from service.manager import ModelManager
+from service.metrics import Metrics
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """CNN image classification with ONNX Runtime and dynamic batching.
+
+Send one image as the raw body (`image/png`, `image/jpeg`, `image/webp`), several as
+multipart `file` parts, or JSON `{"images": [base64, ...]}`. Errors answer
+`{"error": {"code": ..., "message": ...}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        manager = ModelManager(settings, metrics)
+        classifier = Classifier(settings, manager, metrics)
+        app.state.settings = settings
+        app.state.metrics = metrics
+        app.state.manager = manager
+        app.state.classifier = classifier
+        tasks = [asyncio.create_task(_initial_load(manager), name="initial-load")]
+        if settings.model_poll_seconds > 0:
+            poll = manager.poll(settings.model_poll_seconds)
+            tasks.append(asyncio.create_task(poll, name="repository-poll"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await manager.close()
+            classifier.close()
+            logger.info("shut down: every accepted request answered")
+
+    app = FastAPI(
+        title="convserve",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware)
+    install_error_handlers(app)
+    app.include_router(classify.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+async def _initial_load(manager: ModelManager) -> None:
+    await manager.sync()
+    loaded = ", ".join(f"{m} {manager.versions(m)}" for m in manager.model_names()) or "none"
+    logger.info("execution provider: %s; models loaded: %s", manager.provider, loaded)
+    for message in [m for _, m in manager.errors.values()] + manager.scan_problems:
+        logger.warning("not served: %s", message)
+    if manager.is_ready():
+        logger.info("ready")
+    else:
+        logger.warning("not ready: missing %s", ", ".join(manager.missing_models()) or "models")

@@ -1,0 +1,214 @@
+"""Dynamic batching for one model version (shared/DESIGN.md §5).
+
+One bounded queue (a deque with a size check: `submit` never blocks, a full queue raises
+`Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`.
+While every runtime instance is busy it lets the batch fill for at most `max_queue_delay_s`; an
+idle runtime runs at once. Expired or cancelled requests are dropped before compute. The batch
+runs in a thread pool (one thread per instance); a failed batch fails all its futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, npt.NDArray[np.float32]]
+
+
+class BatchRunner(Protocol):
+    """What the batcher runs: `runtime.Runtime` in the service."""
+
+    @property
+    def instances(self) -> int: ...
+
+    def run(
+        self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
+    ) -> Outputs: ...
+
+
+@dataclass
+class Item:
+    """One image waiting for compute."""
+
+    tensor: npt.NDArray[np.float32]
+    outputs: frozenset[str]
+    deadline: float | None  # time.monotonic() value, None: no deadline
+    future: asyncio.Future[Outputs]
+    enqueued: float = field(default_factory=time.perf_counter)
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outputs: Outputs
+    queue_s: float
+    compute_s: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        *,
+        model: str,
+        required_outputs: Sequence[str],
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self._runner = runner
+        self._required = tuple(required_outputs)
+        self.max_batch_size = max_batch_size
+        self._delay_s = max_queue_delay_s
+        self._max_queue = max_queue_size
+        self._metrics = metrics
+        self._pending: deque[Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._free = list(range(runner.instances))
+        self._slot_freed = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(runner.instances, thread_name_prefix=f"ort-{model}")
+        self._closing = False
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{model}")
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def submit(
+        self,
+        tensors: Sequence[npt.NDArray[np.float32]],
+        outputs: frozenset[str],
+        deadline: float | None,
+    ) -> list[Item]:
+        """Queue every image of one request, or none of them (Overloaded when they don't fit)."""
+        if self._closing:
+            raise NotReady(f"{self.model} is shutting down", model=self.model)
+        if len(self._pending) + len(tensors) > self._max_queue:
+            raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
+        loop = asyncio.get_running_loop()
+        items = [Item(t, outputs, deadline, loop.create_future()) for t in tensors]
+        self._pending.extend(items)
+        self._metrics.queue_depth.labels(self.model).inc(len(items))
+        self._wakeup.set()
+        return items
+
+    async def close(self) -> None:
+        """Stop accepting, finish everything accepted, then stop the worker and its threads."""
+        self._closing = True
+        self._wakeup.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    def _take(self, batch: list[Item]) -> None:
+        taken = 0
+        while self._pending and len(batch) < self.max_batch_size:
+            batch.append(self._pending.popleft())
+            taken += 1
+        if taken:
+            self._metrics.queue_depth.labels(self.model).dec(taken)
+        if not self._pending:
+            self._wakeup.clear()
+
+    async def _wait(self, event: asyncio.Event, timeout_s: float | None) -> bool:
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch: list[Item] = []
+            self._take(batch)
+            fill_until = time.monotonic() + self._delay_s
+            # Busy runtime: let the batch fill, for at most the queue delay.
+            while len(batch) < self.max_batch_size and not self._free and not self._closing:
+                remaining = fill_until - time.monotonic()
+                if remaining <= 0 or not await self._wait(self._wakeup, remaining):
+                    break
+                self._take(batch)
+            while not self._free:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            self._take(batch)  # what arrived while waiting for an instance
+            ready = self._drop_unservable(batch)
+            if not ready:
+                continue
+            instance = self._free.pop()
+            task = asyncio.get_running_loop().create_task(self._run(instance, ready))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _drop_unservable(self, batch: list[Item]) -> list[Item]:
+        """Items whose client is gone or whose deadline passed never reach compute."""
+        now = time.monotonic()
+        ready = []
+        for item in batch:
+            if item.future.done():  # cancelled: the client disconnected or gave up
+                self._metrics.failures.labels(self.model, "client_disconnected").inc()
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                item.future.set_exception(
+                    DeadlineExceeded("deadline passed before compute", model=self.model)
+                )
+                continue
+            ready.append(item)
+        return ready
+
+    async def _run(self, instance: int, items: list[Item]) -> None:
+        outputs = sorted(set(self._required).union(*(i.outputs for i in items)))
+        started = time.perf_counter()
+        for item in items:
+            item.queue_s = started - item.enqueued
+            self._metrics.queue_duration.labels(self.model).observe(item.queue_s)
+        batch = np.stack([item.tensor for item in items])
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self._executor, self._runner.run, instance, batch, outputs
+            )
+        except Exception as err:  # noqa: BLE001 - a failed batch fails all its futures
+            logger.exception("%s: batch of %d failed", self.model, len(items))
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(err)
+            return
+        finally:
+            self._free.append(instance)
+            self._slot_freed.set()
+            self._wakeup.set()
+        compute_s = time.perf_counter() - started
+        self._metrics.compute_duration.labels(self.model).observe(compute_s)
+        self._metrics.batch_size.labels(self.model).observe(len(items))
+        for index, item in enumerate(items):
+            item.compute_s = compute_s
+            if not item.future.done():
+                item.future.set_result({name: value[index] for name, value in result.items()})

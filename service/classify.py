@@ -1,0 +1,107 @@
+"""The classify pipeline: lease a version, decode off the loop, batch, postprocess off the loop.
+
+Routers call `Classifier.classify` once; it knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from service.batching import Item, Outputs
+from service.errors import ClientDisconnected, InvalidOption
+from service.manager import LoadedVersion, ModelManager
+from service.metrics import Metrics
+from service.postprocess import build_result, required_outputs
+from service.preprocess import preprocess_many
+from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
+from service.settings import Settings
+
+WaitDisconnect = Callable[[], Awaitable[None]]
+
+
+class Classifier:
+    def __init__(self, settings: Settings, manager: ModelManager, metrics: Metrics) -> None:
+        self._settings = settings
+        self._manager = manager
+        self._metrics = metrics
+        self._pool = ThreadPoolExecutor(
+            settings.effective_decode_threads, thread_name_prefix="preprocess"
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def classify(
+        self,
+        model: str,
+        version: int | None,
+        images: list[bytes],
+        options: ClassifyOptions,
+        *,
+        deadline: float | None,
+        wait_disconnect: WaitDisconnect | None = None,
+    ) -> ClassifyResponse:
+        """Classify `images` (encoded bytes) in order; `deadline` is a time.monotonic() value."""
+        if not images:
+            raise InvalidOption("no image in the request", model=model)
+        if len(images) > self._settings.max_images_per_request:
+            raise InvalidOption(
+                f"{len(images)} images, at most {self._settings.max_images_per_request} "
+                "per request",
+                model=model,
+            )
+        async with self._manager.lease(model, version) as loaded:
+            meta = loaded.metadata
+            outputs = required_outputs(meta, options)  # option errors before any decoding
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            tensors = await loop.run_in_executor(
+                self._pool,
+                lambda: preprocess_many(images, meta, max_pixels=self._settings.max_image_pixels),
+            )
+            decode_s = time.perf_counter() - started
+            self._metrics.preprocess_duration.labels(model).observe(decode_s)
+            items = loaded.batcher.submit(tensors, outputs, deadline)
+            raw = await self._wait(items, wait_disconnect, model)
+            results = await loop.run_in_executor(
+                self._pool, self._postprocess, loaded, raw, options
+            )
+            return ClassifyResponse(
+                model=meta.name,
+                version=meta.version,
+                results=results,
+                timing_ms=Timing(
+                    decode=round(decode_s * 1000, 3),
+                    queue=round(max(i.queue_s for i in items) * 1000, 3),
+                    compute=round(max(i.compute_s for i in items) * 1000, 3),
+                ),
+            )
+
+    @staticmethod
+    async def _wait(
+        items: list[Item], wait_disconnect: WaitDisconnect | None, model: str
+    ) -> list[Outputs]:
+        """All items' outputs; a client gone first cancels them (dropped before compute)."""
+        gathered: asyncio.Future[list[Outputs]] = asyncio.gather(*(i.future for i in items))
+        if wait_disconnect is None:
+            return list(await gathered)
+        watcher: asyncio.Future[None] = asyncio.ensure_future(wait_disconnect())
+        both: list[asyncio.Future[Any]] = [gathered, watcher]
+        try:
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not gathered.done():
+            gathered.cancel()
+            raise ClientDisconnected("client disconnected before its answer", model=model)
+        return list(gathered.result())
+
+    @staticmethod
+    def _postprocess(
+        loaded: LoadedVersion, raw: list[Outputs], options: ClassifyOptions
+    ) -> list[ImageResult]:
+        return [build_result(loaded.metadata, out, options, loaded.cam_weights) for out in raw]

@@ -1,0 +1,109 @@
+"""The service's one error hierarchy (shared/DESIGN.md §6); api/errors.py maps it to HTTP."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ConvserveError(Exception):
+    """Base error: status code and snake_case code travel with the class."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    retry_after_s: ClassVar[int | None] = None
+
+    def __init__(self, message: str, *, model: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+
+
+class BadRequest(ConvserveError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidImage(BadRequest):
+    code = "invalid_image"
+
+
+class ImageTooLarge(BadRequest):
+    code = "image_too_large"
+
+
+class InvalidOption(BadRequest):
+    code = "invalid_option"
+
+
+class CamUnavailable(BadRequest):
+    code = "cam_unavailable"
+
+
+class Unauthorized(ConvserveError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ConvserveError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ConvserveError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class LayerNotFound(NotFound):
+    code = "layer_not_found"
+
+
+class PayloadTooLarge(ConvserveError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ConvserveError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class SchemaError(ConvserveError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class ClientDisconnected(ConvserveError):
+    """The client went away before its answer was computed (nginx's 499; never sent)."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
+class NotReady(ConvserveError):
+    status_code = 503
+    code = "not_ready"
+    retry_after_s = 1
+
+
+class Overloaded(ConvserveError):
+    status_code = 503
+    code = "queue_full"
+    retry_after_s = 1
+
+
+class DeadlineExceeded(ConvserveError):
+    status_code = 504
+    code = "deadline_exceeded"
+
+
+class RepositoryError(Exception):
+    """A model version that cannot be served (reported and skipped, never sent to a client)."""

@@ -1,0 +1,227 @@
+"""Loaded model versions: initial load, hot reload by polling, leases, draining.
+
+A request holds a lease on one `LoadedVersion` from decode to response. Reload swaps the table
+entry first and closes the old version only when its last lease is returned, so in-flight
+requests finish on the old session and no request fails because of a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from service import repository
+from service.batching import Batcher
+from service.errors import ModelNotFound, NotReady, RepositoryError, VersionNotFound
+from service.metadata import ModelMetadata
+from service.metrics import Metrics
+from service.repository import Fingerprint, VersionRef
+from service.runtime import Runtime, resolve_providers
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    ref: VersionRef
+    fingerprint: Fingerprint
+    metadata: ModelMetadata
+    runtime: Runtime
+    batcher: Batcher
+    cam_weights: npt.NDArray[np.float32] | None
+    leases: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def path(self) -> Path:
+        return self.ref.path
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.root = settings.model_repository
+        self.providers = resolve_providers(settings.providers)
+        self.provider: str | None = None  # the provider sessions actually got
+        self.loaded: dict[tuple[str, int], LoadedVersion] = {}
+        self.errors: dict[tuple[str, int], tuple[Fingerprint, str]] = {}
+        self.scan_problems: list[str] = []
+        self.initial_load_done = False
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # --- queries -------------------------------------------------------------------------
+    def versions(self, model: str) -> list[int]:
+        return sorted(v for (m, v) in self.loaded if m == model)
+
+    def model_names(self) -> list[str]:
+        return sorted({m for (m, _) in self.loaded})
+
+    def configured_models(self) -> list[str]:
+        """Models that must be loaded for readiness: the configured list, else every one seen."""
+        if self.settings.model_names:
+            return self.settings.model_names
+        seen = {m for (m, _) in self.loaded} | {m for (m, _) in self.errors}
+        return sorted(seen)
+
+    def missing_models(self) -> list[str]:
+        return [m for m in self.configured_models() if not self.versions(m)]
+
+    def is_ready(self) -> bool:
+        return self.initial_load_done and bool(self.loaded) and not self.missing_models()
+
+    def get(self, model: str, version: int | None = None) -> LoadedVersion:
+        versions = self.versions(model)
+        if not versions:
+            if not self.initial_load_done:
+                raise NotReady(f"model {model!r} is still loading", model=model)
+            raise ModelNotFound(f"model {model!r} is not loaded", model=model)
+        chosen = versions[-1] if version is None else version
+        if chosen not in versions:
+            raise VersionNotFound(
+                f"model {model!r} has no loaded version {version} (loaded: {versions})",
+                model=model,
+            )
+        return self.loaded[(model, chosen)]
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str, version: int | None = None) -> AsyncIterator[LoadedVersion]:
+        """Hold a version for a whole request; it is not closed before the lease ends."""
+        loaded = self.get(model, version)
+        loaded.leases += 1
+        loaded.idle.clear()
+        try:
+            yield loaded
+        finally:
+            loaded.leases -= 1
+            if loaded.leases == 0:
+                loaded.idle.set()
+
+    # --- loading -------------------------------------------------------------------------
+    async def sync(self) -> None:
+        """Bring the loaded table in line with the repository (initial load and every poll)."""
+        async with self._lock:
+            refs, problems = await asyncio.to_thread(
+                repository.scan, self.root, self.settings.model_names or None
+            )
+            self.scan_problems = problems
+            seen = {(r.model, r.version) for r in refs}
+            for ref in refs:
+                await self._sync_version(ref)
+            for key in [k for k in self.loaded if k not in seen]:
+                logger.info("model %s version %d removed from the repository", *key)
+                self._retire(self.loaded.pop(key))
+            for key in [k for k in self.errors if k not in seen]:
+                del self.errors[key]
+            self.initial_load_done = True
+
+    async def _sync_version(self, ref: VersionRef) -> None:
+        key = (ref.model, ref.version)
+        try:
+            fp = await asyncio.to_thread(repository.fingerprint, ref)
+        except OSError as err:
+            self.errors[key] = ((), f"{ref.model}/{ref.version}: {err}")
+            return
+        current = self.loaded.get(key)
+        if current is not None and current.fingerprint == fp:
+            return
+        if key in self.errors and self.errors[key][0] == fp:
+            return  # same broken files: reported once, not retried until they change
+        try:
+            fresh = await self._load(ref, fp)
+        except RepositoryError as err:
+            message = f"{ref.model}/{ref.version}: {err}"
+            self.errors[key] = (fp, message)
+            logger.error("skipping %s", message)
+            return
+        self.errors.pop(key, None)
+        self.loaded[key] = fresh
+        self.metrics.model_ready.labels(ref.model, str(ref.version), fresh.runtime.provider).set(1)
+        logger.info(
+            "loaded %s version %d (%s, %s, %d classes, feature maps: %s)",
+            ref.model,
+            ref.version,
+            fresh.metadata.architecture,
+            fresh.runtime.provider,
+            fresh.metadata.num_classes,
+            ", ".join(fm.layer for fm in fresh.metadata.feature_maps) or "none",
+        )
+        if current is not None:
+            logger.info("model %s version %d changed: reloaded", *key)
+            self._retire(current, keep_ready_metric=True)
+
+    async def _load(self, ref: VersionRef, fp: Fingerprint) -> LoadedVersion:
+        s = self.settings
+        files = await asyncio.to_thread(repository.load_version, self.root, ref)
+
+        def build() -> Runtime:
+            runtime = Runtime(
+                files.onnx_bytes,
+                files.metadata,
+                providers=self.providers,
+                instances=s.instances,
+                intra_op_threads=s.effective_intra_op_threads,
+            )
+            runtime.warm_up()
+            return runtime
+
+        try:
+            runtime = await asyncio.to_thread(build)
+        except RepositoryError:
+            raise
+        except (RuntimeError, ValueError) as err:  # ORT raises these on bad graphs
+            raise RepositoryError(f"warm-up failed: {err}") from err
+        self.provider = runtime.provider
+        meta = files.metadata
+        batcher = Batcher(
+            runtime,
+            model=ref.model,
+            required_outputs=[meta.output.name],
+            max_batch_size=min(s.max_batch_size, meta.max_batch_size),
+            max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
+            max_queue_size=s.max_queue_size,
+            metrics=self.metrics,
+        )
+        loaded = LoadedVersion(ref, fp, meta, runtime, batcher, files.cam_weights)
+        loaded.idle.set()
+        return loaded
+
+    def _retire(self, old: LoadedVersion, *, keep_ready_metric: bool = False) -> None:
+        if not keep_ready_metric:
+            with contextlib.suppress(KeyError):
+                self.metrics.model_ready.remove(
+                    old.ref.model, str(old.ref.version), old.runtime.provider
+                )
+        task = asyncio.get_running_loop().create_task(self._close_when_idle(old))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_when_idle(self, old: LoadedVersion) -> None:
+        await old.idle.wait()
+        await old.batcher.close()
+        logger.info("closed old session of %s version %d", old.ref.model, old.ref.version)
+
+    async def poll(self, interval_s: float) -> None:
+        """Re-sync every `interval_s` seconds until cancelled; a failed sync is logged."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync()
+            except OSError as err:
+                logger.error("repository poll failed: %s", err)
+
+    async def close(self) -> None:
+        """Drain every batcher (finishing accepted work), then release the sessions."""
+        for key in list(self.loaded):
+            self._retire(self.loaded.pop(key))
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,140 @@
+"""Every Prometheus metric of shared/DESIGN.md §7, defined once, on a registry per app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "convserve_"
+# 0.25 ms .. 20 s: resolves a ~1 ms LeNet and a ~500 ms ResNet-50 batch on CPU alike.
+LATENCY_BUCKETS_S = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.064,
+    0.128,
+    0.256,
+    0.5,
+    1.0,
+    2.0,
+    4.0,
+    8.0,
+    20.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, gpu: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}requests_total",
+            "HTTP requests answered.",
+            ["model", "version", "route", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}request_duration_seconds",
+            "Time from request received to response sent.",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            f"{PREFIX}preprocess_duration_seconds",
+            "Decode and preprocessing time per request.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            f"{PREFIX}queue_duration_seconds",
+            "Time an image waited in the batcher before compute.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            f"{PREFIX}compute_duration_seconds",
+            "session.run time per batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}batch_size",
+            "Images per session.run call.",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            f"{PREFIX}queue_depth", "Images waiting in the batcher.", ["model"], registry=r
+        )
+        self.failures = Counter(
+            f"{PREFIX}failures_total",
+            "Requests answered with an error, by reason (error code).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}model_ready",
+            "1 while a model version is loaded, warmed and serving.",
+            ["model", "version", "provider"],
+            registry=r,
+        )
+        if gpu:
+            collector = NvmlCollector.create()
+            if collector is not None:
+                r.register(collector)
+
+
+class NvmlCollector(Collector):
+    """GPU utilisation and memory through NVML; only registered when a GPU is present."""
+
+    def __init__(self, nvml: Any, count: int) -> None:
+        self._nvml = nvml
+        self._count = count
+
+    @classmethod
+    def create(cls) -> NvmlCollector | None:
+        try:
+            import pynvml
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+            count = int(pynvml.nvmlDeviceGetCount())
+        except pynvml.NVMLError as err:
+            logger.debug("NVML unavailable, no GPU metrics: %s", err)
+            return None
+        return cls(pynvml, count) if count > 0 else None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        util = GaugeMetricFamily(
+            f"{PREFIX}gpu_utilization_ratio", "GPU busy fraction (NVML).", labels=["gpu"]
+        )
+        memory = GaugeMetricFamily(
+            f"{PREFIX}gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu"]
+        )
+        for index in range(self._count):
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+            info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            util.add_metric([str(index)], float(rates.gpu) / 100.0)
+            memory.add_metric([str(index)], float(info.used))
+        yield util
+        yield memory

@@ -1,0 +1,132 @@
+"""Turn raw ORT outputs into results: softmax top-k, feature maps, CAM heatmaps."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import numpy.typing as npt
+
+from service import render
+from service.errors import CamUnavailable, LayerNotFound
+from service.metadata import FeatureMap, ModelMetadata
+from service.schemas import (
+    CamResult,
+    ClassifyOptions,
+    FeatureMapResult,
+    ImageResult,
+    Prediction,
+)
+
+ALL_LAYERS = "all"
+Outputs = dict[str, npt.NDArray[np.float32]]
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    exp = np.exp(shifted)
+    return exp / exp.sum()  # type: ignore[no-any-return]
+
+
+def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Prediction]:
+    """The k most probable classes (k capped at the class count), most probable first."""
+    probabilities = softmax(logits)
+    order = np.argsort(-probabilities, kind="stable")[: min(k, len(labels))]
+    return [
+        Prediction(label=labels[i], index=int(i), probability=float(probabilities[i]))
+        for i in order
+    ]
+
+
+def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[FeatureMap]:
+    """Feature maps named in the options (validated before any work is done)."""
+    if ALL_LAYERS in options.feature_maps:
+        return list(metadata.feature_maps)
+    maps = []
+    for layer in options.feature_maps:
+        fm = metadata.feature_map(layer)
+        if fm is None:
+            known = ", ".join(m.layer for m in metadata.feature_maps) or "none"
+            raise LayerNotFound(
+                f"{metadata.name} has no feature-map layer {layer!r} (known: {known})",
+                model=metadata.name,
+            )
+        maps.append(fm)
+    return maps
+
+
+def required_outputs(metadata: ModelMetadata, options: ClassifyOptions) -> frozenset[str]:
+    """ORT outputs an image needs beyond the logits; CamUnavailable when cam has no head."""
+    outputs = {fm.output for fm in requested_maps(metadata, options)}
+    if options.cam:
+        if metadata.cam is None:
+            raise CamUnavailable(
+                f"{metadata.name} ({metadata.architecture}) has no global-average-pool + linear "
+                "head, so it has no class activation map",
+                model=metadata.name,
+            )
+        outputs.add(metadata.cam.feature_map)
+    return frozenset(outputs)
+
+
+def most_active(maps: npt.NDArray[np.float32], count: int) -> list[int]:
+    """Indices of the `count` channels with the largest mean activation, most active first."""
+    means = maps.reshape(maps.shape[0], -1).mean(axis=1)
+    return [int(i) for i in np.argsort(-means, kind="stable")[:count]]
+
+
+def encode_feature_map(
+    fm: FeatureMap, maps: npt.NDArray[np.float32], channels: int, map_format: str
+) -> FeatureMapResult:
+    """One layer's maps (C, H, W): the most active channels as a PNG sheet or raw float16."""
+    chosen = most_active(maps, channels)
+    selected = np.ascontiguousarray(maps[chosen])
+    low, high = float(selected.min()), float(selected.max())
+    if map_format == "float16":
+        raw = selected.astype("<f2").tobytes()
+        data, grid = raw, None
+    else:
+        data, grid = render.contact_sheet(selected, low, high), render.grid_shape(len(chosen))
+    return FeatureMapResult(
+        layer=fm.layer,
+        shape=fm.shape,
+        channels=chosen,
+        format="float16" if map_format == "float16" else "png",
+        data=base64.b64encode(data).decode("ascii"),
+        grid=grid,
+        min=low,
+        max=high,
+    )
+
+
+def class_activation_map(
+    weights: npt.NDArray[np.float32], maps: npt.NDArray[np.float32], index: int
+) -> npt.NDArray[np.float32]:
+    """ReLU(sum_k w[index, k] * maps[k]) of shape (H, W); weights (classes, C), maps (C, H, W)."""
+    cam = np.tensordot(weights[index], maps, axes=1)
+    return np.maximum(cam, 0).astype(np.float32)
+
+
+def build_result(
+    metadata: ModelMetadata,
+    outputs: Outputs,
+    options: ClassifyOptions,
+    cam_weights: npt.NDArray[np.float32] | None,
+) -> ImageResult:
+    predictions = top_k(outputs[metadata.output.name], metadata.labels, options.top_k)
+    result = ImageResult(predictions=predictions)
+    maps = requested_maps(metadata, options)
+    if maps:
+        result.feature_maps = [
+            encode_feature_map(fm, outputs[fm.output], options.channels, options.map_format)
+            for fm in maps
+        ]
+    if options.cam and metadata.cam is not None and cam_weights is not None:
+        best = predictions[0]
+        cam = class_activation_map(cam_weights, outputs[metadata.cam.feature_map], best.index)
+        _, height, width = metadata.input.shape
+        png = render.heatmap(cam, (width, height))
+        result.cam = CamResult(
+            label=best.label, index=best.index, data=base64.b64encode(png).decode("ascii")
+        )
+    return result

@@ -1,0 +1,129 @@
+"""ONNX Runtime sessions for one model version: provider choice, validation, warm-up, run.
+
+`instances` sessions of the same model each run one batch at a time; ORT releases the GIL, so
+they run in parallel in worker threads (never on the event loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from service.errors import RepositoryError
+from service.metadata import ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ProviderChoice = Literal["auto", "cuda", "cpu"]
+Outputs = dict[str, npt.NDArray[np.float32]]
+
+
+def gpu_present() -> bool:
+    """True when NVML sees at least one GPU (the CUDA EP is then worth trying)."""
+    try:
+        import pynvml
+    except ImportError:
+        return False
+    try:
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount()) > 0
+    except pynvml.NVMLError:
+        return False
+
+
+def resolve_providers(choice: ProviderChoice) -> list[str]:
+    """ORT providers to request for `choice`; RepositoryError when CUDA is demanded but absent."""
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        if CUDA not in available:
+            raise RepositoryError(f"CONVSERVE_PROVIDERS=cuda but ORT offers only {available}")
+        return [CUDA, CPU]
+    if CUDA in available and gpu_present():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class Runtime:
+    """`instances` InferenceSessions of one ONNX model, validated against its metadata."""
+
+    def __init__(
+        self,
+        onnx_bytes: bytes,
+        metadata: ModelMetadata,
+        *,
+        providers: Sequence[str],
+        instances: int,
+        intra_op_threads: int,
+    ) -> None:
+        self.metadata = metadata
+        self.sessions = [
+            self._session(onnx_bytes, providers, intra_op_threads) for _ in range(instances)
+        ]
+        self.provider: str = self.sessions[0].get_providers()[0]
+        if CUDA in providers and providers[0] == CUDA and self.provider != CUDA:
+            logger.warning("%s: CUDA requested, running on %s", metadata.name, self.provider)
+        self._validate_io()
+
+    @staticmethod
+    def _session(
+        onnx_bytes: bytes, providers: Sequence[str], intra_op_threads: int
+    ) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            # Loaded from bytes: there is no model path, so ORT cannot open external data files.
+            return ort.InferenceSession(onnx_bytes, sess_options=options, providers=list(providers))
+        except (RuntimeError, ValueError) as err:
+            raise RepositoryError(f"ONNX Runtime refused the model: {err}") from err
+
+    @property
+    def instances(self) -> int:
+        return len(self.sessions)
+
+    def _validate_io(self) -> None:
+        meta = self.metadata
+        session = self.sessions[0]
+        inputs = {i.name: i for i in session.get_inputs()}
+        if meta.input.name not in inputs:
+            raise RepositoryError(f"ONNX model has no input {meta.input.name!r}")
+        shape = inputs[meta.input.name].shape
+        if len(shape) != 4 or list(shape[1:]) != list(meta.input.shape):
+            raise RepositoryError(f"ONNX input shape {shape} does not match {meta.input.shape}")
+        names = {o.name for o in session.get_outputs()}
+        wanted = [meta.output.name, *(fm.output for fm in meta.feature_maps)]
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise RepositoryError(f"ONNX model lacks outputs {missing}")
+
+    def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
+        """Run `batch` (N, C, H, W) float32 on one session; only `outputs` are computed."""
+        values = self.sessions[instance].run(list(outputs), {self.metadata.input.name: batch})
+        return {
+            name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)
+        }
+
+    def warm_up(self) -> None:
+        """Run every session once with all outputs and check the shapes metadata promises."""
+        meta = self.metadata
+        batch = np.zeros((2, *meta.input.shape), dtype=np.float32)
+        wanted = [meta.output.name, *(fm.output for fm in meta.feature_maps)]
+        expected: dict[str, tuple[int, ...]] = {meta.output.name: (2, meta.num_classes)}
+        expected.update({fm.output: (2, *fm.shape) for fm in meta.feature_maps})
+        for instance in range(self.instances):
+            result = self.run(instance, batch, wanted)
+            for name, value in result.items():
+                if value.shape != expected[name]:
+                    raise RepositoryError(
+                        f"output {name} has shape {value.shape}, metadata says {expected[name]}"
+                    )

@@ -1,0 +1,134 @@
+"""Service settings (shared/DESIGN.md §8): one pydantic-settings class, env prefix CONVSERVE_.
+
+`build_parser` turns every field into a command-line flag (flags override the environment), so
+`python -m service --help` lists each setting with its variable name and description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CONVSERVE_"
+MIB = 1024 * 1024
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the host's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    model_repository: Path = Field(Path("models"), description="Model repository root folder.")
+    default_model: str = Field("lenet5-fashion", description="Model served by POST /v1/classify.")
+    models: str = Field(
+        "",
+        description="Comma-separated models to load (empty: every model in the repository).",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, /v1 routes need 'Authorization: Bearer <key>' or 'X-API-Key'.",
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="When set, enables the repository admin routes (unset: disabled)."
+    )
+    max_body_bytes: int = Field(16 * MIB, ge=1, description="Largest request body (413 above).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest decoded image, width*height (400 above)."
+    )
+    max_images_per_request: int = Field(256, ge=1, description="Images per classify request.")
+    max_batch_size: int = Field(
+        32, ge=1, description="Images per session.run call (capped by the model's metadata)."
+    )
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="Longest wait to fill a batch, applied only while busy."
+    )
+    max_queue_size: int = Field(512, ge=1, description="Pending images per version before 503.")
+    instances: int = Field(1, ge=1, description="ORT sessions per model version running at once.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ORT intra-op threads per session (0: cores / instances)."
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="Threads decoding and pre/post-processing images (0: cores)."
+    )
+    providers: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Execution provider: auto = CUDA when a GPU is present, else CPU."
+    )
+    request_timeout_ms: float = Field(
+        0, ge=0, description="Default deadline before compute (0: none); X-Request-Timeout-Ms."
+    )
+    model_poll_seconds: float = Field(
+        0, ge=0, description="Repository poll interval for hot reload (0: no polling)."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    @property
+    def effective_intra_op_threads(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, cpu_count() // self.instances)
+
+    @property
+    def effective_decode_threads(self) -> int:
+        return self.decode_threads or cpu_count()
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting as printed at startup: secrets shown as '***' (or None when unset)."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name] = value
+        return shown
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="convserve: serve the ONNX models of a model repository over HTTP. Every "
+        "flag also reads from its environment variable; a flag wins over the variable.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        help_text = f"{field.description} [env {env_name(name)}; default {default!r}]"
+        choices = None
+        if name in {"providers", "log_format", "log_level"}:
+            choices = list(field.annotation.__args__) if field.annotation else None
+        parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by the flags given on the command line."""
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    return Settings(**overrides)
