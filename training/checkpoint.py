@@ -1,0 +1,69 @@
+"""Checkpoints: one `.pt` file holding all DESIGN §3 lists, readable with `weights_only=True`.
+
+Keys: format, arch, arch_kwargs, num_classes, labels, preprocessing, dataset, model, optimizer,
+scheduler, scaler, epoch (completed epochs), best_metric, best_epoch, history, rng, torch_version,
+config. Values are tensors and plain Python types only: no numpy, dataclass or Namespace objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.data.transforms import Preprocessing
+from training.errors import UserError
+from training.registry import build_model
+
+CHECKPOINT_FORMAT = 1
+REQUIRED_KEYS = ("format", "arch", "arch_kwargs", "labels", "preprocessing", "model", "epoch")
+
+
+def save_checkpoint(path: Path, content: dict[str, Any]) -> None:
+    """Write atomically: a temp file in the same folder, then `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **content}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise UserError(f"{path} is not a readable checkpoint: {err}") from err
+    if not isinstance(content, dict) or any(k not in content for k in REQUIRED_KEYS):
+        raise UserError(f"{path} is not a convserve checkpoint (missing {REQUIRED_KEYS})")
+    if content["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: checkpoint format {content['format']} is not supported")
+    return content
+
+
+def model_from_checkpoint(content: dict[str, Any]) -> nn.Module:
+    """Rebuild the network from its arch name and kwargs and load its weights (eval mode)."""
+    pre = preprocessing_of(content)
+    model = build_model(
+        content["arch"],
+        num_classes=len(content["labels"]),
+        in_channels=pre.channels,
+        image_size=pre.center_crop,
+        **content["arch_kwargs"],
+    )
+    model.load_state_dict(content["model"])
+    return model.eval()
+
+
+def preprocessing_of(content: dict[str, Any]) -> Preprocessing:
+    return Preprocessing.from_dict(content["preprocessing"])

@@ -1,0 +1,32 @@
+"""Shared plumbing of the entry points: logging setup and turning `UserError` into exit 2."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from training.errors import UserError
+
+logger = logging.getLogger(__name__)
+USER_ERROR_EXIT_CODE = 2
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in QUIET_LOGGERS:  # the ONNX exporter logs every optimisation pass at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def run_cli(entry: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run `entry(argv)`; a `UserError` becomes one logged line and exit status 2."""
+    setup_logging()
+    try:
+        entry(argv)
+    except UserError as err:
+        logger.error("%s", err)
+        return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    return 0

@@ -1,0 +1,232 @@
+"""Datasets by name: `fashion-mnist`, `digits`, `cifar10`, `imagefolder:<path>`.
+
+Each comes with its labels, its preprocessing (the service's eval pipeline, mean/std measured on
+its training split) and whether horizontal flips suit it. Nothing downloads unless `download`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from training.data.idx import DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist
+from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from training.errors import UserError
+
+DATASETS = ("fashion-mnist", "digits", "cifar10", "imagefolder:<path>")
+DIGITS_SIZE = 28
+DIGITS_MAX_VALUE = 16
+DIGITS_TEST_FRACTION = 0.2
+IMAGEFOLDER_TEST_FRACTION = 0.1
+SPLIT_SEED = 0
+DEFAULT_CIFAR10_DIR = Path("data/cifar10")
+CIFAR10_LABELS = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+Sample = tuple[Any, int]
+
+
+class ArrayImageDataset(Dataset[Sample]):
+    """uint8 images (N, H, W) or (N, H, W, 3) served as PIL images through `transform`."""
+
+    def __init__(
+        self, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64], transform: Any = None
+    ) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Sample:
+        image: Any = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def with_transform(self, transform: Any) -> ArrayImageDataset:
+        return ArrayImageDataset(self.images, self.labels, transform)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """Train and test splits without transforms (`with_transforms` adds them)."""
+
+    name: str
+    train: ArrayImageDataset | Dataset[Sample]
+    test: ArrayImageDataset | Dataset[Sample]
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    allow_flip: bool
+
+
+def _stats(images: npt.NDArray[np.uint8]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the 0..1 scale, rounded to 4 places like the DESIGN example."""
+    scaled = images.reshape(len(images), -1, 1 if images.ndim == 3 else images.shape[-1]) / 255.0
+    mean = scaled.mean(axis=(0, 1))
+    std = scaled.std(axis=(0, 1))
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def _array_bundle(
+    name: str,
+    train: tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]],
+    test: tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]],
+    labels: Sequence[str],
+    allow_flip: bool,
+) -> DatasetBundle:
+    images = train[0]
+    mean, std = _stats(images)
+    side = images.shape[1]
+    pre = Preprocessing("L" if images.ndim == 3 else "RGB", side, side, mean, std)
+    return DatasetBundle(
+        name,
+        ArrayImageDataset(*train),
+        ArrayImageDataset(*test),
+        tuple(labels),
+        pre,
+        allow_flip,
+    )
+
+
+def _fashion_mnist(data_dir: Path | None) -> DatasetBundle:
+    directory = data_dir or DEBIAN_FASHION_MNIST_DIR
+    try:
+        train = load_fashion_mnist(directory, train=True)
+        test = load_fashion_mnist(directory, train=False)
+    except FileNotFoundError as err:
+        raise UserError(
+            f"Fashion-MNIST not found: {err} (apt-get install dataset-fashion-mnist)"
+        ) from err
+    return _array_bundle("fashion-mnist", train, test, FASHION_MNIST_LABELS, allow_flip=True)
+
+
+def _digits() -> DatasetBundle:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    digits = load_digits()
+    scaled = np.clip(digits.images * (255 / DIGITS_MAX_VALUE), 0, 255).astype(np.uint8)
+    upscaled = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(img).resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BILINEAR)
+            )
+            for img in scaled
+        ]
+    )
+    labels = digits.target.astype(np.int64)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    n_test = int(len(labels) * DIGITS_TEST_FRACTION)
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    return _array_bundle(
+        "digits",
+        (upscaled[train_idx], labels[train_idx]),
+        (upscaled[test_idx], labels[test_idx]),
+        [str(d) for d in range(10)],
+        allow_flip=False,  # a flipped 2 or 7 is not a digit
+    )
+
+
+def _cifar10(data_dir: Path | None, download: bool) -> DatasetBundle:
+    from torchvision.datasets import CIFAR10
+
+    root = data_dir or DEFAULT_CIFAR10_DIR
+    try:
+        train = CIFAR10(str(root), train=True, download=download)
+        test = CIFAR10(str(root), train=False, download=download)
+    except RuntimeError as err:
+        raise UserError(
+            f"CIFAR-10 not found under {root} (cifar-10-batches-py): pass --data-dir or --download"
+        ) from err
+
+    def arrays(ds: Any) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+
+    return _array_bundle("cifar10", arrays(train), arrays(test), CIFAR10_LABELS, allow_flip=True)
+
+
+def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
+    from torchvision.datasets import ImageFolder
+
+    if not path.is_dir():
+        raise UserError(f"imagefolder: {path} is not a directory of class folders")
+    splits = [path / s for s in ("train", "val", "test")]
+    try:
+        if splits[0].is_dir() and (splits[1].is_dir() or splits[2].is_dir()):
+            train: Dataset[Sample] = ImageFolder(str(splits[0]))
+            test: Dataset[Sample] = ImageFolder(str(splits[1] if splits[1].is_dir() else splits[2]))
+            classes = train.classes  # type: ignore[attr-defined]
+        else:
+            full = ImageFolder(str(path))
+            classes = full.classes
+            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
+            n_test = max(1, int(len(full) * IMAGEFOLDER_TEST_FRACTION))
+            test = Subset(full, order[:n_test].tolist())
+            train = Subset(full, order[n_test:].tolist())
+    except (FileNotFoundError, OSError) as err:
+        raise UserError(f"imagefolder: {err}") from err
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if color_mode == "RGB" else ((0.5,), (0.5,))
+    pre = Preprocessing("RGB" if color_mode == "RGB" else "L", image_size, image_size, mean, std)
+    return DatasetBundle(
+        "imagefolder", train, test, tuple(classes), pre.for_size(image_size), allow_flip=True
+    )
+
+
+def load_dataset(
+    spec: str,
+    data_dir: Path | None = None,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    color_mode: str = "RGB",
+) -> DatasetBundle:
+    """The dataset named `spec`; `image_size` rescales (e.g. 224 for the ImageNet-style archs)."""
+    if spec == "fashion-mnist":
+        bundle = _fashion_mnist(data_dir)
+    elif spec == "digits":
+        bundle = _digits()
+    elif spec == "cifar10":
+        bundle = _cifar10(data_dir, download)
+    elif spec.startswith("imagefolder:"):
+        return _imagefolder(Path(spec.partition(":")[2]), image_size or 224, color_mode)
+    else:
+        raise UserError(f"unknown dataset {spec!r}; choose from {', '.join(DATASETS)}")
+    if image_size is not None and image_size != bundle.preprocessing.center_crop:
+        bundle = DatasetBundle(
+            bundle.name,
+            bundle.train,
+            bundle.test,
+            bundle.labels,
+            bundle.preprocessing.for_size(image_size),
+            bundle.allow_flip,
+        )
+    return bundle
+
+
+def with_transform(dataset: Dataset[Sample], transform: Any) -> Dataset[Sample]:
+    """The same samples through `transform` (array datasets, ImageFolder, or a Subset of one)."""
+    if isinstance(dataset, ArrayImageDataset):
+        return dataset.with_transform(transform)
+    if isinstance(dataset, Subset):
+        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
+    import copy
+
+    clone = copy.copy(dataset)
+    clone.transform = transform  # type: ignore[attr-defined]
+    return clone
+
+
+def subset(dataset: Dataset[Sample], size: int | None, seed: int = SPLIT_SEED) -> Dataset[Sample]:
+    """A fixed random `size`-sample subset (all samples when `size` is None or too large)."""
+    total = len(dataset)  # type: ignore[arg-type]
+    if size is None or size >= total:
+        return dataset
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:size].tolist())

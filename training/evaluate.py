@@ -1,0 +1,152 @@
+"""`python -m training.evaluate`: accuracy, per-class accuracy and confusion matrix of a checkpoint
+(PyTorch) or of a repository version (ONNX Runtime), on the test split through the service's
+preprocessing, so the two can be compared image for image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
+from training.cli import run_cli
+from training.data.datasets import load_dataset, subset, with_transform
+from training.data.transforms import Preprocessing, eval_transform
+from training.distributed import DistInfo
+from training.engine import evaluate as evaluate_torch
+from training.errors import UserError
+from training.metrics import ClassificationReport, confusion_matrix
+from training.onnx_io import LOGITS_NAME, ort_session, run_onnx
+
+logger = logging.getLogger(__name__)
+DEFAULT_BATCH_SIZE = 256
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: Path | None = None
+    model_dir: Path | None = None
+    dataset: str | None = None
+    data_dir: Path | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    limit: int | None = None
+    json_out: Path | None = None
+    threads: int | None = None
+
+
+def split_loader(
+    dataset: str,
+    pre: Preprocessing,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> DataLoader[Any]:
+    """The test split (or a fixed subset) through the eval transform of `pre`, in order."""
+    data = load_dataset(dataset, data_dir, image_size=pre.center_crop, color_mode=pre.color_mode)
+    test = subset(with_transform(data.test, eval_transform(pre)), limit)
+    return DataLoader(test, batch_size=batch_size, shuffle=False)
+
+
+def evaluate_onnx(
+    session: ort.InferenceSession, loader: DataLoader[Any], num_classes: int
+) -> ClassificationReport:
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for images, targets in tqdm(loader, desc="onnxruntime", leave=False):
+        logits = run_onnx(session, images.numpy(), [LOGITS_NAME])[LOGITS_NAME]
+        confusion += confusion_matrix(
+            targets, torch.from_numpy(np.argmax(logits, axis=1)), num_classes
+        )
+    return ClassificationReport(confusion)
+
+
+def evaluate_module(
+    model: nn.Module, loader: DataLoader[Any], num_classes: int
+) -> ClassificationReport:
+    report, _ = evaluate_torch(model, loader, num_classes, torch.device("cpu"), DistInfo())
+    return report
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / METADATA_FILE
+    if not path.is_file() or not (model_dir / MODEL_FILE).is_file():
+        raise UserError(
+            f"{model_dir} is not a model version folder (needs {MODEL_FILE}, {METADATA_FILE})"
+        )
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: invalid JSON: {err}") from err
+    return data
+
+
+def preprocessing_from_metadata(meta: dict[str, Any]) -> Preprocessing:
+    return Preprocessing.from_dict(
+        {**meta["preprocessing"], "color_mode": meta["input"]["color_mode"]}
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, prog="python -m training.evaluate")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a best.pt/last.pt (PyTorch)")
+    source.add_argument("--model-dir", type=Path, help="models/<name>/<version> (ONNX Runtime)")
+    p.add_argument("--dataset", help="default: the one it was trained on")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--limit", type=int, help="evaluate a fixed random subset of this size")
+    p.add_argument("--json", dest="json_out", type=Path, help="also write the report as JSON")
+    p.add_argument("--threads", type=int, help="torch / ORT intra-op threads")
+    return p
+
+
+def main(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate; returns the JSON report (accuracy, per-class accuracy, confusion matrix)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.checkpoint is not None:
+        content = load_checkpoint(cfg.checkpoint)
+        pre, labels = preprocessing_of(content), list(content["labels"])
+        loader = split_loader(
+            cfg.dataset or content["dataset"], pre, cfg.data_dir, cfg.limit, cfg.batch_size
+        )
+        report = evaluate_module(model_from_checkpoint(content), loader, len(labels))
+        source = {"checkpoint": str(cfg.checkpoint), "runtime": "pytorch"}
+    elif cfg.model_dir is not None:
+        meta = read_metadata(cfg.model_dir)
+        pre, labels = preprocessing_from_metadata(meta), list(meta["labels"])
+        dataset = cfg.dataset or meta.get("training", {}).get("dataset")
+        if not dataset:
+            raise UserError(f"{cfg.model_dir}: metadata names no dataset; pass --dataset")
+        loader = split_loader(dataset, pre, cfg.data_dir, cfg.limit, cfg.batch_size)
+        session = ort_session(cfg.model_dir / MODEL_FILE, cfg.threads)
+        report = evaluate_onnx(session, loader, len(labels))
+        source = {"model_dir": str(cfg.model_dir), "runtime": "onnxruntime"}
+    else:
+        raise UserError("pass --checkpoint or --model-dir")
+    result = {**source, **report.to_dict(labels)}
+    sys.stdout.write(report.format_table(labels) + "\n")
+    if cfg.json_out is not None:
+        cfg.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def cli(argv: list[str] | None = None) -> None:
+    main(EvalConfig(**vars(get_args_parser().parse_args(argv))))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))

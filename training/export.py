@@ -1,0 +1,333 @@
+"""`python -m training.export`: checkpoint → models/<name>/<version>/ (DESIGN §2).
+
+Writes model.onnx (dynamic batch, `logits` plus `fm.<layer>` feature maps), metadata.json, the
+first conv layer's filter grid and, for GAP + linear heads, cam_weights.npy. It first checks ONNX
+Runtime against PyTorch on real test images and refuses to write when any output differs by more
+than 1e-4 (relative to max(1, max|torch|)). A version is staged in a hidden folder and moved into
+place only when complete; an existing version is replaced only with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.artifacts import sha256_of, write_cam_weights, write_filters
+from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
+from training.cli import run_cli
+from training.data.transforms import Preprocessing
+from training.errors import UserError
+from training.evaluate import evaluate_module, evaluate_onnx, split_loader
+from training.onnx_io import (
+    INPUT_NAME,
+    LOGITS_NAME,
+    PARITY_TOLERANCE,
+    FeatureMapModel,
+    check_layers,
+    export_onnx,
+    ort_session,
+    output_name,
+    parity_errors,
+    run_onnx,
+    torch_outputs,
+)
+from training.registry import get_spec
+
+logger = logging.getLogger(__name__)
+# The repository's name rule (service/metadata.py NAME_PATTERN; a test keeps the two equal).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+CAM_FILE = "cam_weights.npy"
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_PARITY_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What goes into one version folder, independent of where the model came from."""
+
+    name: str
+    version: int
+    arch: str
+    labels: list[str]
+    preprocessing: Preprocessing
+    layers: list[str]
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    training: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = PARITY_TOLERANCE
+
+
+def check_name(name: str) -> None:
+    if not re.fullmatch(NAME_PATTERN, name) or name in {".", ".."}:
+        raise UserError(f"bad model name {name!r}: must match {NAME_PATTERN}")
+
+
+def next_version(model_root: Path) -> int:
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def resolve_layers(model: nn.Module, arch: str, choice: str) -> list[str]:
+    """`default` (the arch's conv blocks), `none`, `all` (every conv and pool), or a list."""
+    if choice == "default":
+        layers = get_spec(arch).feature_layers(model)
+    elif choice == "none":
+        layers = []
+    elif choice == "all":
+        kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+        layers = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    else:
+        layers = [layer.strip() for layer in choice.split(",") if layer.strip()]
+    check_layers(model, layers)
+    return layers
+
+
+def write_version(
+    model: nn.Module, spec: ExportSpec, samples: torch.Tensor, folder: Path
+) -> dict[str, Any]:
+    """Export into the empty `folder`, verify parity, write the artifacts; returns metadata.
+
+    `samples` (N ≥ 2, C, H, W) are real preprocessed images. Raises `UserError` on parity failure
+    (the caller discards the folder).
+    """
+    model = model.eval()
+    wrapper = FeatureMapModel(model, spec.layers)
+    onnx_path = folder / MODEL_FILE
+    opset = export_onnx(wrapper, samples, onnx_path)
+    reference = torch_outputs(wrapper, samples)
+    session = ort_session(onnx_path)
+    errors = parity_errors(reference, run_onnx(session, samples.numpy()))
+    single = parity_errors(
+        torch_outputs(wrapper, samples[:1]), run_onnx(session, samples[:1].numpy())
+    )
+    worst = {name: max(errors[name], single[name]) for name in errors}
+    figure = max(worst.values())
+    if not figure <= spec.tolerance:  # also catches NaN
+        bad = {n: f"{e:.2e}" for n, e in worst.items() if not e <= spec.tolerance}
+        raise UserError(f"ONNX parity check failed (tolerance {spec.tolerance:g}): {bad}")
+    logger.info("parity: max error %.2e over %d outputs", figure, len(worst))
+    metadata: dict[str, Any] = {
+        "schema_version": 1,
+        "name": spec.name,
+        "version": spec.version,
+        "architecture": spec.arch,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": list(samples.shape[1:]),
+            "dtype": "float32",
+            "color_mode": spec.preprocessing.color_mode,
+        },
+        "preprocessing": {
+            k: v for k, v in spec.preprocessing.to_dict().items() if k != "color_mode"
+        },
+        "output": {"name": LOGITS_NAME},
+        "feature_maps": [
+            {
+                "layer": layer,
+                "output": output_name(layer),
+                "shape": list(reference[output_name(layer)].shape[1:]),
+            }
+            for layer in spec.layers
+        ],
+        "cam": None,
+        "filters": [write_filters(model, folder)],
+        "labels": list(spec.labels),
+        "max_batch_size": spec.max_batch_size,
+        "training": dict(spec.training),
+        "export": {
+            "opset": opset,
+            "torch": torch.__version__.split("+")[0],
+            "parity_max_abs_diff": figure,
+            "parity_per_output": worst,
+            "parity_samples": int(samples.shape[0]),
+            "sha256": sha256_of(onnx_path),
+        },
+    }
+    cam = get_spec(spec.arch).cam
+    if cam is not None:
+        source = cam(model)
+        if source.layer in spec.layers:
+            write_cam_weights(source.weights, folder / CAM_FILE)
+            metadata["cam"] = {"feature_map": output_name(source.layer), "weights": CAM_FILE}
+    write_metadata(folder, metadata)
+    return metadata
+
+
+def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
+    text = json.dumps({k: v for k, v in metadata.items() if v is not None}, indent=2)
+    (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def stage_and_publish(
+    model: nn.Module,
+    spec: ExportSpec,
+    samples: torch.Tensor,
+    repository: Path,
+    force: bool,
+    after_write: Any = None,
+) -> Path:
+    """Write the version in a hidden staging folder, then move it to <repo>/<name>/<version>."""
+    check_name(spec.name)
+    model_root = repository / spec.name
+    target = model_root / str(spec.version)
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists; pass --force to overwrite it")
+    model_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.version}-", dir=model_root))
+    try:
+        metadata = write_version(model, spec, samples, staging)
+        if after_write is not None:
+            after_write(staging, metadata)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path
+    name: str
+    repository: Path = Path("models")
+    version: int | None = None
+    force: bool = False
+    feature_maps: str = "default"
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    parity_samples: int = DEFAULT_PARITY_SAMPLES
+    data_dir: Path | None = None
+    evaluate: bool = True
+    threads: int | None = None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, prog="python -m training.export")
+    d = ExportConfig(Path(), "")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--name", required=True, help=f"model name, {NAME_PATTERN}")
+    p.add_argument("--repository", type=Path, default=d.repository)
+    p.add_argument("--version", type=int, help="default: one above the highest existing")
+    p.add_argument("--force", action="store_true", help="overwrite an existing version")
+    p.add_argument(
+        "--feature-maps",
+        default=d.feature_maps,
+        help="default | none | all | comma-separated module paths",
+    )
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument("--parity-samples", type=int, default=d.parity_samples)
+    p.add_argument("--data-dir", type=Path, help="dataset files for parity/evaluation")
+    p.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="skip measuring test accuracy through ONNX Runtime",
+    )
+    p.add_argument("--threads", type=int)
+    return p
+
+
+def main(cfg: ExportConfig) -> Path:
+    """Export the checkpoint; returns the version folder written."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    check_name(cfg.name)
+    if cfg.version is not None and cfg.version < 1:
+        raise UserError("--version must be at least 1")
+    if cfg.parity_samples < 2:
+        raise UserError("--parity-samples must be at least 2")
+    content = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(content)
+    pre = preprocessing_of(content)
+    labels = list(content["labels"])
+    loader = split_loader(content["dataset"], pre, cfg.data_dir)
+    samples = next(
+        iter(
+            split_loader(
+                content["dataset"],
+                pre,
+                cfg.data_dir,
+                limit=cfg.parity_samples,
+                batch_size=cfg.parity_samples,
+            )
+        )
+    )[0]
+    config = content.get("config", {})
+    training = {
+        "dataset": content["dataset"],
+        "epochs": content["epoch"],
+        "best_epoch": content.get("best_epoch"),
+        "arch_kwargs": content["arch_kwargs"],
+        **{
+            k: config[k]
+            for k in (
+                "optimizer",
+                "lr",
+                "schedule",
+                "label_smoothing",
+                "augment",
+                "batch_size",
+                "seed",
+            )
+            if k in config
+        },
+    }
+    spec = ExportSpec(
+        name=cfg.name,
+        version=cfg.version or next_version(cfg.repository / cfg.name),
+        arch=content["arch"],
+        labels=labels,
+        preprocessing=pre,
+        layers=resolve_layers(model, content["arch"], cfg.feature_maps),
+        max_batch_size=cfg.max_batch_size,
+        training=training,
+    )
+
+    def measure(folder: Path, metadata: dict[str, Any]) -> None:
+        if not cfg.evaluate:
+            return
+        onnx_report = evaluate_onnx(
+            ort_session(folder / MODEL_FILE, cfg.threads), loader, len(labels)
+        )
+        torch_report = evaluate_module(model, loader, len(labels))
+        metadata["training"] |= {
+            "test_accuracy": round(onnx_report.accuracy, 4),
+            "test_accuracy_torch": round(torch_report.accuracy, 4),
+            "test_samples": onnx_report.total,
+        }
+        logger.info(
+            "test accuracy: onnxruntime %.4f, pytorch %.4f on %d images",
+            onnx_report.accuracy,
+            torch_report.accuracy,
+            onnx_report.total,
+        )
+        write_metadata(folder, metadata)
+
+    target = stage_and_publish(model, spec, samples, cfg.repository, cfg.force, measure)
+    logger.info("wrote %s", target)
+    return target
+
+
+def cli(argv: list[str] | None = None) -> None:
+    main(ExportConfig(**vars(get_args_parser().parse_args(argv))))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))
+
+__all__ = ["np"]

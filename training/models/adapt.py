@@ -1,0 +1,139 @@
+"""Adapting torchvision classifiers to other channel counts and small inputs, without forking them.
+
+Each helper swaps one submodule of a model built by torchvision's own builder: the stem conv (its
+input channels, or a 3×3 stride-1 stem for small images), a pooling layer that a 28×28 image would
+shrink below 1×1, or the fully connected head sized for 224×224 inputs.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import torchvision
+from torch import nn
+
+from training.registry import ArchSpec, CamSource
+
+# Below this side length the 224-oriented stems (stride 2-4 plus max pool) waste most of the image.
+SMALL_INPUT_MAX = 64
+SMALL_HEAD_WIDTH = 512
+
+
+def is_small(image_size: int) -> bool:
+    return image_size < SMALL_INPUT_MAX
+
+
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put `new` at dotted `path` (e.g. `features.0.0`) in place of the module there."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def first_conv_path(model: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return str(name)
+    raise ValueError(f"{type(model).__name__} has no Conv2d layer")
+
+
+def set_in_channels(model: nn.Module, in_channels: int, path: str | None = None) -> None:
+    """Rebuild the conv at `path` (default: the first one) for `in_channels` inputs."""
+    path = path or first_conv_path(model)
+    conv = model.get_submodule(path)
+    assert isinstance(conv, nn.Conv2d)
+    if conv.in_channels == in_channels:
+        return
+    replace_module(model, path, _conv_like(conv, in_channels=in_channels))
+
+
+def small_stem(model: nn.Module, path: str, in_channels: int) -> None:
+    """Replace the stem conv at `path` with a 3×3 stride-1 conv keeping its output channels."""
+    conv = model.get_submodule(path)
+    assert isinstance(conv, nn.Conv2d)
+    replace_module(
+        model,
+        path,
+        _conv_like(conv, in_channels=in_channels, kernel_size=3, stride=1, padding=1),
+    )
+
+
+def _conv_like(conv: nn.Conv2d, **changes: Any) -> nn.Conv2d:
+    options: dict[str, Any] = {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "bias": conv.bias is not None,
+    }
+    options.update(changes)
+    return nn.Conv2d(**options)
+
+
+def drop_excess_pools(features: nn.Sequential, image_size: int) -> None:
+    """Turn max pools that would shrink the map below 1×1 into identities (module names stay)."""
+    size = image_size
+    for name, module in features.named_children():
+        if isinstance(module, nn.MaxPool2d):
+            if size // 2 < 1:
+                setattr(features, name, nn.Identity())
+            else:
+                size //= 2
+
+
+def pool_positions(features: nn.Sequential) -> list[str]:
+    """Child names of the max pools (or the identities that replaced them): block outputs."""
+    names = [n for n, m in features.named_children() if isinstance(m, nn.MaxPool2d | nn.Identity)]
+    return [f"features.{n}" for n in names]
+
+
+def small_mlp_head(model: nn.Module, in_features: int, num_classes: int, width: int) -> None:
+    """Global-average-pool the features and shrink the 4096-wide MLP head to `width`."""
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    classifier = model.get_submodule("classifier")
+    assert isinstance(classifier, nn.Sequential)
+    linears = [n for n, m in classifier.named_children() if isinstance(m, nn.Linear)]
+    dims = [in_features] + [width] * (len(linears) - 1) + [num_classes]
+    for i, name in enumerate(linears):
+        setattr(classifier, name, nn.Linear(dims[i], dims[i + 1]))
+
+
+@cache
+def torchvision_classifiers() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def generic_feature_layers(model: nn.Module) -> list[str]:
+    """Block outputs of an unregistered torchvision classifier, by its common layout."""
+    names = dict(model.named_children())
+    if all(f"layer{i}" in names for i in range(1, 5)):
+        return [f"layer{i}" for i in range(1, 5)]
+    features = names.get("features")
+    if isinstance(features, nn.Sequential):
+        return [f"features.{n}" for n, _ in features.named_children()]
+    return []
+
+
+def generic_cam(model: nn.Module) -> CamSource:
+    fc = model.get_submodule("fc")
+    assert isinstance(fc, nn.Linear)
+    return CamSource("layer4", fc.weight.detach())
+
+
+def torchvision_spec(name: str) -> ArchSpec:
+    """Registry entry for any torchvision classifier: builder, channel adaptation only."""
+
+    def build(
+        num_classes: int, in_channels: int = 3, image_size: int = 224, **kwargs: Any
+    ) -> nn.Module:
+        model: nn.Module = torchvision.models.get_model(
+            name, weights=None, num_classes=num_classes, **kwargs
+        )
+        set_in_channels(model, in_channels)
+        return model
+
+    probe = torchvision.models.get_model(name, weights=None)
+    has_gap_fc = isinstance(getattr(probe, "fc", None), nn.Linear) and hasattr(probe, "layer4")
+    return ArchSpec(name, build, generic_feature_layers, generic_cam if has_gap_fc else None)

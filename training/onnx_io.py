@@ -1,0 +1,140 @@
+"""ONNX export with feature maps as extra outputs, ONNX Runtime inference, and the parity figure.
+
+The graph: input `input` (N, C, H, W) float32 with a dynamic batch axis, output `logits`
+(N, num_classes), then one output `fm.<layer>` per exported layer, in the order given.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from training.errors import UserError
+
+logger = logging.getLogger(__name__)
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+FEATURE_MAP_PREFIX = "fm."
+PARITY_TOLERANCE = 1e-4
+# protobuf cannot serialise a single message of 2 GiB or more: such models need external data.
+MAX_ONNX_BYTES = 2**31 - 1
+Arrays = dict[str, npt.NDArray[np.float32]]
+
+
+def output_name(layer: str) -> str:
+    return f"{FEATURE_MAP_PREFIX}{layer}"
+
+
+class FeatureMapModel(nn.Module):
+    """Returns `(logits, *maps)`: the wrapped model's logits and its layers' hooked outputs."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+        self._maps: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            model.get_submodule(layer).register_forward_hook(self._hook(layer))
+
+    def _hook(self, layer: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            self._maps[layer] = output
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._maps = {}
+        logits = self.model(x)
+        return (logits, *(self._maps[layer] for layer in self.layers))
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Every layer must be a module of `model` (named as in `named_modules`)."""
+    names = dict(model.named_modules())
+    unknown = [layer for layer in layers if layer not in names or layer == ""]
+    if unknown:
+        choices = [n for n, m in names.items() if n and isinstance(m, nn.Conv2d | nn.MaxPool2d)]
+        raise UserError(
+            f"unknown layer(s) {', '.join(unknown)}; conv/pool layers of this model include: "
+            + ", ".join(choices[:40])
+        )
+    if len(set(layers)) != len(layers):
+        raise UserError("feature-map layers must be unique")
+
+
+def torch_outputs(wrapper: FeatureMapModel, images: torch.Tensor) -> Arrays:
+    with torch.no_grad():
+        outputs = wrapper(images)
+    names = [LOGITS_NAME, *(output_name(layer) for layer in wrapper.layers)]
+    return {n: o.detach().float().cpu().numpy() for n, o in zip(names, outputs, strict=True)}
+
+
+def export_onnx(wrapper: FeatureMapModel, sample: torch.Tensor, path: Path) -> int:
+    """Export with a dynamic batch axis to one self-contained file; returns the opset."""
+    if sample.shape[0] < 2:
+        raise ValueError("export needs a sample batch of at least 2 (batch 1 gets specialised)")
+    names = [LOGITS_NAME, *(output_name(layer) for layer in wrapper.layers)]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about dynamic shapes
+        program = torch.onnx.export(
+            wrapper.eval(),
+            (sample,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_shapes={"x": {0: batch}},
+            verbose=False,
+        )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    size = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+    if size >= MAX_ONNX_BYTES:
+        raise UserError(
+            f"weights take {size / 2**30:.1f} GiB: too large for a self-contained ONNX file "
+            "(protobuf limit 2 GiB); the repository refuses external data"
+        )
+    program.save(str(path), external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise UserError(f"{path} would need external data; refusing")
+    return int(next(o.version for o in proto.opset_import if o.domain in {"", "ai.onnx"}))
+
+
+def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(
+    session: ort.InferenceSession, images: npt.NDArray[np.float32], outputs: list[str] | None = None
+) -> Arrays:
+    names = outputs or [o.name for o in session.get_outputs()]
+    results = session.run(names, {INPUT_NAME: images.astype(np.float32)})
+    return dict(zip(names, results, strict=True))
+
+
+def parity_errors(reference: Arrays, candidate: Arrays) -> dict[str, float]:
+    """Per output: max|candidate − reference| / max(1, max|reference|) (DESIGN §3)."""
+    errors = {}
+    for name, ref in reference.items():
+        got = candidate[name]
+        if got.shape != ref.shape:
+            errors[name] = float("inf")
+            continue
+        scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
+        errors[name] = float(np.abs(got - ref).max(initial=0.0)) / scale
+    return errors

@@ -1,0 +1,104 @@
+"""The model registry: `register_model` fills one table at import, `build_model` is the lookup.
+
+Each entry knows how to build the network for (num_classes, in_channels, image_size), which layers
+are its conv blocks (the default feature maps exported to ONNX) and, for global-average-pool +
+linear heads, where its class-activation-map weights are. Any torchvision classifier that is not
+registered here is built by name through `torchvision.models.get_model` (see `models/adapt.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.errors import UserError
+
+Builder = Callable[..., nn.Module]
+LayerLister = Callable[[nn.Module], list[str]]
+CamLocator = Callable[[nn.Module], "CamSource"]
+
+
+@dataclass(frozen=True)
+class CamSource:
+    """Where CAM comes from: the feature-map layer and the (num_classes, C) weights."""
+
+    layer: str
+    weights: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    build: Builder
+    feature_layers: LayerLister
+    cam: CamLocator | None = None
+    native_size: int = 224
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    feature_layers: LayerLister,
+    cam: CamLocator | None = None,
+    native_size: int = 224,
+) -> Callable[[Builder], Builder]:
+    """Decorator registering `build(num_classes, in_channels, image_size, **kwargs)` as `name`."""
+
+    def decorator(build: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ArchSpec(name, build, feature_layers, cam, native_size)
+        return build
+
+    return decorator
+
+
+def _load_builtin() -> None:
+    # Importing the package registers the built-in architectures exactly once.
+    import training.models  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ArchSpec:
+    """The registry entry of `name`, or a generic entry for another torchvision classifier."""
+    _load_builtin()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    from training.models.adapt import torchvision_classifiers, torchvision_spec
+
+    if name in torchvision_classifiers():
+        return torchvision_spec(name)
+    raise UserError(
+        f"unknown architecture {name!r}; registered: {', '.join(list_models())} "
+        "(or any torchvision classifier, see --list-archs)"
+    )
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 224, **kwargs: Any
+) -> nn.Module:
+    """Build `name` for (in_channels, image_size, image_size) inputs; weights are random."""
+    if num_classes < 2:
+        raise UserError(f"num_classes must be at least 2, got {num_classes}")
+    spec = get_spec(name)
+    try:
+        return spec.build(
+            num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
+        )
+    except TypeError as err:
+        raise UserError(f"bad options for {name!r}: {err}") from err
+
+
+# Alias in the torchvision spelling.
+get_model = build_model

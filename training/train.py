@@ -1,0 +1,340 @@
+"""`python -m training.train`: train a registered CNN; best.pt, last.pt and metrics.jsonl in --out.
+
+Launched by `torchrun --nproc-per-node N` it trains with DDP (gloo on CPU, nccl on CUDA): each rank
+sees its shard of every epoch's shuffled data, rank 0 alone logs, writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.cli import run_cli
+from training.data.datasets import DatasetBundle, load_dataset, subset, with_transform
+from training.data.transforms import AUGMENT_PRESETS, eval_transform, train_transform
+from training.distributed import DistInfo, barrier, init_distributed, shutdown
+from training.engine import StepTools, evaluate, train_one_epoch
+from training.errors import UserError
+from training.registry import build_model, list_models
+from training.seeding import rng_state, seed_everything, set_rng_state
+
+logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+SCHEDULES = ("cosine", "onecycle", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "lenet5"
+    dataset: str = "fashion-mnist"
+    out: Path = Path("runs/lenet5")
+    data_dir: Path | None = None
+    download: bool = False
+    image_size: int | None = None
+    color_mode: str = "RGB"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 12
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    augment: str = "flip-crop"
+    amp: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    resume: Path | None = None
+    stop_after: int | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    workers: int = 0
+    threads: int | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_accuracy: float
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+
+
+def _parse_kwarg(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, prog="python -m training.train")
+    d = TrainConfig()
+    p.add_argument("--list-archs", action="store_true", help="print the registered names, exit")
+    p.add_argument("--arch", default=d.arch, help="registry name or any torchvision classifier")
+    p.add_argument(
+        "--arch-kwarg",
+        action="append",
+        default=[],
+        type=_parse_kwarg,
+        metavar="KEY=VALUE",
+        help="builder option, e.g. batch_norm=false (repeatable)",
+    )
+    p.add_argument(
+        "--dataset", default=d.dataset, help="fashion-mnist | digits | cifar10 | imagefolder:<path>"
+    )
+    p.add_argument("--data-dir", type=Path, help="dataset files (default: the Debian path)")
+    p.add_argument("--download", action="store_true", help="allow downloading (cifar10)")
+    p.add_argument("--image-size", type=int, help="input side (default: the dataset's own)")
+    p.add_argument(
+        "--color-mode",
+        choices=("L", "RGB"),
+        default=d.color_mode,
+        help="imagefolder only: PIL mode images are converted to",
+    )
+    p.add_argument("--out", type=Path, default=d.out, help="folder for checkpoints and metrics")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="sgd only")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="per-step LR")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--augment", choices=AUGMENT_PRESETS, default=d.augment)
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no AMP on CUDA")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)"
+    )
+    p.add_argument("--resume", type=Path, help="continue from this last.pt")
+    p.add_argument("--stop-after", type=int, help="end this run after N more epochs")
+    p.add_argument("--train-subset", type=int, help="train on a fixed random subset")
+    p.add_argument("--test-subset", type=int, help="evaluate on a fixed random subset")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {k: v for k, v in vars(args).items() if k not in {"list_archs", "arch_kwarg"}}
+    return TrainConfig(arch_kwargs=dict(args.arch_kwarg), **values)
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _loaders(
+    cfg: TrainConfig, data: DatasetBundle, info: DistInfo
+) -> tuple[DataLoader[Any], DataLoader[Any], DistributedSampler[Any]]:
+    pre = data.preprocessing
+    train = subset(
+        with_transform(data.train, train_transform(pre, cfg.augment, data.allow_flip)),
+        cfg.train_subset,
+        cfg.seed,
+    )
+    test = subset(with_transform(data.test, eval_transform(pre)), cfg.test_subset, cfg.seed)
+    # The sampler shuffles with seed + epoch: each epoch's order is fixed, so resuming is exact.
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
+    )
+    shard = Subset(test, list(range(info.rank, len(test), info.world_size)))  # type: ignore[arg-type]
+    common: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": _device(cfg).type == "cuda"}
+    return (
+        DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, **common),
+        DataLoader(shard, batch_size=max(cfg.batch_size, 256), **common),
+        sampler,
+    )
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _plain_config(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+
+
+def main(cfg: TrainConfig) -> TrainResult:
+    """Train per `cfg`; returns the best test accuracy and the checkpoint paths."""
+    if cfg.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg)
+    info = init_distributed(device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _train(cfg, device, info)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResult:
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    data = load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        download=cfg.download,
+        image_size=cfg.image_size,
+        color_mode=cfg.color_mode,
+    )
+    pre = data.preprocessing
+    model = build_model(
+        cfg.arch, len(data.labels), pre.channels, pre.center_crop, **cfg.arch_kwargs
+    ).to(device)
+    train_loader, test_loader, sampler = _loaders(cfg, data, info)
+    optimizer = _optimizer(cfg, model)
+    scheduler = _scheduler(cfg, optimizer, len(train_loader))
+    amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    start_epoch, best, best_epoch, history = 0, -1.0, 0, []
+    if cfg.resume is not None:
+        state = load_checkpoint(cfg.resume)
+        if state["arch"] != cfg.arch or state["dataset"] != cfg.dataset:
+            raise UserError(
+                f"{cfg.resume} is {state['arch']} on {state['dataset']}, "
+                f"not {cfg.arch} on {cfg.dataset}"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
+        history = list(state["history"])
+        set_rng_state(state["rng"])
+        logger.info("resumed from %s after epoch %d", cfg.resume, start_epoch)
+    net: nn.Module = DistributedDataParallel(model) if info.enabled else model
+    tools = StepTools(
+        optimizer,
+        scheduler,
+        scaler,
+        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        device,
+        amp,
+    )
+    end_epoch = (
+        cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    )
+    if info.is_main:
+        logger.info(
+            "%s on %s: %d train / %d test images, %d steps per epoch, device %s x%d",
+            cfg.arch,
+            cfg.dataset,
+            len(sampler.dataset),  # type: ignore[arg-type]
+            len(test_loader.dataset) * info.world_size,  # type: ignore[arg-type]
+            len(train_loader),
+            device,
+            info.world_size,
+        )
+    out = cfg.out
+    for epoch in range(start_epoch, end_epoch):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        row |= train_one_epoch(net, train_loader, tools, info, f"epoch {epoch + 1}/{cfg.epochs}")
+        report, test_loss = evaluate(
+            model, test_loader, len(data.labels), device, info, tools.criterion
+        )
+        row |= {
+            "test_loss": test_loss,
+            "test_accuracy": report.accuracy,
+            "time_s": round(time.perf_counter() - started, 2),
+        }
+        history.append(row)
+        improved = report.accuracy > best
+        if improved:
+            best, best_epoch = report.accuracy, epoch + 1
+        if info.is_main:
+            logger.info(
+                "epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.1fs",
+                epoch + 1,
+                cfg.epochs,
+                row["train_loss"],
+                row["train_accuracy"],
+                test_loss,
+                report.accuracy,
+                row["time_s"],
+            )
+            content = {
+                "arch": cfg.arch,
+                "arch_kwargs": dict(cfg.arch_kwargs),
+                "dataset": cfg.dataset,
+                "labels": list(data.labels),
+                "preprocessing": pre.to_dict(),
+                "num_classes": len(data.labels),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "best_metric": best,
+                "best_epoch": best_epoch,
+                "history": history,
+                "rng": rng_state(),
+                "torch_version": str(torch.__version__),
+                "config": _plain_config(cfg),
+            }
+            save_checkpoint(out / "last.pt", content)
+            if improved:
+                save_checkpoint(out / "best.pt", content)
+            with (out / METRICS_FILE).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        barrier(info)
+    return TrainResult(best, out / "best.pt", out / "last.pt", history)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    if args.list_archs:
+        sys.stdout.write("\n".join(list_models()) + "\n")
+        return
+    main(config_from_args(args))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))
