@@ -1,0 +1,351 @@
+"""The native HTTP API over real uvicorn (in a thread), real HTTP, real ORT sessions."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from service.preprocess import preprocess
+from service.settings import Settings
+from tests.service.server import metric_value, threaded_server
+from tests.service.tiny_model import TinyModel, random_png
+
+MAX_BODY = 300_000
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_repo: Path) -> Iterator[str]:
+    settings = Settings(
+        model_repository=tiny_repo,
+        default_model="tiny-cnn",
+        max_body_bytes=MAX_BODY,
+        max_queue_size=4,
+        max_images_per_request=8,
+        providers="cpu",
+    )
+    with threaded_server(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        yield c
+
+
+def offline_logits(model: TinyModel, image: bytes) -> np.ndarray:
+    session = ort.InferenceSession(
+        str(model.path / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    tensor = preprocess(image, model.metadata, max_pixels=10**7)[None]
+    return np.asarray(session.run(["logits"], {"input": tensor})[0][0])
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    assert "Traceback" not in response.text
+
+
+def test_health(client: httpx.Client) -> None:
+    assert client.get("/health/live").json() == {"status": "ok"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["provider"] == "CPUExecutionProvider"
+    assert ready.json()["models"] == {"tiny-cnn": [1], "tiny-rgb": [1]}
+
+
+def test_raw_png_top5_matches_offline_onnx(client: httpx.Client, tiny_cnn: TinyModel) -> None:
+    image = random_png(3)
+    response = client.post(
+        "/v1/models/tiny-cnn/classify", content=image, headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"]) == ("tiny-cnn", 1)
+    (result,) = body["results"]
+    predictions = result["predictions"]
+    assert len(predictions) == 5
+    logits = offline_logits(tiny_cnn, image)
+    expected = np.argsort(-logits, kind="stable")[:5]
+    assert [p["index"] for p in predictions] == list(expected)
+    assert [p["label"] for p in predictions] == [f"class-{i}" for i in expected]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose([p["probability"] for p in predictions], probs[expected], rtol=1e-4)
+    assert set(body["timing_ms"]) == {"decode", "queue", "compute"}
+
+
+def test_default_and_versioned_routes(client: httpx.Client) -> None:
+    image = random_png(4)
+    headers = {"content-type": "image/png"}
+    a = client.post("/v1/classify", content=image, headers=headers).json()
+    b = client.post("/v1/models/tiny-cnn/versions/1/classify", content=image, headers=headers)
+    assert a["results"] == b.json()["results"]
+    assert a["model"] == "tiny-cnn"
+
+
+def test_multipart_many_files_in_order(client: httpx.Client) -> None:
+    images = [random_png(s, mode="L" if s % 2 else "RGB") for s in range(10, 14)]
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    response = client.post("/v1/models/tiny-cnn/classify", files=files, params={"top_k": 10})
+    assert response.status_code == 200, response.text
+    together = [r["predictions"] for r in response.json()["results"]]
+    alone = [
+        client.post(
+            "/v1/models/tiny-cnn/classify",
+            content=data,
+            headers={"content-type": "image/png"},
+            params={"top_k": 10},
+        ).json()["results"][0]["predictions"]
+        for data in images
+    ]
+    assert len(together) == len(images)
+    for mine, single in zip(together, alone, strict=True):
+        assert [p["index"] for p in mine] == [p["index"] for p in single]
+        np.testing.assert_allclose(
+            [p["probability"] for p in mine], [p["probability"] for p in single], rtol=1e-4
+        )
+
+
+def test_json_base64(client: httpx.Client) -> None:
+    images = [random_png(20), random_png(21)]
+    body = {"images": [base64.b64encode(i).decode() for i in images]}
+    response = client.post("/v1/classify", json=body, params={"top_k": 2})
+    assert response.status_code == 200
+    assert [len(r["predictions"]) for r in response.json()["results"]] == [2, 2]
+    assert_error(client.post("/v1/classify", json={"images": ["***"]}), 400, "invalid_image")
+    assert_error(client.post("/v1/classify", json={"pictures": []}), 422, "invalid_request")
+
+
+def test_feature_maps_png_and_float16(client: httpx.Client, tiny_cnn: TinyModel) -> None:
+    shapes = {fm.layer: fm.shape for fm in tiny_cnn.metadata.feature_maps}
+    png = client.post(
+        "/v1/classify",
+        content=random_png(5),
+        headers={"content-type": "image/png"},
+        params={"feature_maps": "all", "channels": 3},
+    ).json()["results"][0]["feature_maps"]
+    assert [m["layer"] for m in png] == list(shapes)
+    for entry in png:
+        channels, height, width = shapes[entry["layer"]]
+        assert tuple(entry["shape"]) == (channels, height, width)
+        assert len(entry["channels"]) == min(3, channels)
+        rows, cols = entry["grid"]
+        sheet = Image.open(io.BytesIO(base64.b64decode(entry["data"])))
+        assert sheet.size == (cols * width + cols - 1, rows * height + rows - 1)
+        assert entry["min"] <= entry["max"]
+    raw = client.post(
+        "/v1/classify",
+        content=random_png(5),
+        headers={"content-type": "image/png"},
+        params={"feature_maps": "features.conv2", "map_format": "float16"},
+    ).json()["results"][0]["feature_maps"]
+    (entry,) = raw
+    channels, height, width = shapes["features.conv2"]
+    values = np.frombuffer(base64.b64decode(entry["data"]), dtype="<f2")
+    assert values.reshape(len(entry["channels"]), height, width).shape[0] == channels
+    assert float(values.min()) == pytest.approx(entry["min"], abs=1e-2)
+
+
+def test_cam(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/classify",
+        content=random_png(6),
+        headers={"content-type": "image/png"},
+        params={"cam": "true"},
+    )
+    body = response.json()["results"][0]
+    assert body["cam"]["index"] == body["predictions"][0]["index"]
+    assert Image.open(io.BytesIO(base64.b64decode(body["cam"]["data"]))).size == (16, 16)
+    no_cam = client.post(
+        "/v1/models/tiny-rgb/classify",
+        content=random_png(6),
+        headers={"content-type": "image/png"},
+        params={"cam": "true"},
+    )
+    assert_error(no_cam, 400, "cam_unavailable")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "content_type", "data", "status", "code"),
+    [
+        ("/v1/models/nope/classify", {}, "image/png", b"x", 404, "model_not_found"),
+        (
+            "/v1/models/tiny-cnn/versions/9/classify",
+            {},
+            "image/png",
+            b"x",
+            404,
+            "version_not_found",
+        ),
+        ("/v1/classify", {"feature_maps": "nope"}, "image/png", b"x", 404, "layer_not_found"),
+        ("/v1/classify", {"top_k": 0}, "image/png", b"x", 422, "invalid_request"),
+        ("/v1/classify", {"map_format": "jpeg"}, "image/png", b"x", 422, "invalid_request"),
+        ("/v1/classify", {}, "text/plain", b"x", 415, "unsupported_media_type"),
+        ("/v1/classify", {}, "image/png", b"not an image", 400, "invalid_image"),
+        ("/v1/classify", {}, "image/png", b"", 400, "invalid_image"),
+        ("/v1/classify", {}, "image/png", b"x" * (MAX_BODY + 1), 413, "payload_too_large"),
+    ],
+)
+def test_client_errors(
+    client: httpx.Client,
+    path: str,
+    params: dict[str, object],
+    content_type: str,
+    data: bytes,
+    status: int,
+    code: str,
+) -> None:
+    response = client.post(
+        path, content=data, params=params, headers={"content-type": content_type}
+    )
+    assert_error(response, status, code)
+
+
+def test_streamed_body_over_limit_is_413(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: checked while streaming
+        for _ in range(10):
+            yield b"x" * (MAX_BODY // 5)
+
+    response = client.post("/v1/classify", content=chunks(), headers={"content-type": "image/png"})
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_multipart_without_file_part(client: httpx.Client) -> None:
+    response = client.post("/v1/classify", data={"other": "1"}, files={"x": ("a", b"b")})
+    assert_error(response, 400, "bad_request")
+
+
+def test_queue_full_is_503_with_retry_after(client: httpx.Client) -> None:
+    files = [("file", (f"{i}.png", random_png(i), "image/png")) for i in range(6)]
+    response = client.post("/v1/classify", files=files)  # 6 images > max_queue_size 4
+    assert_error(response, 503, "queue_full")
+    assert response.headers["retry-after"] == "1"
+
+
+def test_deadline_before_compute_is_504(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/classify",
+        content=random_png(7),
+        headers={"content-type": "image/png", "X-Request-Timeout-Ms": "0.001"},
+    )
+    assert_error(response, 504, "deadline_exceeded")
+
+
+def test_unexpected_error_is_a_counted_500_without_traceback(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr("service.classify.build_result", boom)
+    response = client.post(
+        "/v1/classify", content=random_png(8), headers={"content-type": "image/png"}
+    )
+    assert_error(response, 500, "internal")
+    assert "secret" not in response.text
+    metrics = client.get("/metrics").text
+    assert metric_value(metrics, "convserve_failures_total", reason="internal") >= 1
+
+
+def test_models_routes(client: httpx.Client, tiny_cnn: TinyModel) -> None:
+    listing = client.get("/v1/models").json()["models"]
+    assert {m["name"]: m["versions"] for m in listing} == {"tiny-cnn": [1], "tiny-rgb": [1]}
+    detail = client.get("/v1/models/tiny-cnn").json()
+    assert detail["labels"] == tiny_cnn.metadata.labels
+    assert detail["input"]["shape"] == [1, 16, 16]
+    assert [(f["layer"], f["shape"]) for f in detail["feature_maps"]] == [
+        (fm.layer, list(fm.shape)) for fm in tiny_cnn.metadata.feature_maps
+    ]
+    assert detail["cam"] is True
+    assert detail["versions"] == [1]
+    image = client.get("/v1/models/tiny-cnn/filters/features.conv1")
+    assert image.headers["content-type"] == "image/png"
+    assert image.content == (tiny_cnn.path / "filters" / "features.conv1.png").read_bytes()
+    assert_error(client.get("/v1/models/tiny-cnn/filters/nope"), 404, "layer_not_found")
+    assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
+
+
+def test_root_docs_and_openapi(client: httpx.Client) -> None:
+    root = client.get("/", follow_redirects=False)
+    assert root.status_code in {302, 307}
+    assert root.headers["location"] == "/docs"
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/models/{model}/classify"]["post"]["requestBody"]["content"]
+    assert {"image/png", "multipart/form-data", "application/json"} <= set(body)
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+
+
+def test_metrics_exposition(client: httpx.Client) -> None:
+    client.post("/v1/classify", content=random_png(9), headers={"content-type": "image/png"})
+    client.post("/v1/models/nope/classify", content=b"x", headers={"content-type": "image/png"})
+    text = client.get("/metrics").text
+    for name in [
+        "convserve_requests_total",
+        "convserve_request_duration_seconds_bucket",
+        "convserve_preprocess_duration_seconds_bucket",
+        "convserve_queue_duration_seconds_bucket",
+        "convserve_compute_duration_seconds_bucket",
+        "convserve_batch_size_bucket",
+        "convserve_queue_depth",
+        "convserve_failures_total",
+        "convserve_model_ready",
+    ]:
+        assert name in text, name
+    assert (
+        metric_value(
+            text, "convserve_requests_total", route="/v1/classify", model="tiny-cnn", code="200"
+        )
+        >= 1
+    )
+    assert (
+        metric_value(text, "convserve_failures_total", model="nope", reason="model_not_found") >= 1
+    )
+    assert (
+        metric_value(
+            text,
+            "convserve_model_ready",
+            model="tiny-cnn",
+            version="1",
+            provider="CPUExecutionProvider",
+        )
+        == 1
+    )
+    assert "convserve_gpu_" not in text  # absent without a GPU, not zeros
+    assert 'route="/v1/models/nope/classify"' not in text  # route templates, not raw paths
+
+
+def test_api_key(tiny_repo: Path) -> None:
+    settings = Settings(model_repository=tiny_repo, default_model="tiny-cnn", api_key="s3cret")
+    with threaded_server(settings) as url, httpx.Client(base_url=url) as c:
+        headers = {"content-type": "image/png"}
+        image = random_png(1)
+        assert_error(c.post("/v1/classify", content=image, headers=headers), 401, "unauthorized")
+        wrong = {**headers, "X-API-Key": "nope"}
+        assert_error(c.post("/v1/classify", content=image, headers=wrong), 403, "forbidden")
+        bearer = {**headers, "Authorization": "Bearer s3cret"}
+        assert c.post("/v1/classify", content=image, headers=bearer).status_code == 200
+        assert c.get("/health/ready").status_code == 200  # health stays open
+
+
+def test_not_ready_until_configured_models_load(tiny_repo: Path) -> None:
+    settings = Settings(model_repository=tiny_repo, models="tiny-cnn,missing-model")
+    with threaded_server(settings, ready=False) as url, httpx.Client(base_url=url) as c:
+        for _ in range(200):
+            body = c.get("/health/ready")
+            if body.json()["status"] != "loading":
+                break
+        assert body.status_code == 503
+        assert body.json()["missing"] == ["missing-model"]
+        assert c.get("/health/live").status_code == 200

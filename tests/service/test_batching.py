@@ -1,0 +1,203 @@
+"""Batcher behaviour with a real ORT session; only the runtime's slowness is controlled."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from service.batching import Batcher, Outputs
+from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.metrics import Metrics
+from service.repository import VersionRef, load_version
+from service.runtime import Runtime
+from tests.service.tiny_model import TinyModel
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+class GatedRuntime:
+    """A real Runtime whose batches wait for `gate` to open: makes 'busy' deterministic."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.calls: list[tuple[int, tuple[str, ...]]] = []
+        self.inputs: list[npt.NDArray[np.float32]] = []
+
+    @property
+    def instances(self) -> int:
+        return self.runtime.instances
+
+    def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
+        self.calls.append((len(batch), tuple(outputs)))
+        self.inputs.append(batch.copy())
+        self.started.set()
+        self.gate.wait(30)
+        return self.runtime.run(instance, batch, outputs)
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:
+    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
+    return Runtime(
+        files.onnx_bytes,
+        files.metadata,
+        providers=["CPUExecutionProvider"],
+        instances=1,
+        intra_op_threads=1,
+    )
+
+
+def images(count: int, start: int = 0) -> list[npt.NDArray[np.float32]]:
+    return [np.full((1, 16, 16), float(start + i), dtype=np.float32) for i in range(count)]
+
+
+def make(gated: GatedRuntime, **kwargs: float) -> Batcher:
+    options: dict[str, float] = {
+        "max_batch_size": 8,
+        "max_queue_delay_s": 0.0,
+        "max_queue_size": 64,
+    }
+    options.update(kwargs)
+    return Batcher(
+        gated,
+        model="tiny-cnn",
+        required_outputs=["logits"],
+        max_batch_size=int(options["max_batch_size"]),
+        max_queue_delay_s=options["max_queue_delay_s"],
+        max_queue_size=int(options["max_queue_size"]),
+        metrics=Metrics(gpu=False),
+    )
+
+
+async def wait_started(gated: GatedRuntime) -> None:
+    while not gated.started.is_set():
+        await asyncio.sleep(0.001)
+
+
+async def test_results_in_order_and_equal_to_direct_run(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    batcher = make(gated)
+    tensors = images(5)
+    items = batcher.submit(tensors, frozenset(), None)
+    results = await asyncio.gather(*(i.future for i in items))
+    direct = runtime.run(0, np.stack(tensors), ["logits"])["logits"]
+    for index, result in enumerate(results):
+        np.testing.assert_allclose(result["logits"], direct[index], rtol=1e-5, atol=1e-6)
+    assert set(results[0]) == {"logits"}  # only the outputs the batch needs
+    await batcher.close()
+
+
+async def test_idle_runtime_runs_a_lone_request_at_once(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    batcher = make(gated, max_queue_delay_s=30.0)  # would time the test out if applied
+    (item,) = batcher.submit(images(1), frozenset(), None)
+    await asyncio.wait_for(item.future, 10)
+    assert gated.calls == [(1, ("logits",))]
+    await batcher.close()
+
+
+async def test_busy_runtime_batches_up_to_max_size(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated, max_batch_size=3, max_queue_delay_s=0.01)
+    first = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    rest = batcher.submit(images(7, start=1), frozenset({"fm.features.conv1"}), None)
+    await asyncio.sleep(0.05)
+    gated.gate.set()
+    results = await asyncio.gather(*(i.future for i in first + rest))
+    assert [size for size, _ in gated.calls] == [1, 3, 3, 1]
+    assert gated.calls[1][1] == ("fm.features.conv1", "logits")
+    assert [float(b[0, 0, 0, 0]) for b in gated.inputs] == [0, 1, 4, 7]  # FIFO
+    assert "fm.features.conv1" in results[1]
+    await batcher.close()
+
+
+async def test_queue_full_is_overloaded(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated, max_batch_size=1, max_queue_size=2)
+    batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    accepted, refused = 0, 0
+    for tensor in images(10):
+        try:
+            batcher.submit([tensor], frozenset(), None)
+            accepted += 1
+        except Overloaded:
+            refused += 1
+        await asyncio.sleep(0)
+    assert refused > 0
+    assert accepted <= 2 + 1  # the queue plus the one batch the worker holds
+    with pytest.raises(Overloaded):  # a request that cannot fit is refused whole
+        batcher.submit(images(3), frozenset(), None)
+    gated.gate.set()
+    await batcher.close()
+
+
+async def test_deadline_passed_before_compute_is_dropped(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated)
+    batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    (late,) = batcher.submit(images(1, start=5), frozenset(), time.monotonic() + 0.01)
+    (fine,) = batcher.submit(images(1, start=6), frozenset(), None)
+    await asyncio.sleep(0.05)
+    gated.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await late.future
+    await fine.future
+    assert [size for size, _ in gated.calls] == [1, 1]
+    assert float(gated.inputs[1][0, 0, 0, 0]) == 6
+    await batcher.close()
+
+
+async def test_cancelled_request_is_not_computed(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated)
+    batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    (gone,) = batcher.submit(images(1, start=3), frozenset(), None)
+    (kept,) = batcher.submit(images(1, start=4), frozenset(), None)
+    gone.future.cancel()
+    gated.gate.set()
+    await kept.future
+    assert [float(b[i, 0, 0, 0]) for b in gated.inputs for i in range(len(b))] == [0, 4]
+    await batcher.close()
+
+
+async def test_close_drains_accepted_work_then_refuses(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated, max_batch_size=2)
+    items = batcher.submit(images(5), frozenset(), None)
+    await wait_started(gated)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0.01)
+    with pytest.raises(NotReady):
+        batcher.submit(images(1), frozenset(), None)
+    gated.gate.set()
+    await closing
+    assert all(i.future.done() and not i.future.cancelled() for i in items)
+    assert sum(size for size, _ in gated.calls) == 5
+
+
+async def test_failed_batch_fails_all_its_futures(runtime: Runtime) -> None:
+    batcher = make(GatedRuntime(runtime))
+    wrong = [np.zeros((2, 16, 16), dtype=np.float32)]  # wrong channel count: ORT raises
+    items = batcher.submit(wrong, frozenset(), None)
+    with pytest.raises(Exception, match="(?i)invalid|dimension|shape"):
+        await items[0].future
+    await batcher.close()

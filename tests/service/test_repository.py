@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from service.errors import RepositoryError
+from service.repository import VersionRef, fingerprint, load_version, scan
+from tests.service.tiny_model import build_onnx, write_tiny_model
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    write_tiny_model(root, "good")
+    return root
+
+
+def ref(root: Path, name: str, version: int = 1) -> VersionRef:
+    return VersionRef(name, version, root / name / str(version))
+
+
+def test_scan_finds_versions_and_reports_bad_names(repo: Path) -> None:
+    (repo / "Bad Name" / "1").mkdir(parents=True)
+    (repo / "good" / "latest").mkdir()
+    (repo / ".hidden").mkdir()
+    refs, problems = scan(repo)
+    assert [(r.model, r.version) for r in refs] == [("good", 1)]
+    assert any("Bad Name" in p for p in problems)
+    assert any("latest" in p for p in problems)
+    assert scan(repo, ["other"])[0] == []
+
+
+def test_valid_version_loads(repo: Path) -> None:
+    files = load_version(repo, ref(repo, "good"))
+    assert files.metadata.name == "good"
+    assert files.cam_weights is not None
+    assert files.cam_weights.shape == (10, 8)
+
+
+def test_external_data_is_refused(repo: Path) -> None:
+    model, _ = build_onnx(1, gap_head=True, seed=0)
+    folder = repo / "good" / "1"
+    onnx.save_model(
+        model,
+        folder / "model.onnx",
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    with pytest.raises(RepositoryError, match="external data"):
+        load_version(repo, ref(repo, "good"))
+
+
+def test_symlink_escaping_the_repository_is_refused(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros((10, 8), dtype=np.float32))
+    target = repo / "good" / "1" / "cam_weights.npy"
+    target.unlink()
+    os.symlink(outside, target)
+    with pytest.raises(RepositoryError, match="outside the repository"):
+        load_version(repo, ref(repo, "good"))
+
+
+def test_pickled_cam_weights_are_refused(repo: Path) -> None:
+    path = repo / "good" / "1" / "cam_weights.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(RepositoryError, match="cam weights"):
+        load_version(repo, ref(repo, "good"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(name="other"), "not its folder"),
+        (lambda m: m.update(labels=["one"]), "invalid metadata"),
+        (lambda m: m["cam"].update(weights="../../x.npy"), "invalid metadata"),
+        (lambda m: m["export"].update(sha256="0" * 64), "sha256"),
+    ],
+)
+def test_bad_metadata_is_refused(repo: Path, change: object, message: str) -> None:
+    path = repo / "good" / "1" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    change(metadata)  # type: ignore[operator]
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(RepositoryError, match=message):
+        load_version(repo, ref(repo, "good"))
+
+
+def test_missing_or_garbage_onnx_is_refused(repo: Path) -> None:
+    (repo / "good" / "1" / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(RepositoryError):
+        load_version(repo, ref(repo, "good"))
+    shutil.rmtree(repo / "good" / "1")
+    (repo / "good" / "1").mkdir()
+    with pytest.raises(RepositoryError, match="missing"):
+        load_version(repo, ref(repo, "good"))
+
+
+def test_fingerprint_changes_with_files(repo: Path) -> None:
+    before = fingerprint(ref(repo, "good"))
+    path = repo / "good" / "1" / "metadata.json"
+    path.write_text(path.read_text() + "\n")
+    assert fingerprint(ref(repo, "good")) != before

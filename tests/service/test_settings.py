@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, build_parser, env_name, settings_from_args
+from tests.service.server import REPO_ROOT
+
+
+def test_defaults_follow_design() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.model_repository == Path("models")
+    assert s.default_model == "lenet5-fashion"
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.max_body_bytes == 16 * 1024 * 1024
+    assert s.max_image_pixels == 40_000_000
+    assert s.providers == "auto"
+    assert s.model_poll_seconds == 0
+    assert s.api_key is None
+
+
+def test_env_prefix_and_cli_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("CONVSERVE_PORT", "9000")
+    s = settings_from_args(["--port", "9100", "--providers", "cpu"])
+    assert s.max_batch_size == 7  # from the environment
+    assert s.port == 9100  # the flag wins
+    assert s.providers == "cpu"
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--providers", "tpu"])
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_API_KEY", "hunter2")
+    shown = Settings().masked()
+    assert shown["api_key"] == "***"
+    assert shown["admin_key"] is None
+    assert "hunter2" not in repr(shown)
+
+
+def test_intra_op_threads_split_cores() -> None:
+    s = Settings(instances=1, intra_op_threads=0)
+    assert s.effective_intra_op_threads >= 1
+    assert Settings(intra_op_threads=3).effective_intra_op_threads == 3
+
+
+def test_help_lists_every_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    text = " ".join(result.stdout.split())
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in text
+        assert env_name(name) in text
