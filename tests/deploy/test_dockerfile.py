@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -148,20 +149,44 @@ def test_gpu_variant_requirements_are_pinned(dockerfile: Dockerfile) -> None:
         assert extra_requirement.name.lower() in pins, f"{extra_requirement.name} not pinned"
 
 
-def test_gpu_library_path_points_at_the_cuda_wheels(dockerfile: Dockerfile) -> None:
+def test_gpu_library_path_resolves_onnxruntime_cuda_libraries(dockerfile: Dockerfile) -> None:
+    """With the image's LD_LIBRARY_PATH, ORT's CUDA provider finds every library but the driver.
+
+    The project venv holds the same CUDA wheels (pulled by torch) in the same layout, so the
+    image's paths are mapped onto it and `ldd` resolves the provider library for real.
+    """
     env = dockerfile.stage("service").env()
     python = re.search(r"python:(\d+\.\d+)", dockerfile.global_args[0].arguments)
     assert python
-    for directory in env["LD_LIBRARY_PATH"].split(":"):
-        assert directory.startswith(f"/opt/venv/lib/python{python.group(1)}/site-packages/nvidia/")
-    # Where the same wheels put their libraries in this project's venv (installed with torch).
-    site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    local = site / "site-packages" / "nvidia"
-    if not local.is_dir():
-        pytest.skip("no CUDA wheels in this venv to compare the library layout with")
-    for directory in env["LD_LIBRARY_PATH"].split(":"):
-        relative = directory.split("site-packages/nvidia/", 1)[1]
-        assert (local / relative).is_dir(), f"{relative} is not where the CUDA wheels install"
+    image_site = f"/opt/venv/lib/python{python.group(1)}/site-packages"
+    directories = env["LD_LIBRARY_PATH"].split(":")
+    assert all(d.startswith(f"{image_site}/nvidia/") for d in directories), directories
+    local_site = Path(ort_capi_dir()).parent.parent
+    if not (local_site / "nvidia").is_dir():
+        pytest.skip("no CUDA wheels in this venv to resolve the image's library path against")
+    ldd = shutil.which("ldd")
+    assert ldd, "ldd (libc-bin) is missing"
+    provider = Path(ort_capi_dir()) / "libonnxruntime_providers_cuda.so"
+    local_path = ":".join(d.replace(image_site, str(local_site)) for d in directories)
+    done = subprocess.run(
+        [ldd, str(provider)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"LD_LIBRARY_PATH": local_path, "PATH": "/usr/bin:/bin"},
+    )
+    missing = {line.split()[0] for line in done.stdout.splitlines() if "not found" in line}
+    # libcuda comes from the host driver through the NVIDIA container runtime.
+    assert missing <= {"libcuda.so.1"}, done.stdout
+    assert "libcublas.so" in done.stdout
+    assert "libcudart.so" in done.stdout
+
+
+def ort_capi_dir() -> str:
+    spec = importlib.util.find_spec("onnxruntime")
+    assert spec
+    assert spec.submodule_search_locations
+    return str(Path(next(iter(spec.submodule_search_locations))) / "capi")
 
 
 def test_runtime_settings(dockerfile: Dockerfile) -> None:

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO_ROOT, require_executable, require_system_part
+from tests.deploy.dockerfile import parse_dockerfile
 from tests.deploy.metrics import GPU_METRICS, metric_names
 from tests.deploy.test_grafana import dashboard_queries
 
@@ -268,3 +269,21 @@ def test_dashboard_query_returns_data(endpoints: Endpoints, panel: str, expr: st
     assert result, f"{panel}: {promql} returned no data"
     finite = [v for v in values(result) if math.isfinite(v)]
     assert finite, f"{panel}: {promql} returned only NaN: {json.dumps(result)[:500]}"
+
+
+def test_dockerfile_healthcheck_probes_the_running_service(endpoints: Endpoints) -> None:
+    """The image's HEALTHCHECK command passes against a live service and fails without one."""
+    (healthcheck,) = parse_dockerfile(REPO_ROOT / "Dockerfile").stage("service").all("HEALTHCHECK")
+    command: list[str] = json.loads(healthcheck.arguments.split(" CMD ", 1)[1])
+    assert command[0] == "python"
+    command[0] = sys.executable
+    port = endpoints.service.rsplit(":", 1)[1]
+    for probed_port, healthy in ((port, True), (str(free_port()), False)):
+        done = subprocess.run(
+            command,
+            env={**os.environ, "CONVSERVE_PORT": probed_port},
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        assert (done.returncode == 0) == healthy, done.stderr
