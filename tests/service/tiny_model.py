@@ -40,15 +40,21 @@ def _conv(rng: np.random.Generator, out_ch: int, in_ch: int) -> npt.NDArray[np.f
 
 
 def build_onnx(
-    channels: int, *, gap_head: bool, seed: int
+    channels: int,
+    *,
+    gap_head: bool,
+    seed: int,
+    size: int = INPUT_SIZE,
+    conv1: int = CONV1_CHANNELS,
+    conv2: int = CONV2_CHANNELS,
 ) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.float32]]]:
     """The graph and its weights (conv1 (4,C,3,3), fc (10, K), ...)."""
     rng = np.random.default_rng(seed)
     weights = {
-        "conv1.w": _conv(rng, CONV1_CHANNELS, channels),
-        "conv1.b": (rng.standard_normal(CONV1_CHANNELS) * 0.1).astype(np.float32),
+        "conv1.w": _conv(rng, conv1, channels),
+        "conv1.b": (rng.standard_normal(conv1) * 0.1).astype(np.float32),
     }
-    half = INPUT_SIZE // 2
+    half = size // 2
     nodes = [
         helper.make_node(
             "Conv", ["input", "conv1.w", "conv1.b"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]
@@ -62,11 +68,11 @@ def build_onnx(
             strides=[2, 2],
         ),
     ]
-    outputs = [("fm.features.conv1", [CONV1_CHANNELS, INPUT_SIZE, INPUT_SIZE])]
-    outputs.append(("fm.features.pool1", [CONV1_CHANNELS, half, half]))
+    outputs = [("fm.features.conv1", [conv1, size, size])]
+    outputs.append(("fm.features.pool1", [conv1, half, half]))
     if gap_head:
-        weights["conv2.w"] = _conv(rng, CONV2_CHANNELS, CONV1_CHANNELS)
-        weights["conv2.b"] = (rng.standard_normal(CONV2_CHANNELS) * 0.1).astype(np.float32)
+        weights["conv2.w"] = _conv(rng, conv2, conv1)
+        weights["conv2.b"] = (rng.standard_normal(conv2) * 0.1).astype(np.float32)
         nodes += [
             helper.make_node(
                 "Conv",
@@ -79,22 +85,18 @@ def build_onnx(
             helper.make_node("GlobalAveragePool", ["fm.features.conv2"], ["gap"]),
             helper.make_node("Flatten", ["gap"], ["flat"]),
         ]
-        outputs.append(("fm.features.conv2", [CONV2_CHANNELS, half, half]))
-        features = CONV2_CHANNELS
+        outputs.append(("fm.features.conv2", [conv2, half, half]))
+        features = conv2
     else:
         nodes.append(helper.make_node("Flatten", ["fm.features.pool1"], ["flat"]))
-        features = CONV1_CHANNELS * half * half
+        features = conv1 * half * half
     weights["fc.w"] = (rng.standard_normal((NUM_CLASSES, features)) * 0.5).astype(np.float32)
     weights["fc.b"] = (rng.standard_normal(NUM_CLASSES) * 0.1).astype(np.float32)
     nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1))
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [
-            helper.make_tensor_value_info(
-                "input", TensorProto.FLOAT, ["N", channels, INPUT_SIZE, INPUT_SIZE]
-            )
-        ],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES])]
         + [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", *s]) for n, s in outputs],
         initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
@@ -121,26 +123,31 @@ def write_tiny_model(
     color_mode: str = "L",
     gap_head: bool = True,
     seed: int = 0,
+    size: int = INPUT_SIZE,
+    conv1: int = CONV1_CHANNELS,
+    conv2: int = CONV2_CHANNELS,
 ) -> TinyModel:
     """Write models/<name>/<version>/ (model.onnx, metadata.json, filters/, cam_weights.npy)."""
     channels = 1 if color_mode == "L" else 3
-    model, weights = build_onnx(channels, gap_head=gap_head, seed=seed)
+    model, weights = build_onnx(
+        channels, gap_head=gap_head, seed=seed, size=size, conv1=conv1, conv2=conv2
+    )
     folder = root / name / str(version)
     (folder / "filters").mkdir(parents=True, exist_ok=True)
     onnx_bytes = model.SerializeToString()
     (folder / "model.onnx").write_bytes(onnx_bytes)
     filter_grid(weights["conv1.w"]).save(folder / "filters" / "features.conv1.png")
-    half = INPUT_SIZE // 2
+    half = size // 2
     feature_maps = [
         {
             "layer": "features.conv1",
             "output": "fm.features.conv1",
-            "shape": [CONV1_CHANNELS, INPUT_SIZE, INPUT_SIZE],
+            "shape": [conv1, size, size],
         },
         {
             "layer": "features.pool1",
             "output": "fm.features.pool1",
-            "shape": [CONV1_CHANNELS, half, half],
+            "shape": [conv1, half, half],
         },
     ]
     cam = None
@@ -149,7 +156,7 @@ def write_tiny_model(
             {
                 "layer": "features.conv2",
                 "output": "fm.features.conv2",
-                "shape": [CONV2_CHANNELS, half, half],
+                "shape": [conv2, half, half],
             }
         )
         np.save(folder / "cam_weights.npy", weights["fc.w"])
@@ -161,12 +168,12 @@ def write_tiny_model(
             "architecture": "tinynet-gap" if gap_head else "tinynet-flat",
             "input": {
                 "name": "input",
-                "shape": [channels, INPUT_SIZE, INPUT_SIZE],
+                "shape": [channels, size, size],
                 "color_mode": color_mode,
             },
             "preprocessing": {
-                "resize": RESIZE,
-                "center_crop": INPUT_SIZE,
+                "resize": size + RESIZE - INPUT_SIZE,
+                "center_crop": size,
                 "interpolation": "bilinear",
                 "mean": [0.5] * channels,
                 "std": [0.25] * channels,

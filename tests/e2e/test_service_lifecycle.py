@@ -1,0 +1,159 @@
+"""Hot reload and SIGTERM under traffic: no request fails, nothing accepted is dropped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.server import ServiceProcess
+from tests.service.tiny_model import random_png, write_tiny_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+CLIENTS = 4
+POLL_S = 0.2
+
+
+class Traffic:
+    """Client threads posting images in a loop until stopped; every outcome is recorded."""
+
+    def __init__(self, url: str, body: Callable[[], bytes | Iterator[bytes]]) -> None:
+        self.url = url
+        self.body = body
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.codes: Counter[int] = Counter()
+        self.versions: Counter[int] = Counter()
+        self.errors: list[str] = []
+        self.in_flight = 0
+        self.threads = [threading.Thread(target=self._loop) for _ in range(CLIENTS)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                with self.lock:
+                    self.in_flight += 1
+                try:
+                    response = client.post(
+                        self.url, content=self.body(), headers={"content-type": "image/png"}
+                    )
+                    with self.lock:
+                        self.codes[response.status_code] += 1
+                        if response.status_code == 200:
+                            self.versions[response.json()["version"]] += 1
+                        else:
+                            self.errors.append(response.text)
+                except httpx.HTTPError as err:
+                    with self.lock:
+                        self.errors.append(repr(err))
+                finally:
+                    with self.lock:
+                        self.in_flight -= 1
+
+    def answered(self) -> int:
+        with self.lock:
+            return sum(self.codes.values())
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def model_info(base_url: str) -> dict[str, object]:
+    info: dict[str, object] = httpx.get(f"{base_url}/v1/models/tiny-cnn").json()
+    return info
+
+
+def test_reload_under_traffic_fails_no_request(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "tiny-cnn", version=1, seed=0)
+    image = random_png(1)
+    with ServiceProcess(
+        tmp_path / "service.log",
+        model_repository=repo,
+        providers="cpu",
+        model_poll_seconds=POLL_S,
+    ) as service:
+        url = f"{service.base_url}/v1/models/tiny-cnn/classify"
+        with Traffic(url, lambda: image) as traffic:
+            wait_for(lambda: traffic.answered() > 20, "traffic")
+            # New version: staged under a hidden name, then renamed into place.
+            write_tiny_model(tmp_path / "staging", "tiny-cnn", version=2, seed=1)
+            os.replace(tmp_path / "staging" / "tiny-cnn" / "2", repo / "tiny-cnn" / "2")
+            wait_for(lambda: model_info(service.base_url)["versions"] == [1, 2], "v2 loaded")
+            wait_for(lambda: traffic.versions[2] > 10, "traffic on v2")
+            # Removed version.
+            shutil.move(repo / "tiny-cnn" / "1", tmp_path / "removed-1")
+            wait_for(lambda: model_info(service.base_url)["versions"] == [2], "v1 removed")
+            # Changed version, file by file (each file replaced atomically).
+            write_tiny_model(tmp_path / "changed", "tiny-cnn", version=2, seed=5)
+            for name in ("model.onnx", "cam_weights.npy", "metadata.json"):
+                os.replace(
+                    tmp_path / "changed" / "tiny-cnn" / "2" / name, repo / "tiny-cnn" / "2" / name
+                )
+            wait_for(
+                lambda: (
+                    model_info(service.base_url)["training"]
+                    == {"dataset": "random-weights", "seed": 5}
+                ),
+                "v2 reloaded",
+            )
+            answered_before = traffic.answered()
+            wait_for(lambda: traffic.answered() > answered_before + 20, "traffic after reload")
+        assert traffic.errors == []
+        assert set(traffic.codes) == {200}
+        assert traffic.versions[1] > 0
+        assert traffic.versions[2] > 0
+        log = service.log()
+        assert "closed old session of tiny-cnn version 1" in log
+        assert "tiny-cnn version 2 changed: reloaded" in log
+
+
+def test_sigterm_under_traffic_drops_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "tiny-cnn")
+    image = random_png(2)
+
+    def slow_body() -> Iterator[bytes]:
+        # The request is accepted (headers read) long before its body is complete.
+        yield image[:100]
+        time.sleep(0.5)
+        yield image[100:]
+
+    with ServiceProcess(
+        tmp_path / "service.log", model_repository=repo, providers="cpu"
+    ) as service:
+        url = f"{service.base_url}/v1/models/tiny-cnn/classify"
+        with Traffic(url, slow_body) as traffic:
+            wait_for(lambda: traffic.answered() >= 2 * CLIENTS, "traffic")
+            traffic.stop.set()  # no new requests: the ones in flight were all sent before
+            time.sleep(0.2)
+            in_flight = traffic.in_flight
+            service.terminate()
+        code = service.process.wait(timeout=60)
+        assert in_flight > 0
+        assert traffic.errors == []
+        assert set(traffic.codes) == {200}
+        assert code in {0, -15}
+        assert "every accepted request answered" in service.log()
