@@ -36,6 +36,7 @@ ARG VARIANT=cpu
 COPY pyproject.toml constraints.txt README.md ./
 COPY service/ service/
 # VARIANT is checked first so a typo fails the build instead of silently building a CPU image.
+# `python -I` (isolated: the working directory is not on sys.path) imports the installed package.
 RUN case "${VARIANT}" in \
         cpu) gpu_requirements="" ;; \
         gpu) gpu_requirements="onnxruntime-gpu[cuda,cudnn]" ;; \
@@ -43,7 +44,7 @@ RUN case "${VARIANT}" in \
     esac \
     && python -m venv /opt/venv \
     && pip install --quiet -c constraints.txt '.[service]' ${gpu_requirements:+"$gpu_requirements"} \
-    && python -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+    && python -I -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 
 # ---------------------------------------------------------------------------------------------
 # Training image: torch + torchvision (their PyPI wheels carry CUDA), for `python -m
@@ -54,7 +55,7 @@ COPY service/ service/
 COPY training/ training/
 RUN python -m venv /opt/venv \
     && pip install --quiet -c constraints.txt '.[train]' \
-    && python -c "import torch, training; print('torch', torch.__version__)"
+    && python -I -c "import torch, training; print('torch', torch.__version__)"
 WORKDIR /workspace
 RUN chown convserve:convserve /workspace
 USER 10001:10001
@@ -66,6 +67,9 @@ CMD ["python", "-m", "training.train", "--help"]
 # Service runtime (default target): the venv, the default model, nothing else.
 FROM base AS service
 ARG VARIANT=cpu
+LABEL org.opencontainers.image.title="convserve" \
+      org.opencontainers.image.description="CNN image classification over HTTP (ONNX Runtime, ${VARIANT})" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=service-build /opt/venv /opt/venv
 # The default model is baked in; mount another repository over /models (or point
 # CONVSERVE_MODEL_REPOSITORY elsewhere) to serve other models. Files stay root-owned: the
@@ -77,7 +81,6 @@ COPY models/ /models/
 ENV CONVSERVE_HOST=0.0.0.0 \
     CONVSERVE_PORT=8000 \
     CONVSERVE_MODEL_REPOSITORY=/models \
-    CONVSERVE_VARIANT=${VARIANT} \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
 WORKDIR /home/convserve
 USER 10001:10001

@@ -288,3 +288,15 @@ def test_pytorchjob_runs_torchrun_on_the_training_image() -> None:
         assert spec["template"]["spec"]["securityContext"]["runAsUser"] == app_uid()
     stages = {s.name for s in parse_dockerfile(REPO_ROOT / "Dockerfile").stages}
     assert "train" in stages
+
+
+def test_pytorchjob_arguments_parse_with_the_training_cli() -> None:
+    """The job's `torchrun -m training.train ARGS` must be a valid training command line."""
+    pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+    from training.train import config_from_args, get_args_parser
+
+    job = only("training", "PyTorchJob", "convserve-train-resnet18")
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    config = config_from_args(get_args_parser().parse_args(container["command"][3:]))
+    assert config.arch == "resnet18"
+    assert str(config.out).startswith("/runs/")
