@@ -67,9 +67,12 @@ class Classifier:
             self._metrics.preprocess_duration.labels(model).observe(decode_s)
             items = loaded.batcher.submit(tensors, outputs, deadline)
             raw = await self._wait(items, wait_disconnect, model)
-            results = await loop.run_in_executor(
-                self._pool, self._postprocess, loaded, raw, options
-            )
+            if options.feature_maps or options.cam:  # PNG encoding: off the event loop
+                results = await loop.run_in_executor(
+                    self._pool, self._postprocess, loaded, raw, options
+                )
+            else:  # softmax + top-k of a few logits costs less than a thread hop
+                results = self._postprocess(loaded, raw, options)
             return ClassifyResponse(
                 model=meta.name,
                 version=meta.version,
