@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, require_system_part
 from tests.deploy.dockerfile import Dockerfile, Stage, parse_dockerfile
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 APP_UID = "10001"
+DEFAULT_MODEL = "lenet5-fashion"
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +248,17 @@ def test_dockerignore_keeps_heavy_and_private_files_out() -> None:
         assert ignored(path, patterns), path
     for path in ("service/__init__.py", "models/lenet5-fashion/1/model.onnx", "constraints.txt"):
         assert not ignored(path, patterns), path
+
+
+def test_the_default_model_is_baked_in(dockerfile: Dockerfile) -> None:
+    """`COPY models/ /models/` must carry the default model, so the image serves out of the box."""
+    version = REPO_ROOT / "models" / DEFAULT_MODEL / "1"
+    require_system_part(
+        version.is_dir(), f"the default model models/{DEFAULT_MODEL}/1", "make train-default"
+    )
+    assert "models/ /models/" in [c.arguments for c in dockerfile.stage("service").all("COPY")]
+    patterns = dockerignore_patterns()
+    for name in ("model.onnx", "metadata.json"):
+        path = version / name
+        assert path.is_file(), f"{path} is missing"
+        assert not ignored(str(path.relative_to(REPO_ROOT)), patterns)
