@@ -1,0 +1,63 @@
+"""Fixtures of the training tests: real Fashion-MNIST, a tiny trained LeNet-5 checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import require_system_part
+from training.data.idx import DEBIAN_FASHION_MNIST_DIR
+from training.data.transforms import Preprocessing, eval_transform
+from training.train import TrainConfig, TrainResult
+from training.train import main as train_main
+
+# Two engineers share the machine's two cores with this suite.
+torch.set_num_threads(1)
+TINY_TRAIN = 1024
+TINY_TEST = 256
+
+
+def fashion_available() -> bool:
+    return (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    require_system_part(
+        fashion_available(), "Fashion-MNIST", "apt-get install -y dataset-fashion-mnist"
+    )
+    return DEBIAN_FASHION_MNIST_DIR
+
+
+def fashion_samples(pre: Preprocessing, count: int) -> torch.Tensor:
+    """`count` real Fashion-MNIST test images through the eval pipeline of `pre`."""
+    from PIL import Image
+
+    from training.data.idx import load_fashion_mnist
+
+    images, _ = load_fashion_mnist(train=False)
+    transform = eval_transform(pre)
+    return torch.stack([transform(Image.fromarray(img)) for img in images[:count]])
+
+
+def tiny_config(out: Path, **changes: object) -> TrainConfig:
+    options: dict[str, object] = {
+        "arch": "lenet5",
+        "dataset": "fashion-mnist",
+        "out": out,
+        "epochs": 1,
+        "batch_size": 64,
+        "train_subset": TINY_TRAIN,
+        "test_subset": TINY_TEST,
+        "threads": 1,
+    }
+    options.update(changes)
+    return TrainConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """One epoch of LeNet-5 on 1024 Fashion-MNIST images (about two seconds)."""
+    return train_main(tiny_config(tmp_path_factory.mktemp("tiny-run")))

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from training.data.datasets import load_dataset, with_transform
+from training.data.transforms import Preprocessing, eval_transform, train_transform
+from training.errors import UserError
+
+
+def test_fashion_mnist_stats_and_labels(fashion_dir: Path) -> None:
+    data = load_dataset("fashion-mnist", fashion_dir)
+    assert len(data.train) == 60000  # type: ignore[arg-type]
+    assert len(data.test) == 10000  # type: ignore[arg-type]
+    assert data.labels[9] == "Ankle boot"
+    assert data.preprocessing == Preprocessing("L", 28, 28, (0.286,), (0.353,))
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_unknown_dataset_lists_choices() -> None:
+    with pytest.raises(UserError, match="fashion-mnist.*digits.*cifar10.*imagefolder"):
+        load_dataset("mnist")
+
+
+def test_cifar10_without_files_does_not_download(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--download"):
+        load_dataset("cifar10", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_digits_upscaled_no_flip() -> None:
+    data = load_dataset("digits")
+    image, label = with_transform(data.test, eval_transform(data.preprocessing))[0]
+    assert image.shape == (1, 28, 28)
+    assert 0 <= label <= 9
+    assert not data.allow_flip
+
+
+def test_imagefolder_split_and_rgb(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            pixels = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=32)
+    assert data.labels == ("cat", "dog")
+    assert len(data.train) + len(data.test) == 20  # type: ignore[arg-type]
+    image, _ = with_transform(data.train, train_transform(data.preprocessing, "flip-crop", True))[0]
+    assert image.shape == (3, 32, 32)
+
+
+def test_eval_transform_is_the_service_pipeline() -> None:
+    """convert → Resize(shorter side) → CenterCrop → ToTensor → Normalize, as DESIGN describes."""
+    pre = Preprocessing("RGB", 36, 32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80), dtype=np.uint8))
+    rgb = image.convert("RGB")
+    resized = rgb.resize((48, 36), Image.Resampling.BICUBIC)
+    left, top = (48 - 32) // 2, (36 - 32) // 2
+    cropped = resized.crop((left, top, left + 32, top + 32))
+    expected = (T.ToTensor()(cropped) - torch.tensor(pre.mean)[:, None, None]) / torch.tensor(
+        pre.std
+    )[:, None, None]
+    assert torch.allclose(eval_transform(pre)(image), expected, atol=1e-6)
+
+
+def test_unknown_augmentation_is_refused() -> None:
+    with pytest.raises(UserError, match="flip-crop"):
+        train_transform(Preprocessing("L", 28, 28, (0.5,), (0.5,)), "heavy", True)

@@ -1,0 +1,73 @@
+"""Every registered architecture exports with its feature maps and passes the parity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.metadata import ModelMetadata
+from tests.training.conftest import fashion_samples
+from tests.training.test_registry import REQUIRED
+from training.data.idx import FASHION_MNIST_LABELS
+from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from training.export import ExportSpec, write_version
+from training.onnx_io import LOGITS_NAME, PARITY_TOLERANCE, ort_session, run_onnx
+from training.registry import build_model, get_spec
+
+GRAY_28 = Preprocessing("L", 28, 28, (0.286,), (0.353,))
+RGB_224 = Preprocessing("RGB", 256, 224, IMAGENET_MEAN, IMAGENET_STD)
+SAMPLES = 2
+# The 4096-wide MLP heads of AlexNet/VGG at 224 are 0.5 GB of weights; a 64-wide head keeps CI fast
+# while exporting the same conv stack.
+TINY_HEAD = {
+    "alexnet": {"head_width": 64},
+    "vgg16": {"head_width": 64},
+    "vgg19": {"head_width": 64},
+}
+CASES = [(arch, pre) for pre in (GRAY_28, RGB_224) for arch in sorted(REQUIRED)]
+
+
+def export_case(arch: str, pre: Preprocessing, folder: Path) -> tuple[ModelMetadata, list[str]]:
+    size = pre.center_crop
+    kwargs = TINY_HEAD.get(arch, {}) if size > 64 else {}
+    model = build_model(arch, 10, pre.channels, size, **kwargs).eval()
+    spec = ExportSpec(
+        name=f"{arch.replace('_', '-')}-test",
+        version=1,
+        arch=arch,
+        labels=list(FASHION_MNIST_LABELS),
+        preprocessing=pre,
+        layers=get_spec(arch).feature_layers(model),
+    )
+    write_version(model, spec, fashion_samples(pre, SAMPLES), folder)
+    return ModelMetadata.model_validate_json((folder / "metadata.json").read_text()), spec.layers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "pre"), CASES, ids=[f"{a}-{p.center_crop}" for a, p in CASES])
+def test_export_parity(arch: str, pre: Preprocessing, fashion_dir: Path, tmp_path: Path) -> None:
+    meta, layers = export_case(arch, pre, tmp_path)
+    assert meta.export.parity_max_abs_diff <= PARITY_TOLERANCE
+    assert meta.input.shape == (pre.channels, pre.center_crop, pre.center_crop)
+    assert layers
+    assert [fm.layer for fm in meta.feature_maps] == layers
+    session = ort_session(tmp_path / "model.onnx", threads=1)
+    names = [o.name for o in session.get_outputs()]
+    assert names == [LOGITS_NAME, *(fm.output for fm in meta.feature_maps)]
+    batch = fashion_samples(pre, 3).numpy()  # another batch size than at export: dynamic axis
+    outputs = run_onnx(session, batch)
+    assert outputs[LOGITS_NAME].shape == (3, 10)
+    for fm in meta.feature_maps:
+        assert outputs[fm.output].shape == (3, *fm.shape)
+    assert (tmp_path / meta.filters[0].file).is_file()
+    if get_spec(arch).cam is not None:
+        assert meta.cam is not None
+        weights = np.load(tmp_path / meta.cam.weights, allow_pickle=False)
+        assert weights.dtype == np.float32
+        channels = meta.feature_map(meta.cam.feature_map.removeprefix("fm."))
+        assert channels is not None
+        assert weights.shape == (10, channels.shape[0])
+    else:
+        assert meta.cam is None

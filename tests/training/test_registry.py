@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from training.errors import UserError
+from training.models.lenet import LeNet5
+from training.registry import build_model, get_spec, list_models, register_model
+from training.train import cli
+
+REQUIRED = {
+    "lenet5", "alexnet", "vgg16", "vgg19", "resnet18", "resnet50", "resnet152",
+    "efficientnet_b0", "convnext_tiny",
+}  # fmt: skip
+
+
+def test_registry_lists_required_architectures() -> None:
+    assert set(list_models()) >= REQUIRED
+
+
+def test_list_archs_cli_prints_names(capsys: pytest.CaptureFixture[str]) -> None:
+    cli(["--list-archs"])
+    assert set(capsys.readouterr().out.split()) >= REQUIRED
+
+
+def test_duplicate_registration_is_refused() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("lenet5", feature_layers=lambda m: [])(lambda **kw: nn.Identity())
+
+
+def test_unknown_arch_lists_valid_names() -> None:
+    with pytest.raises(UserError, match=r"unknown architecture 'nope'.*lenet5.*resnet18"):
+        build_model("nope", 10)
+
+
+def test_bad_builder_option_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="bad options"):
+        build_model("lenet5", 10, 1, 28, wings=2)
+
+
+def test_any_torchvision_classifier_by_name() -> None:
+    model = build_model("mobilenet_v3_small", 7, in_channels=1, image_size=64).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 7)
+    assert get_spec("mobilenet_v3_small").feature_layers(model)[0] == "features.0"
+
+
+def test_lenet5_layout() -> None:
+    model = LeNet5(num_classes=10, batch_norm=False)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 6, (5, 5)),
+        (6, 16, (5, 5)),
+    ]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [
+        (16 * 5 * 5, 120),
+        (120, 84),
+        (84, 10),
+    ]
+    assert get_spec("lenet5").feature_layers(model) == [
+        "features.conv1", "features.relu1", "features.pool1",
+        "features.conv2", "features.relu2", "features.pool2",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(REQUIRED))
+def test_builds_for_native_rgb_size(arch: str) -> None:
+    size = get_spec(arch).native_size
+    model = build_model(arch, 10, in_channels=3, image_size=size).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, size, size)).shape == (1, 10)
