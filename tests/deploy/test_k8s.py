@@ -300,3 +300,60 @@ def test_pytorchjob_arguments_parse_with_the_training_cli() -> None:
     config = config_from_args(get_args_parser().parse_args(container["command"][3:]))
     assert config.arch == "resnet18"
     assert str(config.out).startswith("/runs/")
+
+
+def restricted_violations(pod: dict[str, Any], containers: list[dict[str, Any]]) -> list[str]:
+    """What the `restricted` Pod Security Standard would refuse (the checks that apply here)."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    for container in containers:
+        context = container.get("securityContext", {})
+        name = container["name"]
+        if not (context.get("runAsNonRoot") or pod_context.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot")
+        seccomp = context.get("seccompProfile") or pod_context.get("seccompProfile") or {}
+        if seccomp.get("type") not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{name}: seccompProfile")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation")
+        if context.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{name}: capabilities.drop")
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+    for volume in pod.get("volumes", []):
+        if "hostPath" in volume:
+            problems.append(f"volume {volume['name']}: hostPath")
+    return problems
+
+
+def owned_pods() -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    pods = []
+    for folder in ("overlays/cpu", "overlays/gpu"):
+        deployment = only(folder, "Deployment")
+        pod = pod_spec(deployment)
+        assert pod is not None
+        pods.append((folder, pod, pod_containers(deployment)))
+    job = only("training", "PyTorchJob", "convserve-train-resnet18")
+    for role, spec in job["spec"]["pytorchReplicaSpecs"].items():
+        pods.append((role, spec["template"]["spec"], spec["template"]["spec"]["containers"]))
+    runtime = only("kserve", "ServingRuntime")
+    pods.append(("ServingRuntime", {}, runtime["spec"]["containers"]))
+    return pods
+
+
+def test_own_pods_meet_the_restricted_pod_security_standard() -> None:
+    for where, pod, containers in owned_pods():
+        assert restricted_violations(pod, containers) == [], where
+
+
+def test_the_restricted_check_can_fail() -> None:
+    _, pod, containers = owned_pods()[0]
+    broken = copy.deepcopy(containers)
+    broken[0]["securityContext"]["allowPrivilegeEscalation"] = True
+    assert restricted_violations(pod, broken) == ["convserve: allowPrivilegeEscalation"]
+
+
+def test_namespace_reports_anything_short_of_restricted() -> None:
+    labels = only("overlays/cpu", "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/enforce"] in {"baseline", "restricted"}
