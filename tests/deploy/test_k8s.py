@@ -357,3 +357,30 @@ def test_namespace_reports_anything_short_of_restricted() -> None:
     labels = only("overlays/cpu", "Namespace")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
     assert labels["pod-security.kubernetes.io/enforce"] in {"baseline", "restricted"}
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    values = yaml.safe_load((REPO_ROOT / "deploy/prometheus/adapter-values.yaml").read_text())
+    assert values["rules"]["default"] is False
+    rules: list[dict[str, Any]] = values["rules"]["custom"]
+    return rules
+
+
+def adapter_metric_name(rule: dict[str, Any]) -> str:
+    series = re.match(r"^(\w+)", rule["seriesQuery"])
+    assert series
+    name = rule.get("name", {})
+    if not name:
+        return series.group(1)
+    assert re.search(name["matches"], series.group(1)), rule
+    return str(name["as"])
+
+
+@pytest.mark.parametrize("folder", ["overlays/cpu", "overlays/gpu"])
+def test_hpa_custom_metrics_are_served_by_the_adapter(folder: str) -> None:
+    hpa = only(folder, "HorizontalPodAutoscaler")
+    wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    served = {adapter_metric_name(rule) for rule in adapter_rules()}
+    assert wanted <= served
+    for rule in adapter_rules():
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}

@@ -254,6 +254,27 @@ def service_has_gpu_metrics(service_url: str) -> bool:
     return any(line.startswith(tuple(GPU_METRICS)) for line in exposition.splitlines())
 
 
+def adapter_queries() -> list[str]:
+    values = yaml.safe_load((REPO_ROOT / "deploy/prometheus/adapter-values.yaml").read_text())
+    queries = []
+    for rule in values["rules"]["custom"]:
+        series = rule["seriesQuery"].split("{")[0]
+        # What prometheus-adapter fills in, with this test's labels instead of namespace/pod.
+        query = rule["metricsQuery"].replace("<<.Series>>", series)
+        query = query.replace("<<.LabelMatchers>>", 'job="convserve"')
+        queries.append(query.replace("<<.GroupBy>>", "instance"))
+    return queries
+
+
+@pytest.mark.parametrize("promql", adapter_queries())
+def test_autoscaling_adapter_query_returns_data(endpoints: Endpoints, promql: str) -> None:
+    result = query_until_data(endpoints.prometheus, promql)
+    assert [sample["metric"] for sample in result] == [
+        {"instance": endpoints.service.removeprefix("http://")}
+    ]
+    assert all(math.isfinite(v) for v in values(result))
+
+
 @pytest.mark.parametrize(("panel", "expr"), dashboard_queries())
 def test_dashboard_query_returns_data(endpoints: Endpoints, panel: str, expr: str) -> None:
     promql = expr
