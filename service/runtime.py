@@ -81,6 +81,9 @@ class Runtime:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: on a few shared cores, spinning
+        # threads starve HTTP handling and image decoding (measured in docs/service.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             # Loaded from bytes: there is no model path, so ORT cannot open external data files.
             return ort.InferenceSession(onnx_bytes, sess_options=options, providers=list(providers))

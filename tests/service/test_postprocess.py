@@ -94,6 +94,8 @@ def test_option_validation(tiny_cnn: TinyModel) -> None:
     assert outs == {fm.output for fm in meta.feature_maps}
     with pytest.raises(LayerNotFound):
         required_outputs(meta, ClassifyOptions(feature_maps=("nope",)))
+    short = required_outputs(meta, ClassifyOptions(feature_maps=("conv1", "features.pool1")))
+    assert short == {"fm.features.conv1", "fm.features.pool1"}
     flat = meta.model_copy(update={"cam": None})
     with pytest.raises(CamUnavailable):
         required_outputs(flat, ClassifyOptions(cam=True))
