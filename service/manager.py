@@ -170,6 +170,7 @@ class ModelManager:
                 providers=self.providers,
                 instances=s.instances,
                 intra_op_threads=s.effective_intra_op_threads,
+                require_cuda=s.providers == "cuda",
             )
             runtime.warm_up()
             return runtime

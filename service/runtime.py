@@ -46,10 +46,20 @@ def resolve_providers(choice: ProviderChoice) -> list[str]:
     if choice == "cuda":
         if CUDA not in available:
             raise RepositoryError(f"CONVSERVE_PROVIDERS=cuda but ORT offers only {available}")
+        _preload_cuda_libraries()
         return [CUDA, CPU]
     if CUDA in available and gpu_present():
+        _preload_cuda_libraries()
         return [CUDA, CPU]
     return [CPU]
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* wheels: without torch nothing else loads them."""
+    try:
+        ort.preload_dlls()
+    except (OSError, RuntimeError) as err:  # the system's libraries may still be found
+        logger.warning("could not preload CUDA libraries from the nvidia wheels: %s", err)
 
 
 class Runtime:
@@ -63,14 +73,17 @@ class Runtime:
         providers: Sequence[str],
         instances: int,
         intra_op_threads: int,
+        require_cuda: bool = False,
     ) -> None:
         self.metadata = metadata
         self.sessions = [
             self._session(onnx_bytes, providers, intra_op_threads) for _ in range(instances)
         ]
         self.provider: str = self.sessions[0].get_providers()[0]
-        if CUDA in providers and providers[0] == CUDA and self.provider != CUDA:
-            logger.warning("%s: CUDA requested, running on %s", metadata.name, self.provider)
+        if providers[0] == CUDA and self.provider != CUDA:
+            if require_cuda:
+                raise RepositoryError("CONVSERVE_PROVIDERS=cuda but the CUDA provider failed")
+            logger.warning("%s: CUDA unavailable, running on %s", metadata.name, self.provider)
         self._validate_io()
 
     @staticmethod

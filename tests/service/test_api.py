@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -342,10 +343,11 @@ def test_api_key(tiny_repo: Path) -> None:
 def test_not_ready_until_configured_models_load(tiny_repo: Path) -> None:
     settings = Settings(model_repository=tiny_repo, models="tiny-cnn,missing-model")
     with threaded_server(settings, ready=False) as url, httpx.Client(base_url=url) as c:
-        for _ in range(200):
+        for _ in range(600):
             body = c.get("/health/ready")
             if body.json()["status"] != "loading":
                 break
+            time.sleep(0.05)
         assert body.status_code == 503
         assert body.json()["missing"] == ["missing-model"]
         assert c.get("/health/live").status_code == 200

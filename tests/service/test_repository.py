@@ -107,3 +107,20 @@ def test_fingerprint_changes_with_files(repo: Path) -> None:
     path = repo / "good" / "1" / "metadata.json"
     path.write_text(path.read_text() + "\n")
     assert fingerprint(ref(repo, "good")) != before
+
+
+def test_forced_cuda_without_a_gpu_refuses_the_model(repo: Path) -> None:
+    from service.runtime import CUDA, Runtime, gpu_present
+
+    if gpu_present():
+        pytest.skip("a GPU is present: CUDA would work")
+    files = load_version(repo, ref(repo, "good"))
+    with pytest.raises(RepositoryError, match="CUDA"):
+        Runtime(
+            files.onnx_bytes,
+            files.metadata,
+            providers=[CUDA, "CPUExecutionProvider"],
+            instances=1,
+            intra_op_threads=1,
+            require_cuda=True,
+        )
