@@ -351,3 +351,68 @@ def test_not_ready_until_configured_models_load(tiny_repo: Path) -> None:
         assert body.status_code == 503
         assert body.json()["missing"] == ["missing-model"]
         assert c.get("/health/live").status_code == 200
+
+
+def test_disconnected_client_is_dropped_before_compute(
+    client: httpx.Client, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holds the only ORT instance; B is queued, hangs up, and is never computed."""
+    import socket
+    import threading
+
+    from service.runtime import Runtime
+
+    gate, started = threading.Event(), threading.Event()
+    batches: list[int] = []
+    original = Runtime.run
+
+    def gated_run(self: Runtime, instance: int, batch: np.ndarray, outputs: object) -> object:
+        batches.append(len(batch))
+        started.set()
+        gate.wait(20)
+        return original(self, instance, batch, outputs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Runtime, "run", gated_run)
+
+    def metric(name: str, **labels: str) -> float:
+        return metric_value(client.get("/metrics").text, name, **labels)
+
+    def wait_until(check: object) -> None:
+        for _ in range(400):
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.025)
+        raise TimeoutError
+
+    path = "/v1/models/tiny-rgb/classify"
+    decoded = metric("convserve_preprocess_duration_seconds_count", model="tiny-rgb")
+    first = threading.Thread(
+        target=client.post,
+        args=(path,),
+        kwargs={"content": random_png(40), "headers": {"content-type": "image/png"}},
+    )
+    first.start()
+    assert started.wait(20)
+    image = random_png(41)
+    host, port = base_url.removeprefix("http://").split(":")
+    hang_up = socket.create_connection((host, int(port)))
+    hang_up.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(image)}\r\n\r\n".encode()
+        + image
+    )
+    wait_until(
+        lambda: (
+            metric("convserve_preprocess_duration_seconds_count", model="tiny-rgb") >= decoded + 2
+        )
+    )  # B decoded and queued behind A
+    hang_up.close()
+    wait_until(lambda: metric("convserve_requests_total", model="tiny-rgb", code="499") >= 1)
+    gate.set()
+    first.join(20)
+    wait_until(
+        lambda: (
+            metric("convserve_failures_total", model="tiny-rgb", reason="client_disconnected") >= 1
+        )
+    )
+    assert batches == [1]  # B never reached session.run
