@@ -85,7 +85,7 @@ def test_ddp_two_cpu_processes(fashion_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-port", "0", "-m", "training.train", "--arch", "lenet5",
+        "--standalone", "-m", "training.train", "--arch", "lenet5",
         "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "32",
         "--train-subset", "256", "--test-subset", "64", "--threads", "1", "--out", str(out),
     ]  # fmt: skip

@@ -21,7 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RATIO = 256 / 224
 SMALL_IMAGE_MAX = 64
 ERASING_PROBABILITY = 0.25
-AUGMENT_PRESETS = ("none", "flip-crop", "flip-crop-erase")
+AUGMENT_PRESETS = ("none", "flip", "flip-crop", "flip-crop-erase")
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 _INTERPOLATION = {
     "nearest": T.InterpolationMode.NEAREST,
@@ -104,7 +104,9 @@ def train_transform(pre: Preprocessing, preset: str, allow_flip: bool) -> T.Comp
     size = pre.center_crop
     interpolation = _INTERPOLATION[pre.interpolation]
     steps: list[Any] = [ConvertMode(pre.color_mode)]
-    if size < SMALL_IMAGE_MAX:
+    if preset == "flip":
+        steps += [T.Resize(pre.resize, interpolation=interpolation), T.CenterCrop(size)]
+    elif size < SMALL_IMAGE_MAX:
         # Small images: shift by up to 1/14 of the side (2 px at 28) instead of rescaling.
         steps += [
             T.Resize(pre.resize, interpolation=interpolation),
