@@ -75,5 +75,7 @@ async def _initial_load(manager: ModelManager) -> None:
         logger.warning("not served: %s", message)
     if manager.is_ready():
         logger.info("ready")
+    elif not manager.configured_models():
+        logger.warning("not ready: no model found in %s", manager.root)
     else:
-        logger.warning("not ready: missing %s", ", ".join(manager.missing_models()) or "models")
+        logger.warning("not ready: missing %s", ", ".join(manager.missing_models()))
