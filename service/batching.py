@@ -87,7 +87,9 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(runner.instances, thread_name_prefix=f"ort-{model}")
         self._closing = False
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{model}")
+        self._worker = asyncio.get_running_loop().create_task(
+            self._guarded_work(), name=f"batcher-{model}"
+        )
 
     @property
     def depth(self) -> int:
@@ -137,6 +139,19 @@ class Batcher:
         except TimeoutError:
             return False
         return True
+
+    async def _guarded_work(self) -> None:
+        """A bug in the worker must not leave requests waiting forever: fail them, refuse more."""
+        try:
+            await self._work()
+        except Exception as err:
+            logger.exception("%s: batcher worker failed", self.model)
+            self._closing = True
+            while self._pending:
+                item = self._pending.popleft()
+                if not item.future.done():
+                    item.future.set_exception(err)
+            raise
 
     async def _work(self) -> None:
         while True:

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from service.api.deps import ClassifierDep, SettingsDep, require_api_key
 from service.api.inputs import read_images
 from service.errors import InvalidOption
-from service.schemas import DEFAULT_CHANNELS, DEFAULT_TOP_K, ClassifyOptions, ClassifyResponse
+from service.schemas import (
+    DEFAULT_CHANNELS,
+    DEFAULT_TOP_K,
+    ClassifyOptions,
+    ClassifyResponse,
+    JsonImages,
+)
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(require_api_key)])
@@ -33,7 +39,7 @@ REQUEST_BODY: dict[str, Any] = {
                 }
             },
             "application/json": {
-                "schema": {"$ref": "#/components/schemas/JsonImages"},
+                "schema": JsonImages.model_json_schema(),
                 "example": {"images": ["iVBORw0KGgoAAAANSUhEUgAA..."]},
             },
         },

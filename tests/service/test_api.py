@@ -285,6 +285,8 @@ def test_root_docs_and_openapi(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/models/{model}/classify"]["post"]["requestBody"]["content"]
     assert {"image/png", "multipart/form-data", "application/json"} <= set(body)
+    assert body["application/json"]["schema"]["properties"]["images"]["type"] == "array"
+    assert "#/components" not in str(body)  # no dangling reference
     assert_error(client.get("/no/such/route"), 404, "not_found")
 
 
