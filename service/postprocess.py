@@ -88,9 +88,11 @@ def encode_feature_map(
     chosen = most_active(maps, channels)
     selected = np.ascontiguousarray(maps[chosen])
     low, high = float(selected.min()), float(selected.max())
+    data_shape: tuple[int, int, int] | None = None
+    grid: tuple[int, int] | None = None
     if map_format == "float16":
-        raw = selected.astype("<f2").tobytes()
-        data, grid = raw, None
+        data = selected.astype("<f2").tobytes()
+        data_shape = (len(chosen), fm.shape[1], fm.shape[2])
     else:
         data, grid = render.contact_sheet(selected, low, high), render.grid_shape(len(chosen))
     return FeatureMapResult(
@@ -99,6 +101,7 @@ def encode_feature_map(
         channels=chosen,
         format="float16" if map_format == "float16" else "png",
         data=base64.b64encode(data).decode("ascii"),
+        data_shape=data_shape,
         grid=grid,
         min=low,
         max=high,

@@ -49,6 +49,9 @@ class FeatureMapResult(BaseModel):
         description="base64: a PNG contact sheet (png), or little-endian float16 bytes of shape "
         "(len(channels), H, W) in C order (float16)."
     )
+    data_shape: tuple[int, int, int] | None = Field(
+        None, description="float16 only: (len(channels), H, W), the shape of the decoded bytes."
+    )
     grid: tuple[int, int] | None = Field(
         None, description="(rows, cols) of the PNG contact sheet; tiles row-major, 1 px gaps."
     )

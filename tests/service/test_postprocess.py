@@ -76,7 +76,8 @@ def test_float16_roundtrip() -> None:
     maps = np.random.default_rng(1).standard_normal((6, 5, 3)).astype(np.float32)
     result = encode_feature_map(FM, maps, 16, "float16")
     assert result.channels == most_active(maps, 6)
-    raw = np.frombuffer(base64.b64decode(result.data), dtype="<f2").reshape(6, 5, 3)
+    assert result.data_shape == (6, 5, 3)
+    raw = np.frombuffer(base64.b64decode(result.data), dtype="<f2").reshape(result.data_shape)
     np.testing.assert_allclose(raw, maps[result.channels], rtol=1e-3, atol=1e-3)
 
 
