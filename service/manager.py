@@ -122,6 +122,7 @@ class ModelManager:
                 self._retire(self.loaded.pop(key))
             for key in [k for k in self.errors if k not in seen]:
                 del self.errors[key]
+                self._forget_failed(key)
             self.initial_load_done = True
 
     async def _sync_version(self, ref: VersionRef) -> None:
@@ -142,8 +143,13 @@ class ModelManager:
             message = f"{ref.model}/{ref.version}: {err}"
             self.errors[key] = (fp, message)
             logger.error("skipping %s", message)
+            if current is None:  # a broken change keeps the old session serving (and ready)
+                self.metrics.model_ready.labels(ref.model, str(ref.version), self.providers[0]).set(
+                    0
+                )
             return
         self.errors.pop(key, None)
+        self._forget_failed(key)
         self.loaded[key] = fresh
         self.metrics.model_ready.labels(ref.model, str(ref.version), fresh.runtime.provider).set(1)
         logger.info(
@@ -195,6 +201,11 @@ class ModelManager:
         loaded = LoadedVersion(ref, fp, meta, runtime, batcher, files.cam_weights)
         loaded.idle.set()
         return loaded
+
+    def _forget_failed(self, key: tuple[str, int]) -> None:
+        """Drop the 0 that `convserve_model_ready` shows for a version that failed to load."""
+        with contextlib.suppress(KeyError):
+            self.metrics.model_ready.remove(key[0], str(key[1]), self.providers[0])
 
     def _retire(self, old: LoadedVersion, *, keep_ready_metric: bool = False) -> None:
         if not keep_ready_metric:

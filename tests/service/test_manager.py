@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from service.settings import Settings
+from tests.service.server import metric_value, threaded_server
+from tests.service.tiny_model import random_png, write_tiny_model
+
+
+def test_broken_version_is_reported_and_skipped(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "tiny-cnn", version=1)
+    broken = write_tiny_model(repo, "tiny-cnn", version=2, seed=1)
+    (broken.path / "model.onnx").write_bytes(b"not onnx")
+    write_tiny_model(repo, "other", version=1)
+    (repo / "other" / "1" / "metadata.json").write_text("{}")
+    settings = Settings(model_repository=repo, default_model="tiny-cnn", models="tiny-cnn")
+    with threaded_server(settings) as url, httpx.Client(base_url=url) as client:
+        ready = client.get("/health/ready").json()
+        assert ready["models"] == {"tiny-cnn": [1]}  # "other" is not configured: not loaded
+        assert any("tiny-cnn/2" in e for e in ready["errors"])
+        response = client.post(
+            "/v1/classify", content=random_png(1), headers={"content-type": "image/png"}
+        )
+        assert response.json()["version"] == 1
+        v2 = client.post(
+            "/v1/models/tiny-cnn/versions/2/classify",
+            content=random_png(1),
+            headers={"content-type": "image/png"},
+        )
+        assert v2.status_code == 404
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "convserve_model_ready", model="tiny-cnn", version="1") == 1
+        ready_v2 = (
+            'convserve_model_ready{model="tiny-cnn",provider="CPUExecutionProvider",version="2"}'
+        )
+        assert f"{ready_v2} 0.0" in metrics  # present and 0: the deploy alert fires on it
+
+
+def test_model_with_only_broken_versions_is_not_ready(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "tiny-cnn")
+    write_tiny_model(repo, "other")
+    (repo / "other" / "1" / "metadata.json").write_text("{}")
+    settings = Settings(model_repository=repo)
+    with threaded_server(settings, ready=False) as url, httpx.Client(base_url=url) as client:
+        for _ in range(400):
+            ready = client.get("/health/ready")
+            if ready.json()["status"] != "loading":
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 503
+        assert ready.json()["missing"] == ["other"]
+        ok = client.post(
+            "/v1/models/tiny-cnn/classify",
+            content=random_png(2),
+            headers={"content-type": "image/png"},
+        )
+        assert ok.status_code == 200  # the others still serve
