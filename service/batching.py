@@ -147,6 +147,7 @@ class Batcher:
         except Exception as err:
             logger.exception("%s: batcher worker failed", self.model)
             self._closing = True
+            self._metrics.queue_depth.labels(self.model).dec(len(self._pending))
             while self._pending:
                 item = self._pending.popleft()
                 if not item.future.done():
