@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -273,6 +272,7 @@ def main(cfg: ExportConfig) -> Path:
         "epochs": content["epoch"],
         "best_epoch": content.get("best_epoch"),
         "arch_kwargs": content["arch_kwargs"],
+        "train_time_s": round(sum(row.get("time_s", 0.0) for row in content.get("history", []))),
         **{
             k: config[k]
             for k in (
@@ -329,5 +329,3 @@ def cli(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     sys.exit(run_cli(cli))
-
-__all__ = ["np"]

@@ -63,12 +63,3 @@ def test_lenet5_layout() -> None:
         "features.conv1", "features.relu1", "features.pool1",
         "features.conv2", "features.relu2", "features.pool2",
     ]  # fmt: skip
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(REQUIRED))
-def test_builds_for_native_rgb_size(arch: str) -> None:
-    size = get_spec(arch).native_size
-    model = build_model(arch, 10, in_channels=3, image_size=size).eval()
-    with torch.no_grad():
-        assert model(torch.zeros(1, 3, size, size)).shape == (1, 10)

@@ -18,7 +18,6 @@ from training.models.adapt import (
     drop_excess_pools,
     is_small,
     pool_positions,
-    replace_module,
     set_in_channels,
     small_mlp_head,
     small_stem,
@@ -161,5 +160,3 @@ for _name in ("alexnet", "vgg16", "vgg19"):
     _register_mlp_net(_name)
 for _name in ("resnet18", "resnet50", "resnet152"):
     _register_resnet(_name)
-
-__all__ = ["replace_module"]

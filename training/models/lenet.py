@@ -7,7 +7,7 @@ Choices, all documented in docs/training.md:
 - max pooling 2×2 (the paper's trainable average "subsampling"); `avg` selectable;
 - padding 2 on the first conv, so 28×28 inputs behave like the paper's 32×32 (C1 map 28×28);
 - batch norm after each conv (on by default: reaches the 0.91 Fashion-MNIST target in fewer
-  epochs; folded into the conv at ONNX export, so serving cost is unchanged);
+  epochs; at inference a per-channel affine map of negligible cost);
 - C3 connects to all six S2 maps (the paper's sparse connection table was a 1998 compute saving).
 """
 
@@ -87,7 +87,7 @@ class LeNet5(nn.Module):
 
 
 def lenet_feature_layers(model: nn.Module) -> list[str]:
-    """Every conv, activation and pool output (batch norm is folded into its conv)."""
+    """Every conv, activation and pool output (batch-norm outputs are left out)."""
     return [
         f"features.{name}"
         for name, module in model.get_submodule("features").named_children()
