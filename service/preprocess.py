@@ -8,7 +8,6 @@ Runs in a worker thread: nothing here touches the event loop.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import numpy.typing as npt
@@ -32,19 +31,19 @@ def decode(data: bytes, *, color_mode: str, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("empty image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"image is {width}x{height} pixels, more than the {max_pixels} allowed"
-                )
-            opened.load()
-            return ImageOps.exif_transpose(opened).convert(color_mode)
+        # Pillow's own bomb check (a warning above Image.MAX_IMAGE_PIXELS, an error above twice
+        # that) is global state; the per-setting limit is checked here, before pixels decode.
+        opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}x{height} pixels, more than the {max_pixels} allowed"
+            )
+        opened.load()
+        return ImageOps.exif_transpose(opened).convert(color_mode)
     except UnidentifiedImageError as err:
         raise InvalidImage(f"not a {'/'.join(ALLOWED_FORMATS)} image") from err
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise ImageTooLarge(str(err)) from err
     except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt image data
         raise InvalidImage(f"undecodable image: {err}") from err
