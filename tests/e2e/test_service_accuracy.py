@@ -112,3 +112,21 @@ def test_default_model_accuracy_over_http_equals_offline(tmp_path: Path) -> None
     assert http_accuracy == offline_accuracy
     assert (http == offline).all()
     assert http_accuracy > 0.8  # a trained model, not a broken one
+
+
+def test_plain_command_serves_the_committed_default_model(tmp_path: Path) -> None:
+    """`python -m service` with no settings (what `make serve` runs) serves ./models."""
+    require_system_part(
+        newest_version(REPO_ROOT / "models" / DEFAULT_MODEL) is not None,
+        f"models/{DEFAULT_MODEL}",
+        "make train-default (the default model is committed by the training pipeline)",
+    )
+    image = png(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+    with ServiceProcess(tmp_path / "service.log") as service:
+        response = httpx.post(
+            f"{service.base_url}/v1/classify", content=image, headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == DEFAULT_MODEL
+        assert len(response.json()["results"][0]["predictions"]) == 5
+        assert f"loaded {DEFAULT_MODEL} version" in service.log()
