@@ -24,10 +24,9 @@ import numpy.typing as npt
 
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
+from service.runtime import Outputs
 
 logger = logging.getLogger(__name__)
-
-Outputs = dict[str, npt.NDArray[np.float32]]
 
 
 class BatchRunner(Protocol):
@@ -52,13 +51,6 @@ class Item:
     enqueued: float = field(default_factory=time.perf_counter)
     queue_s: float = 0.0
     compute_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    outputs: Outputs
-    queue_s: float
-    compute_s: float
 
 
 class Batcher:

@@ -11,12 +11,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from service.batching import Item, Outputs
+from service.batching import Item
 from service.errors import ClientDisconnected, InvalidOption
 from service.manager import LoadedVersion, ModelManager
 from service.metrics import Metrics
 from service.postprocess import build_result, required_outputs
 from service.preprocess import preprocess_many
+from service.runtime import Outputs
 from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
 from service.settings import Settings
 

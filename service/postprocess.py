@@ -10,6 +10,7 @@ import numpy.typing as npt
 from service import render
 from service.errors import CamUnavailable, LayerNotFound
 from service.metadata import FeatureMap, ModelMetadata
+from service.runtime import Outputs
 from service.schemas import (
     CamResult,
     ClassifyOptions,
@@ -19,7 +20,6 @@ from service.schemas import (
 )
 
 ALL_LAYERS = "all"
-Outputs = dict[str, npt.NDArray[np.float32]]
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

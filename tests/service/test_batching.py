@@ -12,11 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.batching import Batcher, Outputs
+from service.batching import Batcher
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 from service.repository import VersionRef, load_version
-from service.runtime import Runtime
+from service.runtime import Outputs, Runtime
 from tests.service.tiny_model import TinyModel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
