@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
 
 from service.api.deps import ManagerDep, require_api_key
 from service.errors import LayerNotFound
+from service.manager import ModelManager
 from service.repository import inside
 from service.schemas import FeatureMapInfo, ModelDetail, ModelList, ModelSummary
 
@@ -28,8 +31,20 @@ async def list_models(manager: ManagerDep) -> ModelList:
 
 @router.get("/models/{model}")
 async def describe_model(model: str, manager: ManagerDep) -> ModelDetail:
-    """Labels, input, preprocessing, feature-map layers with shapes, and versions."""
-    meta = manager.get(model).metadata
+    """Labels, input, preprocessing, feature-map layers with shapes, and versions (newest)."""
+    return _detail(manager, model, None)
+
+
+@router.get("/models/{model}/versions/{version}")
+async def describe_version(
+    model: str, version: Annotated[int, Path(ge=1)], manager: ManagerDep
+) -> ModelDetail:
+    """The same for one loaded version."""
+    return _detail(manager, model, version)
+
+
+def _detail(manager: ModelManager, model: str, version: int | None) -> ModelDetail:
+    meta = manager.get(model, version).metadata
     return ModelDetail(
         name=meta.name,
         version=meta.version,

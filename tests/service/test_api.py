@@ -275,6 +275,8 @@ def test_models_routes(client: httpx.Client, tiny_cnn: TinyModel) -> None:
     assert image.content == (tiny_cnn.path / "filters" / "features.conv1.png").read_bytes()
     assert_error(client.get("/v1/models/tiny-cnn/filters/nope"), 404, "layer_not_found")
     assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
+    assert client.get("/v1/models/tiny-cnn/versions/1").json() == detail
+    assert_error(client.get("/v1/models/tiny-cnn/versions/7"), 404, "version_not_found")
 
 
 def test_root_docs_and_openapi(client: httpx.Client) -> None:
