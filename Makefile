@@ -45,8 +45,10 @@ fmt: setup
 
 ## train-default: retrain and export the committed default model (models/lenet5-fashion)
 train-default: setup
-	$(PY) -m training.train --arch lenet5 --dataset fashion-mnist --epochs 12 --out runs/lenet5-fashion
-	$(PY) -m training.export --checkpoint runs/lenet5-fashion/best.pt --repository models --name lenet5-fashion
+	$(PY) -m training.train --arch lenet5 --dataset fashion-mnist --epochs 20 --augment flip \
+		--label-smoothing 0.1 --threads 1 --out runs/lenet5-fashion
+	$(PY) -m training.export --checkpoint runs/lenet5-fashion/best.pt --repository models \
+		--name lenet5-fashion --version 1 --force
 
 ## lock: re-pin constraints.txt from the current .venv (after changing dependencies)
 lock: setup

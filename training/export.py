@@ -53,6 +53,7 @@ METADATA_FILE = "metadata.json"
 CAM_FILE = "cam_weights.npy"
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PARITY_SAMPLES = 32
+PUBLISHED_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,9 @@ def stage_and_publish(
         metadata = write_version(model, spec, samples, staging)
         if after_write is not None:
             after_write(staging, metadata)
+        staging.chmod(
+            PUBLISHED_DIR_MODE
+        )  # mkdtemp makes it 0700; the service may run as another user
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

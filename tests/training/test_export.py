@@ -35,6 +35,7 @@ def test_name_rule_matches_the_service_schema() -> None:
 def test_export_writes_a_valid_version(tiny_run: TrainResult, tmp_path: Path) -> None:
     folder = _export(tiny_run, tmp_path)
     assert folder == tmp_path / "tiny" / "1"
+    assert folder.stat().st_mode & 0o777 == 0o755
     meta = schema.ModelMetadata.model_validate_json((folder / "metadata.json").read_text())
     assert meta.architecture == "lenet5"
     assert meta.input.color_mode == "L"
