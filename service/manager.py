@@ -27,6 +27,7 @@ from service.runtime import Runtime, resolve_providers
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+ABSENT_SCANS_BEFORE_REMOVAL = 2
 
 
 @dataclass(eq=False)
@@ -58,6 +59,7 @@ class ModelManager:
         self.initial_load_done = False
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self._absent: dict[tuple[str, int], int] = {}
 
     # --- queries -------------------------------------------------------------------------
     def versions(self, model: str) -> list[int]:
@@ -118,8 +120,15 @@ class ModelManager:
             for ref in refs:
                 await self._sync_version(ref)
             for key in [k for k in self.loaded if k not in seen]:
-                logger.info("model %s version %d removed from the repository", *key)
-                self._retire(self.loaded.pop(key))
+                # Absent from two scans in a row: an exporter replacing a version
+                # (rmtree + rename) must not make it vanish for a poll interval.
+                self._absent[key] = self._absent.get(key, 0) + 1
+                if self._absent[key] >= ABSENT_SCANS_BEFORE_REMOVAL:
+                    logger.info("model %s version %d removed from the repository", *key)
+                    self._retire(self.loaded.pop(key))
+            self._absent = {
+                k: n for k, n in self._absent.items() if k in self.loaded and k not in seen
+            }
             for key in [k for k in self.errors if k not in seen]:
                 del self.errors[key]
                 self._forget_failed(key)

@@ -4,7 +4,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from service.errors import ModelNotFound
+from service.manager import ModelManager
+from service.metrics import Metrics
 from service.settings import Settings
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import random_png, write_tiny_model
@@ -60,3 +64,27 @@ def test_model_with_only_broken_versions_is_not_ready(tmp_path: Path) -> None:
             headers={"content-type": "image/png"},
         )
         assert ok.status_code == 200  # the others still serve
+
+
+@pytest.mark.anyio
+async def test_a_version_missing_from_one_scan_keeps_serving(tmp_path: Path) -> None:
+    """An exporter replacing a version (rmtree, then rename) must not make it vanish."""
+    repo = tmp_path / "models"
+    model = write_tiny_model(repo, "tiny-cnn")
+    manager = ModelManager(Settings(model_repository=repo, providers="cpu"), Metrics(gpu=False))
+    await manager.sync()
+    first = manager.get("tiny-cnn")
+    aside = tmp_path / "aside"
+    model.path.rename(aside)
+    await manager.sync()  # one scan without it: still served
+    assert manager.get("tiny-cnn") is first
+    aside.rename(model.path)
+    await manager.sync()  # back, unchanged: the same session
+    assert manager.get("tiny-cnn") is first
+    model.path.rename(aside)
+    await manager.sync()
+    await manager.sync()  # two scans without it: removed
+    assert manager.versions("tiny-cnn") == []
+    with pytest.raises(ModelNotFound):
+        manager.get("tiny-cnn")
+    await manager.close()
