@@ -20,7 +20,9 @@ from service.errors import (
 )
 from service.schemas import JsonImages
 
-RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/octet-stream"})
+RAW_IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
+)
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 FILE_FIELD = "file"
