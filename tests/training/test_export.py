@@ -32,6 +32,7 @@ def test_name_rule_matches_the_service_schema() -> None:
     assert NAME_PATTERN == schema.NAME_PATTERN
 
 
+@pytest.mark.slow
 def test_export_writes_a_valid_version(tiny_run: TrainResult, tmp_path: Path) -> None:
     folder = _export(tiny_run, tmp_path)
     assert folder == tmp_path / "tiny" / "1"
@@ -53,6 +54,7 @@ def test_export_writes_a_valid_version(tiny_run: TrainResult, tmp_path: Path) ->
     assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["1"]  # no staging left
 
 
+@pytest.mark.slow
 def test_versions_increment_and_are_never_overwritten(
     tiny_run: TrainResult, tmp_path: Path
 ) -> None:
@@ -79,6 +81,7 @@ def test_unknown_feature_map_layer_is_refused(tiny_run: TrainResult, tmp_path: P
         _export(tiny_run, tmp_path, feature_maps="features.conv9")
 
 
+@pytest.mark.slow
 def test_parity_failure_writes_nothing(tiny_run: TrainResult, tmp_path: Path) -> None:
     """A real float32 reordering error (~1e-7) against a tolerance of 1e-12 must refuse."""
     from dataclasses import replace
@@ -108,6 +111,7 @@ def test_parity_failure_writes_nothing(tiny_run: TrainResult, tmp_path: Path) ->
     assert (loose / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_cli_user_errors_exit_2(tiny_run: TrainResult, tmp_path: Path) -> None:
     command = [
         sys.executable,

@@ -69,6 +69,7 @@ def test_resume_refuses_other_arch(tiny_run: TrainResult, tmp_path: Path) -> Non
         train_main(tiny_config(tmp_path, arch="resnet18", resume=tiny_run.last_checkpoint))
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "training.train", "--dataset", "mnist-typo", "--out", str(tmp_path)],
