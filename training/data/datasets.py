@@ -28,6 +28,7 @@ DIGITS_TEST_FRACTION = 0.2
 IMAGEFOLDER_TEST_FRACTION = 0.1
 SPLIT_SEED = 0
 DEFAULT_CIFAR10_DIR = Path("data/cifar10")
+DEFAULT_DOWNLOAD_DIR = Path("data")
 CIFAR10_LABELS = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -96,8 +97,10 @@ def _array_bundle(
     )
 
 
-def _fashion_mnist(data_dir: Path | None) -> DatasetBundle:
+def _fashion_mnist(data_dir: Path | None, download: bool) -> DatasetBundle:
     directory = data_dir or DEBIAN_FASHION_MNIST_DIR
+    if download and not (directory / "t10k-labels-idx1-ubyte.gz").is_file():
+        directory = _download_fashion_mnist(data_dir or DEFAULT_DOWNLOAD_DIR)
     try:
         train = load_fashion_mnist(directory, train=True)
         test = load_fashion_mnist(directory, train=False)
@@ -106,6 +109,17 @@ def _fashion_mnist(data_dir: Path | None) -> DatasetBundle:
             f"Fashion-MNIST not found: {err} (apt-get install dataset-fashion-mnist)"
         ) from err
     return _array_bundle("fashion-mnist", train, test, FASHION_MNIST_LABELS, allow_flip=True)
+
+
+def _download_fashion_mnist(root: Path) -> Path:
+    """Fetch the IDX files with torchvision (only with --download); returns their folder."""
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"downloading Fashion-MNIST into {root} failed: {err}") from err
+    return root / "FashionMNIST" / "raw"
 
 
 def _digits() -> DatasetBundle:
@@ -189,7 +203,7 @@ def load_dataset(
 ) -> DatasetBundle:
     """The dataset named `spec`; `image_size` rescales (e.g. 224 for the ImageNet-style archs)."""
     if spec == "fashion-mnist":
-        bundle = _fashion_mnist(data_dir)
+        bundle = _fashion_mnist(data_dir, download)
     elif spec == "digits":
         bundle = _digits()
     elif spec == "cifar10":
