@@ -213,8 +213,42 @@ def main(cfg: TrainConfig) -> TrainResult:
         shutdown(info)
 
 
+@dataclass
+class _Progress:
+    epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _resume(
+    cfg: TrainConfig,
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> _Progress:
+    """Restore weights, optimizer, scheduler, scaler and RNG states from `path`."""
+    state = load_checkpoint(path)
+    if state["arch"] != cfg.arch or state["dataset"] != cfg.dataset:
+        raise UserError(
+            f"{path} is {state['arch']} on {state['dataset']}, not {cfg.arch} on {cfg.dataset}"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    logger.info("resumed from %s after epoch %d", path, state["epoch"])
+    return _Progress(
+        state["epoch"], state["best_metric"], state["best_epoch"], list(state["history"])
+    )
+
+
 def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResult:
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    # Ranks differ in augmentation randomness; the data order comes from the sampler's seed.
+    seed_everything(cfg.seed + info.rank, deterministic=cfg.deterministic)
     data = load_dataset(
         cfg.dataset,
         cfg.data_dir,
@@ -231,22 +265,15 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
     scheduler = _scheduler(cfg, optimizer, len(train_loader))
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    start_epoch, best, best_epoch, history = 0, -1.0, 0, []
+    progress = _Progress()
     if cfg.resume is not None:
-        state = load_checkpoint(cfg.resume)
-        if state["arch"] != cfg.arch or state["dataset"] != cfg.dataset:
-            raise UserError(
-                f"{cfg.resume} is {state['arch']} on {state['dataset']}, "
-                f"not {cfg.arch} on {cfg.dataset}"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
-        history = list(state["history"])
-        set_rng_state(state["rng"])
-        logger.info("resumed from %s after epoch %d", cfg.resume, start_epoch)
+        progress = _resume(cfg, cfg.resume, model, optimizer, scheduler, scaler)
+    start_epoch, best, best_epoch, history = (
+        progress.epoch,
+        progress.best,
+        progress.best_epoch,
+        progress.history,
+    )
     net: nn.Module = DistributedDataParallel(model) if info.enabled else model
     tools = StepTools(
         optimizer,
