@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def stage_and_publish(
     samples: torch.Tensor,
     repository: Path,
     force: bool,
-    after_write: Any = None,
+    after_write: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Path:
     """Write the version in a hidden staging folder, then move it to <repo>/<name>/<version>."""
     check_name(spec.name)
