@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.api import classify, health, models
+from service.api import classify, health, models, web
 from service.api.errors import install_error_handlers
 from service.api.middleware import MetricsMiddleware
 from service.classify import Classifier
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     return app
 
 

@@ -1,9 +1,9 @@
-"""Liveness, readiness, Prometheus exposition, and the root redirect."""
+"""Liveness, readiness and Prometheus exposition."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import ManagerDep, MetricsDep
@@ -39,8 +39,3 @@ async def ready(manager: ManagerDep) -> JSONResponse:
 async def metrics(registry: MetricsDep) -> Response:
     """Prometheus text exposition (shared/DESIGN.md §7)."""
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/", include_in_schema=False)
-async def root() -> RedirectResponse:
-    return RedirectResponse("/docs")
