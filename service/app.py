@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.api import classify, health, models, web
+from service.api import classify, health, models, v2, web
 from service.api.errors import install_error_handlers
 from service.api.middleware import MetricsMiddleware
 from service.classify import Classifier
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import Settings
+from service.v2.errors import install_v2_error_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware)
     install_error_handlers(app)
+    install_v2_error_handlers(app)  # after the native ones, which it wraps
     app.include_router(classify.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    for router in (v2.health, v2.models, v2.admin):  # Open Inference Protocol (docs/v2.md)
+        app.include_router(router)
     app.include_router(web.router)
     return app
 

@@ -11,6 +11,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from service.batching import Item
 from service.errors import ClientDisconnected, InvalidOption
 from service.manager import LoadedVersion, ModelManager
@@ -60,14 +63,12 @@ class Classifier:
             outputs = required_outputs(meta, options)  # option errors before any decoding
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
-            tensors = await loop.run_in_executor(
-                self._pool,
-                lambda: preprocess_many(images, meta, max_pixels=self._settings.max_image_pixels),
-            )
+            tensors = await self.preprocess(loaded, images)
             decode_s = time.perf_counter() - started
-            self._metrics.preprocess_duration.labels(model).observe(decode_s)
-            items = loaded.batcher.submit(tensors, outputs, deadline)
-            raw = await self._wait(items, wait_disconnect, model)
+            items = await self.run(
+                loaded, tensors, outputs, deadline=deadline, wait_disconnect=wait_disconnect
+            )
+            raw = [item.future.result() for item in items]
             if options.feature_maps or options.cam:  # PNG encoding: off the event loop
                 results = await loop.run_in_executor(
                     self._pool, self._postprocess, loaded, raw, options
@@ -84,6 +85,36 @@ class Classifier:
                     compute=round(max(i.compute_s for i in items) * 1000, 3),
                 ),
             )
+
+    async def preprocess(
+        self, loaded: LoadedVersion, images: list[bytes]
+    ) -> list[npt.NDArray[np.float32]]:
+        """Decode and preprocess encoded images in the pool (C, H, W) each; timed per request."""
+        meta = loaded.metadata
+        started = time.perf_counter()
+        tensors = await asyncio.get_running_loop().run_in_executor(
+            self._pool,
+            lambda: preprocess_many(images, meta, max_pixels=self._settings.max_image_pixels),
+        )
+        self._metrics.preprocess_duration.labels(loaded.ref.model).observe(
+            time.perf_counter() - started
+        )
+        return tensors
+
+    async def run(
+        self,
+        loaded: LoadedVersion,
+        tensors: list[npt.NDArray[np.float32]],
+        outputs: frozenset[str],
+        *,
+        deadline: float | None,
+        wait_disconnect: WaitDisconnect | None = None,
+    ) -> list[Item]:
+        """Submit preprocessed rows (C, H, W) to the version's batcher (the one inference path
+        shared by the native and v2 routes) and wait; each item's `future` holds its outputs."""
+        items = loaded.batcher.submit(tensors, outputs, deadline)
+        await self._wait(items, wait_disconnect, loaded.ref.model)
+        return items
 
     @staticmethod
     async def _wait(

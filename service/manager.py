@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from service import repository
 from service.batching import Batcher
-from service.errors import ModelNotFound, NotReady, RepositoryError, VersionNotFound
+from service.errors import (
+    BadRequest,
+    ModelNotFound,
+    NotReady,
+    RepositoryError,
+    VersionNotFound,
+)
 from service.metadata import ModelMetadata
 from service.metrics import Metrics
 from service.repository import Fingerprint, VersionRef
@@ -60,6 +66,11 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._absent: dict[tuple[str, int], int] = {}
+        # Repository extension (v2 load/unload): models unloaded by an admin are skipped by
+        # every sync and leave the configured set; models loaded by name beyond CONVSERVE_MODELS
+        # join it.
+        self.unloaded: set[str] = set()
+        self._loaded_by_name: set[str] = set()
 
     # --- queries -------------------------------------------------------------------------
     def versions(self, model: str) -> list[int]:
@@ -71,9 +82,15 @@ class ModelManager:
     def configured_models(self) -> list[str]:
         """Models that must be loaded for readiness: the configured list, else every one seen."""
         if self.settings.model_names:
-            return self.settings.model_names
+            names = [*self.settings.model_names, *sorted(self._loaded_by_name)]
+            return [m for m in dict.fromkeys(names) if m not in self.unloaded]
         seen = {m for (m, _) in self.loaded} | {m for (m, _) in self.errors}
-        return sorted(seen)
+        return sorted(seen - self.unloaded)
+
+    def _scan_only(self) -> list[str] | None:
+        if not self.settings.model_names:
+            return None
+        return [*self.settings.model_names, *sorted(self._loaded_by_name)]
 
     def missing_models(self) -> list[str]:
         return [m for m in self.configured_models() if not self.versions(m)]
@@ -112,9 +129,8 @@ class ModelManager:
     async def sync(self) -> None:
         """Bring the loaded table in line with the repository (initial load and every poll)."""
         async with self._lock:
-            refs, problems = await asyncio.to_thread(
-                repository.scan, self.root, self.settings.model_names or None
-            )
+            refs, problems = await asyncio.to_thread(repository.scan, self.root, self._scan_only())
+            refs = [r for r in refs if r.model not in self.unloaded]
             self.scan_problems = problems
             seen = {(r.model, r.version) for r in refs}
             for ref in refs:
@@ -230,6 +246,44 @@ class ModelManager:
         await old.idle.wait()
         await old.batcher.close()
         logger.info("closed old session of %s version %d", old.ref.model, old.ref.version)
+
+    # --- repository extension (v2 load / unload) --------------------------------------------
+    async def load_model(self, model: str) -> None:
+        """(Re)scan one model's versions and load them; it rejoins the configured set."""
+        async with self._lock:
+            refs, _ = await asyncio.to_thread(repository.scan, self.root, [model])
+            if not refs:
+                raise ModelNotFound(f"model {model!r} is not in the repository", model=model)
+            self.unloaded.discard(model)
+            if self.settings.model_names and model not in self.settings.model_names:
+                self._loaded_by_name.add(model)
+            for key in [k for k in self.errors if k[0] == model]:
+                del self.errors[key]  # an explicit load retries versions that failed before
+            seen = {(r.model, r.version) for r in refs}
+            for ref in refs:
+                await self._sync_version(ref)
+            for key in [k for k in self.loaded if k[0] == model and k not in seen]:
+                self._retire(self.loaded.pop(key))
+        if not self.versions(model):
+            problems = "; ".join(m for k, (_, m) in self.errors.items() if k[0] == model)
+            raise BadRequest(f"failed to load {model!r}: {problems}", model=model)
+
+    async def unload_model(self, model: str) -> None:
+        """Stop serving `model`: new requests get 404; in-flight ones finish on its sessions."""
+        async with self._lock:
+            keys = [k for k in self.loaded if k[0] == model]
+            failed = [k for k in self.errors if k[0] == model]
+            if not keys and not failed and model not in self.configured_models():
+                raise ModelNotFound(f"model {model!r} is not loaded", model=model)
+            self.unloaded.add(model)
+            self._loaded_by_name.discard(model)
+            for key in keys:
+                self._absent.pop(key, None)
+                self._retire(self.loaded.pop(key))
+            for key in failed:
+                del self.errors[key]
+                self._forget_failed(key)
+        logger.info("model %s unloaded (versions %s)", model, [v for _, v in keys])
 
     async def poll(self, interval_s: float) -> None:
         """Re-sync every `interval_s` seconds until cancelled; a failed sync is logged."""

@@ -1,0 +1,219 @@
+"""Open Inference Protocol (KServe v2) routes: parse, one call to service/v2, return.
+
+Health and server metadata stay open; model metadata, config and infer take the API key as
+/v1 does; the repository extension needs CONVSERVE_ADMIN_KEY (403 while it is unset).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.api.deps import ClassifierDep, ManagerDep, SettingsDep, require_api_key
+from service.errors import BadRequest, Forbidden, InvalidOption, PayloadTooLarge, Unauthorized
+from service.settings import Settings
+from service.v2 import infer as v2_infer
+from service.v2 import models as v2_models
+from service.v2.errors import V2Route
+from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest
+
+TAGS: list[Any] = ["v2 (Open Inference Protocol)"]
+
+
+def require_admin_key(request: Request, settings: SettingsDep) -> None:
+    """CONVSERVE_ADMIN_KEY as 'Authorization: Bearer <key>' or 'X-API-Key'; unset: disabled."""
+    if settings.admin_key is None:
+        raise Forbidden(
+            "the model repository extension is disabled: set CONVSERVE_ADMIN_KEY to enable it"
+        )
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[len("bearer ") :].strip()
+    if not given:
+        raise Unauthorized("the admin key is required (Authorization: Bearer or X-API-Key)")
+    if not hmac.compare_digest(given.encode(), settings.admin_key.get_secret_value().encode()):
+        raise Forbidden("invalid admin key")
+
+
+health = APIRouter(prefix="/v2", tags=TAGS, route_class=V2Route)
+models = APIRouter(
+    prefix="/v2/models", tags=TAGS, route_class=V2Route, dependencies=[Depends(require_api_key)]
+)
+admin = APIRouter(
+    prefix="/v2/repository",
+    tags=TAGS,
+    route_class=V2Route,
+    dependencies=[Depends(require_admin_key)],
+)
+TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout-Ms")]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _deadline(settings: Settings, timeout_ms: float | None) -> float | None:
+    if timeout_ms is not None and timeout_ms <= 0:
+        raise InvalidOption("X-Request-Timeout-Ms must be positive")
+    chosen = timeout_ms or settings.request_timeout_ms
+    return time.monotonic() + chosen / 1000.0 if chosen else None
+
+
+@health.get("")
+async def server_metadata(settings: SettingsDep) -> dict[str, Any]:
+    """Server name, version and the protocol extensions it supports."""
+    return v2_models.server_metadata(settings)
+
+
+@health.get("/health/live")
+async def server_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@health.get("/health/ready")
+async def server_ready(manager: ManagerDep) -> JSONResponse:
+    """200 when every configured model is loaded and warmed (as /health/ready), else 503."""
+    ready = manager.is_ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@health.get("/models/{model}/ready")
+async def model_ready(model: str, manager: ManagerDep) -> dict[str, Any]:
+    manager.get(model)
+    return {"name": model, "ready": True}
+
+
+@health.get("/models/{model}/versions/{version}/ready")
+async def version_ready(model: str, version: str, manager: ManagerDep) -> dict[str, Any]:
+    manager.get(model, v2_models.parse_version(version, model))
+    return {"name": model, "version": version, "ready": True}
+
+
+@models.get("/{model}")
+async def model_metadata(model: str, manager: ManagerDep) -> dict[str, Any]:
+    """Inputs, outputs (logits and every feature map) and loaded versions."""
+    return v2_models.model_metadata(manager, manager.get(model))
+
+
+@models.get("/{model}/versions/{version}")
+async def version_metadata(model: str, version: str, manager: ManagerDep) -> dict[str, Any]:
+    loaded = manager.get(model, v2_models.parse_version(version, model))
+    return v2_models.model_metadata(manager, loaded)
+
+
+@models.get("/{model}/config")
+async def model_config(model: str, manager: ManagerDep, settings: SettingsDep) -> dict[str, Any]:
+    """Triton's JSON model configuration: max_batch_size, dims, dynamic_batching."""
+    return v2_models.model_config(settings, manager.get(model))
+
+
+@models.get("/{model}/versions/{version}/config")
+async def version_config(
+    model: str, version: str, manager: ManagerDep, settings: SettingsDep
+) -> dict[str, Any]:
+    loaded = manager.get(model, v2_models.parse_version(version, model))
+    return v2_models.model_config(settings, loaded)
+
+
+async def _infer(
+    request: Request,
+    manager: ManagerDep,
+    classifier: ClassifierDep,
+    settings: Settings,
+    model: str,
+    version: int | None,
+    timeout_ms: float | None,
+) -> Response:
+    request.state.model = model
+    deadline = _deadline(settings, timeout_ms)
+    body = await read_body(request, settings.max_body_bytes)
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    result = await v2_infer.infer(
+        manager,
+        classifier,
+        model,
+        version,
+        body,
+        request.headers.get(HEADER_LENGTH),
+        deadline=deadline,
+        wait_disconnect=wait_disconnect,
+    )
+    request.state.version = result.version
+    if result.header_length is None:
+        return Response(result.body, media_type="application/json")
+    return Response(
+        result.body,
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(result.header_length)},
+    )
+
+
+@models.post("/{model}/infer")
+async def infer(
+    request: Request,
+    model: str,
+    manager: ManagerDep,
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    timeout_ms: TimeoutHeader = None,
+) -> Response:
+    """Inference with JSON tensors or the binary tensor data extension (newest version)."""
+    return await _infer(request, manager, classifier, settings, model, None, timeout_ms)
+
+
+@models.post("/{model}/versions/{version}/infer")
+async def infer_version(
+    request: Request,
+    model: str,
+    version: str,
+    manager: ManagerDep,
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    timeout_ms: TimeoutHeader = None,
+) -> Response:
+    number = v2_models.parse_version(version, model)
+    return await _infer(request, manager, classifier, settings, model, number, timeout_ms)
+
+
+@admin.post("/index")
+async def repository_index(request: Request, manager: ManagerDep) -> list[dict[str, str]]:
+    """Every model version in the repository folder, with its state."""
+    body = await read_body(request, 4096)
+    try:
+        options = RepositoryIndexRequest.model_validate_json(body or b"{}")
+    except ValidationError as err:
+        raise BadRequest(f"invalid repository index request: {err}") from err
+    return await v2_models.repository_index(manager, ready_only=options.ready)
+
+
+@admin.post("/models/{model}/load")
+async def load_model(model: str, manager: ManagerDep) -> dict[str, Any]:
+    """(Re)scan and load every version of `model`; it rejoins the readiness set."""
+    await manager.load_model(model)
+    return {}
+
+
+@admin.post("/models/{model}/unload")
+async def unload_model(model: str, manager: ManagerDep) -> dict[str, Any]:
+    """Stop serving `model` (in-flight requests finish); readiness no longer waits for it."""
+    await manager.unload_model(model)
+    return {}

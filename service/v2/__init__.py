@@ -1,0 +1,1 @@
+"""Open Inference Protocol (KServe v2): schemas, binary tensor codec, handlers."""

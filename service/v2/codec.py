@@ -1,0 +1,216 @@
+"""Bodies of the v2 infer route: JSON tensors and the binary tensor data extension.
+
+With the extension the body is the JSON request of `Inference-Header-Content-Length` bytes,
+followed by each binary input's bytes in the order of `inputs` (little-endian, row major; a
+BYTES element is a 4-byte little-endian length then its bytes). Responses use the same layout.
+Nothing here knows about models: infer.py checks tensors against metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from service.errors import BadRequest
+from service.v2.schemas import (
+    BINARY_DATA_SIZE,
+    BYTES,
+    FP32,
+    HEADER_LENGTH,
+    InferRequest,
+    RequestInput,
+)
+
+FP32_BYTES = 4
+LENGTH_PREFIX = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    request: InferRequest
+    binary: dict[int, bytes]  # input index -> its binary data, for inputs sent as binary
+
+
+def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
+    """Split and validate an infer body; BadRequest (400) on any malformation."""
+    if header_length is None:
+        head, tail = body, b""
+    else:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise BadRequest(
+                f"{HEADER_LENGTH} {header_length!r} is not a length within the "
+                f"{len(body)}-byte body"
+            )
+        head, tail = body[: int(header_length)], body[int(header_length) :]
+    try:
+        request = InferRequest.model_validate_json(head)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
+        )
+        raise BadRequest(f"invalid inference request: {problems}") from err
+    binary: dict[int, bytes] = {}
+    offset = 0
+    for index, tensor in enumerate(request.inputs):
+        size = tensor.parameters.get(BINARY_DATA_SIZE)
+        if size is None:
+            if tensor.data is None:
+                raise BadRequest(f"input {tensor.name!r} has neither 'data' nor {BINARY_DATA_SIZE}")
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BadRequest(f"input {tensor.name!r}: {BINARY_DATA_SIZE} must be an integer >= 0")
+        if tensor.data is not None:
+            raise BadRequest(f"input {tensor.name!r} has both 'data' and {BINARY_DATA_SIZE}")
+        if offset + size > len(tail):
+            raise BadRequest(
+                f"input {tensor.name!r}: {BINARY_DATA_SIZE} {size} runs past the body's "
+                f"{len(tail)} bytes of binary data"
+            )
+        binary[index] = tail[offset : offset + size]
+        offset += size
+    if offset != len(tail):
+        raise BadRequest(
+            f"the body has {len(tail)} bytes of binary tensor data, the inputs declare {offset}"
+        )
+    return ParsedRequest(request, binary)
+
+
+def element_count(shape: list[int]) -> int:
+    return math.prod(shape)
+
+
+def fp32_tensor(tensor: RequestInput, raw: bytes | None) -> npt.NDArray[np.float32]:
+    """An FP32 input as an array of its declared shape (the byte or element count must match)."""
+    if tensor.datatype != FP32:
+        raise BadRequest(f"input {tensor.name!r} must be {FP32}, not {tensor.datatype}")
+    count = element_count(tensor.shape)
+    if raw is not None:
+        if len(raw) != count * FP32_BYTES:
+            raise BadRequest(
+                f"input {tensor.name!r}: shape {tensor.shape} needs {count * FP32_BYTES} bytes "
+                f"of {FP32}, got {len(raw)}"
+            )
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(tensor.shape)
+    try:
+        values = np.asarray(tensor.data, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise BadRequest(f"input {tensor.name!r}: 'data' is not an array of numbers") from err
+    if values.size != count:
+        raise BadRequest(
+            f"input {tensor.name!r}: shape {tensor.shape} needs {count} values, got {values.size}"
+        )
+    return values.reshape(tensor.shape)
+
+
+def bytes_elements(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
+    """A BYTES input's elements: length-prefixed binary data, or base64 strings in JSON."""
+    if tensor.datatype != BYTES:
+        raise BadRequest(f"input {tensor.name!r} must be {BYTES}, not {tensor.datatype}")
+    count = element_count(tensor.shape)
+    if raw is not None:
+        elements = split_bytes(raw, tensor.name)
+    else:
+        elements = []
+        for index, value in enumerate(_flatten(tensor.data or [])):
+            if not isinstance(value, str):
+                raise BadRequest(f"input {tensor.name!r}: element {index} is not a string")
+            try:
+                elements.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError) as err:
+                raise BadRequest(
+                    f"input {tensor.name!r}: element {index} is not base64 (in JSON, BYTES "
+                    "image elements are base64 strings)"
+                ) from err
+    if len(elements) != count:
+        raise BadRequest(
+            f"input {tensor.name!r}: shape {tensor.shape} needs {count} elements, "
+            f"got {len(elements)}"
+        )
+    return elements
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for value in values:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def split_bytes(raw: bytes, name: str) -> list[bytes]:
+    """Length-prefixed BYTES elements (4-byte little-endian length, then the bytes)."""
+    elements = []
+    offset = 0
+    while offset < len(raw):
+        if offset + LENGTH_PREFIX.size > len(raw):
+            raise BadRequest(f"input {name!r}: truncated BYTES length prefix")
+        (length,) = LENGTH_PREFIX.unpack_from(raw, offset)
+        offset += LENGTH_PREFIX.size
+        if offset + length > len(raw):
+            raise BadRequest(f"input {name!r}: BYTES element runs past its binary data")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def join_bytes(elements: list[bytes]) -> bytes:
+    return b"".join(LENGTH_PREFIX.pack(len(e)) + e for e in elements)
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One response output: FP32 values or BYTES strings, sent as JSON or binary."""
+
+    name: str
+    shape: list[int]
+    fp32: npt.NDArray[np.float32] | None = None
+    strings: list[bytes] | None = None
+    binary: bool = False
+
+    @property
+    def datatype(self) -> str:
+        return FP32 if self.fp32 is not None else BYTES
+
+    def payload(self) -> bytes:
+        if self.fp32 is not None:
+            return np.ascontiguousarray(self.fp32, dtype="<f4").tobytes()
+        return join_bytes(self.strings or [])
+
+    def json_data(self) -> list[Any]:
+        if self.fp32 is not None:
+            values: list[Any] = self.fp32.reshape(-1).tolist()
+            return values
+        return [s.decode("utf-8", errors="replace") for s in self.strings or []]
+
+
+def encode_response(
+    header: dict[str, Any], outputs: list[OutputTensor]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length."""
+    chunks: list[bytes] = []
+    entries = []
+    for output in outputs:
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": output.shape,
+        }
+        if output.binary:
+            data = output.payload()
+            entry["parameters"] = {BINARY_DATA_SIZE: len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = output.json_data()
+        entries.append(entry)
+    head = json.dumps({**header, "outputs": entries}, separators=(",", ":")).encode()
+    if not chunks:
+        return head, None
+    return head + b"".join(chunks), len(head)

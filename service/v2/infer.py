@@ -1,0 +1,200 @@
+"""The v2 infer handler: validate against metadata, submit rows to the version's batcher.
+
+The same `Classifier.preprocess` / `Classifier.run` the native routes use: v2 and native
+requests to one version share its batcher, its batches and its metrics. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.classify import Classifier, WaitDisconnect
+from service.errors import BadRequest
+from service.manager import LoadedVersion, ModelManager
+from service.metadata import ModelMetadata
+from service.runtime import Outputs
+from service.v2.codec import (
+    OutputTensor,
+    ParsedRequest,
+    bytes_elements,
+    encode_response,
+    fp32_tensor,
+    parse_request,
+)
+from service.v2.schemas import (
+    BINARY_DATA,
+    BINARY_DATA_OUTPUT,
+    CLASSIFICATION,
+    IMAGE_INPUT,
+    TIMEOUT_US,
+    InferRequest,
+    Parameters,
+)
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    body: bytes
+    header_length: int | None  # set when the body carries binary outputs
+    version: int
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    name: str
+    classification: int | None
+    binary: bool
+
+
+def _flag(parameters: Parameters, key: str, default: bool, where: str) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: parameter {key!r} must be a boolean")
+    return value
+
+
+def plan_outputs(meta: ModelMetadata, request: InferRequest) -> list[OutputPlan]:
+    """Requested outputs, checked before any work; none requested = logits alone."""
+    default_binary = _flag(request.parameters, BINARY_DATA_OUTPUT, False, "request")
+    if request.outputs is None:
+        return [OutputPlan(meta.output.name, None, default_binary)]
+    known = [meta.output.name, *(fm.output for fm in meta.feature_maps)]
+    plans: list[OutputPlan] = []
+    for output in request.outputs:
+        where = f"output {output.name!r}"
+        if output.name not in known:
+            raise BadRequest(f"{meta.name} has no output {output.name!r} (known: {known})")
+        if any(p.name == output.name for p in plans):
+            raise BadRequest(f"{where} is requested twice")
+        count = output.parameters.get(CLASSIFICATION)
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise BadRequest(f"{where}: {CLASSIFICATION} must be an integer >= 1")
+            if output.name != meta.output.name:
+                raise BadRequest(f"{where}: {CLASSIFICATION} applies to {meta.output.name!r} only")
+            count = min(count, meta.num_classes)
+        binary = _flag(output.parameters, BINARY_DATA, default_binary, where)
+        plans.append(OutputPlan(output.name, count, binary))
+    return plans
+
+
+def _batch_rows(
+    parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int
+) -> tuple[npt.NDArray[np.float32] | None, list[bytes] | None]:
+    """The FP32 tensor (N, C, H, W), or the encoded images of the BYTES `image` input."""
+    request = parsed.request
+    expected = (
+        f"{meta.input.name!r} (FP32 [N, {', '.join(map(str, meta.input.shape))}]) "
+        f"or {IMAGE_INPUT!r} (BYTES [N], encoded images)"
+    )
+    if len(request.inputs) != 1:
+        raise BadRequest(f"send exactly one input: {expected}")
+    tensor, raw = request.inputs[0], parsed.binary.get(0)
+    if tensor.name == meta.input.name:
+        if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != meta.input.shape:
+            raise BadRequest(
+                f"input {tensor.name!r} has shape {tensor.shape}, expected "
+                f"[N, {', '.join(map(str, meta.input.shape))}]"
+            )
+        rows, images = fp32_tensor(tensor, raw), None
+        count = tensor.shape[0]
+    elif tensor.name == IMAGE_INPUT:
+        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise BadRequest(f"input {IMAGE_INPUT!r} has shape {tensor.shape}, expected [N]")
+        rows, images = None, bytes_elements(tensor, raw)
+        count = len(images)
+    else:
+        raise BadRequest(f"{meta.name} has no input {tensor.name!r}: send {expected}")
+    if not 1 <= count <= max_batch_size:
+        raise BadRequest(f"batch size {count} is outside 1..{max_batch_size} (max_batch_size)")
+    return rows, images
+
+
+def _deadline(request: InferRequest, deadline: float | None) -> float | None:
+    """The `timeout` parameter (microseconds, as tritonclient sends it) tightens the deadline."""
+    timeout_us = request.parameters.get(TIMEOUT_US)
+    if timeout_us is None:
+        return deadline
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us <= 0:
+        raise BadRequest(f"parameter {TIMEOUT_US!r} must be a positive number of microseconds")
+    own = time.monotonic() + timeout_us / 1e6
+    return own if deadline is None else min(own, deadline)
+
+
+def _classification(logits: npt.NDArray[np.float32], labels: list[str], count: int) -> list[bytes]:
+    """Top-`count` classes of one image as "score:index:label", highest score first."""
+    order = np.argsort(-logits, kind="stable")[:count]
+    return [f"{float(logits[i]):f}:{int(i)}:{labels[i]}".encode() for i in order]
+
+
+def build_outputs(
+    meta: ModelMetadata, plans: list[OutputPlan], raw: list[Outputs]
+) -> list[OutputTensor]:
+    outputs = []
+    for plan in plans:
+        values = np.stack([out[plan.name] for out in raw])
+        if plan.classification is None:
+            outputs.append(
+                OutputTensor(plan.name, list(values.shape), fp32=values, binary=plan.binary)
+            )
+            continue
+        strings = [
+            s for row in values for s in _classification(row, meta.labels, plan.classification)
+        ]
+        outputs.append(
+            OutputTensor(
+                plan.name, [len(raw), plan.classification], strings=strings, binary=plan.binary
+            )
+        )
+    return outputs
+
+
+async def infer(
+    manager: ModelManager,
+    classifier: Classifier,
+    model: str,
+    version: int | None,
+    body: bytes,
+    header_length: str | None,
+    *,
+    deadline: float | None,
+    wait_disconnect: WaitDisconnect | None = None,
+) -> InferResponse:
+    parsed = parse_request(body, header_length)
+    request = parsed.request
+    deadline = _deadline(request, deadline)
+    async with manager.lease(model, version) as loaded:
+        meta = loaded.metadata
+        plans = plan_outputs(meta, request)
+        raw = await _run(classifier, loaded, parsed, plans, deadline, wait_disconnect)
+    header: dict[str, object] = {"model_name": meta.name, "model_version": str(meta.version)}
+    if request.id is not None:
+        header["id"] = request.id
+    body_out, length = encode_response(header, build_outputs(meta, plans, raw))
+    return InferResponse(body_out, length, meta.version)
+
+
+async def _run(
+    classifier: Classifier,
+    loaded: LoadedVersion,
+    parsed: ParsedRequest,
+    plans: list[OutputPlan],
+    deadline: float | None,
+    wait_disconnect: WaitDisconnect | None,
+) -> list[Outputs]:
+    meta = loaded.metadata
+    rows, images = _batch_rows(parsed, meta, loaded.batcher.max_batch_size)
+    if images is not None:
+        tensors = await classifier.preprocess(loaded, images)
+    else:
+        assert rows is not None
+        tensors = list(rows)
+    maps = frozenset(p.name for p in plans if p.name != meta.output.name)
+    items = await classifier.run(
+        loaded, tensors, maps, deadline=deadline, wait_disconnect=wait_disconnect
+    )
+    return [item.future.result() for item in items]

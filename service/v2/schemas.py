@@ -1,0 +1,58 @@
+"""Open Inference Protocol (KServe v2) request bodies, validated with pydantic.
+
+Responses are built as plain dicts (JSON edges): their shapes are fixed by the protocol and
+documented in docs/v2.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Dim = Annotated[int, Field(strict=True, ge=0)]
+Parameters = dict[str, Any]
+
+# Datatypes of the protocol this service produces or accepts.
+FP32 = "FP32"
+BYTES = "BYTES"
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+IMAGE_INPUT = "image"  # optional BYTES input: encoded image files, preprocessed by the service
+
+# Request and output parameters of the extensions.
+BINARY_DATA_SIZE = "binary_data_size"
+BINARY_DATA = "binary_data"
+BINARY_DATA_OUTPUT = "binary_data_output"
+CLASSIFICATION = "classification"
+TIMEOUT_US = "timeout"  # tritonclient's per-request timeout, microseconds
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored, as Triton and KServe do (clients add their own).
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RequestInput(_Body):
+    name: str
+    shape: list[Dim]
+    datatype: str
+    parameters: Parameters = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(_Body):
+    name: str
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class InferRequest(_Body):
+    id: str | None = None
+    parameters: Parameters = Field(default_factory=dict)
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class RepositoryIndexRequest(_Body):
+    ready: bool = False
