@@ -19,6 +19,7 @@ from service.errors import BadRequest, Forbidden, InvalidOption, PayloadTooLarge
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
+from service.v2.codec import decompress
 from service.v2.errors import V2Route
 from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest
 
@@ -142,6 +143,7 @@ async def _infer(
     request.state.model = model
     deadline = _deadline(settings, timeout_ms)
     body = await read_body(request, settings.max_body_bytes)
+    body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
 
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":

@@ -146,7 +146,9 @@ def test_classification_extension(
     top = client.infer(MODEL, [tensor], outputs=[wanted]).as_numpy("logits")
     assert top.shape == (4, 3)
     plain = triton.InferRequestedOutput("logits", binary_data=True)
-    logits = client.infer(MODEL, [tensor], outputs=[plain]).as_numpy("logits")
+    logits = client.infer(
+        MODEL, [tensor], outputs=[plain], request_compression_algorithm="gzip"
+    ).as_numpy("logits")
     for row, entries in zip(logits, top, strict=True):
         parsed = [str(e).split(":", 2) for e in entries]  # JSON BYTES come back as str
         assert [int(index) for _, index, _ in parsed] == list(np.argsort(-row)[:3])
