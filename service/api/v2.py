@@ -21,9 +21,10 @@ from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
 from service.v2.codec import decompress
 from service.v2.errors import V2Route
-from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest
+from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest, RepositoryLoadRequest
 
 TAGS: list[Any] = ["v2 (Open Inference Protocol)"]
+MAX_ADMIN_BODY_BYTES = 64 * 1024
 
 
 def require_admin_key(request: Request, settings: SettingsDep) -> None:
@@ -199,7 +200,7 @@ async def infer_version(
 @admin.post("/index")
 async def repository_index(request: Request, manager: ManagerDep) -> list[dict[str, str]]:
     """Every model version in the repository folder, with its state."""
-    body = await read_body(request, 4096)
+    body = await read_body(request, MAX_ADMIN_BODY_BYTES)
     try:
         options = RepositoryIndexRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
@@ -208,8 +209,18 @@ async def repository_index(request: Request, manager: ManagerDep) -> list[dict[s
 
 
 @admin.post("/models/{model}/load")
-async def load_model(model: str, manager: ManagerDep) -> dict[str, Any]:
+async def load_model(request: Request, model: str, manager: ManagerDep) -> dict[str, Any]:
     """(Re)scan and load every version of `model`; it rejoins the readiness set."""
+    body = await read_body(request, MAX_ADMIN_BODY_BYTES)
+    try:
+        options = RepositoryLoadRequest.model_validate_json(body or b"{}")
+    except ValidationError as err:
+        raise BadRequest(f"invalid load request: {err}") from err
+    overrides = [k for k in options.parameters if k == "config" or k.startswith("file:")]
+    if overrides:
+        raise BadRequest(
+            f"load overrides {overrides} are not supported: models come from the repository only"
+        )
     await manager.load_model(model)
     return {}
 

@@ -56,3 +56,7 @@ class InferRequest(_Body):
 
 class RepositoryIndexRequest(_Body):
     ready: bool = False
+
+
+class RepositoryLoadRequest(_Body):
+    parameters: Parameters = Field(default_factory=dict)

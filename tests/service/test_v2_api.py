@@ -392,6 +392,10 @@ def test_repository_extension_with_the_admin_key(client: httpx.Client) -> None:
     finally:
         assert client.post("/v2/repository/models/tiny-rgb/load", headers=admin).status_code == 200
     assert client.get("/v2/models/tiny-rgb/ready").status_code == 200
+    override = {"parameters": {"config": "{}"}}
+    refused = client.post("/v2/repository/models/tiny-rgb/load", headers=admin, json=override)
+    assert refused.status_code == 400
+    assert "not supported" in refused.json()["error"]
     missing = client.post("/v2/repository/models/nope/load", headers=admin)
     assert (missing.status_code, set(missing.json())) == (404, {"error"})
 
