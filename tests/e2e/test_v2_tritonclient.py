@@ -14,14 +14,13 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+import tritonclient.http as triton
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from service.metadata import ModelMetadata
 from tests.conftest import REPO_ROOT, require_system_part
 from tests.service.server import ServiceProcess
-
-triton = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MODEL = "lenet5-fashion"

@@ -369,6 +369,24 @@ def test_full_queue_answers_503_with_the_v2_body(client: httpx.Client, gate: Gat
     assert failures >= 1
 
 
+def test_timeout_parameter_is_a_deadline_before_compute(client: httpx.Client, gate: Gate) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        gate.close()
+        try:
+            busy = pool.submit(client.post, INFER, json=tensor_request(inputs(1)))
+            wait_for(lambda: gate.batches == [1])
+            body = tensor_request(inputs(1), parameters={"timeout": 1000})  # microseconds
+            late = pool.submit(client.post, INFER, json=body)
+            wait_for(lambda: gate.submitted == 2)
+            time.sleep(0.01)  # past the 1 ms deadline while the runtime is still busy
+        finally:
+            gate.open.set()
+        assert busy.result().status_code == 200
+    assert late.result().status_code == 504
+    assert set(late.result().json()) == {"error"}
+    assert gate.batches == [1]  # the late request never reached compute
+
+
 def test_repository_extension_with_the_admin_key(client: httpx.Client) -> None:
     admin = {"X-API-Key": ADMIN_KEY}
     assert client.post("/v2/repository/index").status_code == 401
