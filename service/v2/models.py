@@ -44,7 +44,7 @@ def model_metadata(manager: ModelManager, loaded: LoadedVersion) -> dict[str, An
         "versions": [str(v) for v in manager.versions(meta.name)],
         "platform": PLATFORM,
         # Only the tensor input: generic clients (perf_analyzer) fill every listed input. The
-        # optional BYTES `image` input is in the config, marked optional.
+        # alternative BYTES `image` input is described in the config's parameters.
         "inputs": [
             {"name": meta.input.name, "datatype": FP32, "shape": [DYNAMIC, *meta.input.shape]}
         ],
@@ -69,7 +69,6 @@ def model_config(settings: Settings, loaded: LoadedVersion) -> dict[str, Any]:
                 "format": "FORMAT_NCHW",
                 "dims": list(meta.input.shape),
             },
-            {"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True},
         ],
         "output": [
             {"name": meta.output.name, "data_type": "TYPE_FP32", "dims": [meta.num_classes]},
@@ -89,7 +88,15 @@ def model_config(settings: Settings, loaded: LoadedVersion) -> dict[str, Any]:
                 "count": loaded.runtime.instances,
             }
         ],
-        "parameters": {"architecture": {"string_value": meta.architecture}},
+        "parameters": {
+            "architecture": {"string_value": meta.architecture},
+            # Not listed as an input: perf_analyzer fills every input the config lists, even
+            # optional ones, and a request carries exactly one of the two.
+            "image_input": {
+                "string_value": f"{IMAGE_INPUT}: BYTES [N], encoded JPEG/PNG/WebP files, "
+                f"instead of {meta.input.name!r}; preprocessed by the service"
+            },
+        },
     }
 
 

@@ -145,12 +145,8 @@ def test_model_metadata_and_config(client: httpx.Client, tiny_cnn: TinyModel) ->
     config = client.get(f"/v2/models/{MODEL}/config").json()
     assert config["max_batch_size"] == min(32, tiny_cnn.metadata.max_batch_size)
     assert config["input"][0]["dims"] == [1, 16, 16]
-    assert config["input"][1] == {
-        "name": "image",
-        "data_type": "TYPE_STRING",
-        "dims": [1],
-        "optional": True,
-    }
+    assert [i["name"] for i in config["input"]] == ["input"]
+    assert "image" in config["parameters"]["image_input"]["string_value"]
     assert config["output"][0] == {"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
 
