@@ -1,21 +1,26 @@
-"""perf_analyzer-style measurement of the v2 infer route, driven with tritonclient.http.
+"""Measure the v2 infer route at concurrency 1..8: perf_analyzer when given, else a stand-in.
 
     python bench/v2_perf.py --serve --concurrency-range 1:8 --duration 3 -f v2_perf.csv
+    python bench/v2_perf.py --serve --perf-analyzer /path/to/perf_analyzer -f v2_perf.csv
     python bench/v2_perf.py -u 127.0.0.1:8000 -m lenet5-fashion -b 1
 
-Why not perf_analyzer itself: the PyPI `perf-analyzer` wheel (2.60) is built for glibc 2.38
-and libstdc++ GLIBCXX_3.4.32; Debian 12 has glibc 2.36, so its binary does not start here.
-This script stands in for it: closed loop, N client threads (each its own tritonclient
+With `--perf-analyzer` the real Triton perf_analyzer runs (`-f` CSV) and its report is parsed
+by `read_report`. The current PyPI `perf-analyzer` (2.60) is built for glibc 2.38 and does not
+start on Debian 12 (glibc 2.36); the binary bundled in the `tritonclient` 2.41.0 wheel does,
+with `libb64-0d` (apt) and `libcudart.so.12` (from the `nvidia-cuda-runtime-cu12` wheel) on
+LD_LIBRARY_PATH: docs/v2.md gives the commands.
+
+Without it, the stand-in: closed loop, N client threads (each its own tritonclient
 connection) sending the next request when the previous one is answered, the FP32 input as
-binary tensor data, logits back as binary. It prints perf_analyzer's summary lines and writes
-(-f) a CSV with perf_analyzer's column names (latencies in microseconds), so `read_report`
-parses this file and perf_analyzer's own `-f` output alike.
+binary tensor data, logits back as binary. It prints perf_analyzer's summary lines and writes a
+CSV with perf_analyzer's column names (latencies in microseconds), so `read_report` reads both.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -138,6 +143,34 @@ def read_report(path: Path) -> list[dict[str, float]]:
     ]
 
 
+def run_perf_analyzer(
+    binary: str, url: str, model: str, batch_size: int, levels: str, duration_s: float, out: Path
+) -> list[dict[str, float]]:
+    """perf_analyzer over HTTP at each concurrency; its `-f` CSV parsed, by concurrency."""
+    command = [
+        binary,
+        "-m",
+        model,
+        "-u",
+        url,
+        "-b",
+        str(batch_size),
+        "--concurrency-range",
+        levels,
+        "--measurement-interval",
+        str(round(duration_s * 1000)),
+        "--stability-percentage",
+        "30",  # a shared 2-core host: perf_analyzer's default 10 % rarely settles
+        "--max-trials",
+        "10",
+        "-f",
+        str(out),
+    ]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return sorted(read_report(out), key=lambda row: row["concurrency"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-u", "--url", default="127.0.0.1:8000", help="host:port of the service")
@@ -147,6 +180,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per level")
     parser.add_argument("-f", "--file", type=Path, help="write the CSV report here")
     parser.add_argument("--serve", action="store_true", help="start `python -m service` first")
+    parser.add_argument("--perf-analyzer", help="path of a perf_analyzer binary to run instead")
     args = parser.parse_args()
     start, end, *step = (int(p) for p in args.concurrency_range.split(":"))
     levels = list(range(start, end + 1, step[0] if step else 1))
@@ -158,6 +192,24 @@ def main() -> None:
         url = base_url.removeprefix("http://")
         print(f"service at {base_url} (log {log})")
     try:
+        if args.perf_analyzer:
+            out = args.file or Path("v2_perf.csv")
+            rows = run_perf_analyzer(
+                args.perf_analyzer,
+                url,
+                args.model,
+                args.batch_size,
+                args.concurrency_range,
+                args.duration,
+                out,
+            )
+            print("concurrency  infer/s  p50 ms  p99 ms")
+            for row in rows:
+                print(
+                    f"{row['concurrency']:>11.0f} {row['inferences_per_s']:>8.1f} "
+                    f"{row['p50_us'] / 1000:>7.2f} {row['p99_us'] / 1000:>7.2f}"
+                )
+            return
         run_level(url, args.model, x, max(levels), 0.5)  # warm-up, untimed
         results = []
         for concurrency in levels:
