@@ -6,6 +6,7 @@ requests to one version share its batcher, its batches and its metrics. No HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from service.v2.schemas import (
     InferRequest,
     Parameters,
 )
+
+LARGE_BODY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,10 @@ async def infer(
     deadline: float | None,
     wait_disconnect: WaitDisconnect | None = None,
 ) -> InferResponse:
-    parsed = parse_request(body, header_length)
+    if len(body) > LARGE_BODY_BYTES:  # parsing megabytes of JSON numbers: off the event loop
+        parsed = await asyncio.to_thread(parse_request, body, header_length)
+    else:
+        parsed = parse_request(body, header_length)
     request = parsed.request
     deadline = _deadline(request, deadline)
     async with manager.lease(model, version) as loaded:
@@ -174,7 +180,14 @@ async def infer(
     header: dict[str, object] = {"model_name": meta.name, "model_version": str(meta.version)}
     if request.id is not None:
         header["id"] = request.id
-    body_out, length = encode_response(header, build_outputs(meta, plans, raw))
+
+    def encode() -> tuple[bytes, int | None]:
+        return encode_response(header, build_outputs(meta, plans, raw))
+
+    if any(p.name != meta.output.name for p in plans):  # feature maps: large, off the loop
+        body_out, length = await asyncio.to_thread(encode)
+    else:  # a few logits cost less than a thread hop
+        body_out, length = encode()
     return InferResponse(body_out, length, meta.version)
 
 

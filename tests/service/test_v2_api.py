@@ -26,6 +26,7 @@ from prometheus_client import generate_latest
 from service.batching import Batcher, Item
 from service.runtime import Outputs, Runtime
 from service.settings import Settings
+from service.v2 import infer as v2_infer
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import LABELS, TinyModel, random_png
 
@@ -168,6 +169,10 @@ def test_json_infer_equals_onnx_runtime(client: httpx.Client, tiny_cnn: TinyMode
     # No outputs requested: logits only (feature maps only when asked for).
     plain = client.post(INFER, json=tensor_request(x)).json()
     assert [o["name"] for o in plain["outputs"]] == ["logits"]
+    # A large body is parsed in a worker thread: the same answer.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(v2_infer, "LARGE_BODY_BYTES", 0)
+        assert client.post(INFER, json=body).json() == answer
 
 
 def test_binary_request_and_classification(client: httpx.Client, tiny_cnn: TinyModel) -> None:
