@@ -124,15 +124,23 @@ def fp32_tensor(tensor: RequestInput, raw: bytes | None) -> npt.NDArray[np.float
                 f"input {tensor.name!r}: shape {tensor.shape} needs {count * FP32_BYTES} bytes "
                 f"of {FP32}, got {len(raw)}"
             )
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(tensor.shape)
-    try:
-        values = np.asarray(tensor.data, dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise BadRequest(f"input {tensor.name!r}: 'data' is not an array of numbers") from err
-    if values.size != count:
-        raise BadRequest(
-            f"input {tensor.name!r}: shape {tensor.shape} needs {count} values, got {values.size}"
-        )
+        values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    else:
+        try:
+            parsed = np.asarray(tensor.data)
+        except (TypeError, ValueError) as err:  # ragged nesting
+            raise BadRequest(f"input {tensor.name!r}: 'data' is not an array of numbers") from err
+        if parsed.size and parsed.dtype.kind not in "iuf":  # strings, booleans, objects
+            raise BadRequest(f"input {tensor.name!r}: 'data' holds non-numbers")
+        with np.errstate(over="ignore"):  # beyond float32's range: infinity, refused below
+            values = parsed.astype(np.float32).reshape(-1)
+        if values.size != count:
+            raise BadRequest(
+                f"input {tensor.name!r}: shape {tensor.shape} needs {count} values, "
+                f"got {values.size}"
+            )
+    if not np.isfinite(values).all():  # NaN or infinity would come back as invalid JSON
+        raise BadRequest(f"input {tensor.name!r} holds NaN or infinity")
     return values.reshape(tensor.shape)
 
 

@@ -160,6 +160,35 @@ def test_fp32_size_and_datatype_mismatches() -> None:
         fp32_tensor(int_input, None)
 
 
+@pytest.mark.parametrize(
+    "data", [["1.0", "2.0"], [True, False], [[1.0], [2.0, 3.0]], [1.0, 1e39], [{"a": 1}, 2]]
+)
+def test_fp32_json_data_must_be_finite_numbers(data: list[Any]) -> None:
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": data}]}
+    parsed = parse_request(json.dumps(body).encode(), None)
+    with pytest.raises(BadRequest, match="numbers|non-numbers|NaN or infinity|needs 2 values"):
+        fp32_tensor(parsed.request.inputs[0], None)
+
+
+def test_fp32_binary_data_must_be_finite() -> None:
+    body, length = binary_body(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        },
+        np.array([1.0, np.nan], dtype="<f4").tobytes(),
+    )
+    parsed = parse_request(body, length)
+    with pytest.raises(BadRequest, match="NaN or infinity"):
+        fp32_tensor(parsed.request.inputs[0], parsed.binary[0])
+
+
 def test_truncated_bytes_elements() -> None:
     with pytest.raises(BadRequest, match="length prefix"):
         split_bytes(b"\x01\x00", "s")
