@@ -9,7 +9,7 @@ import uvicorn
 
 from service import logs
 from service.app import create_app
-from service.settings import settings_from_args
+from service.settings import Settings, is_loopback, settings_from_args
 
 logger = logging.getLogger("service")
 
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(argv)
     logs.configure(settings.log_format, settings.log_level)
     logger.info("settings: %s", json.dumps(settings.masked(), sort_keys=True))
+    warn_if_exposed(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -26,6 +27,19 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=None,
     )
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """A loud warning when a non-loopback address serves inference without an API key."""
+    if settings.api_key is None and not is_loopback(settings.host):
+        logger.warning(
+            "SECURITY: listening on %s with no CONVSERVE_API_KEY: anyone who can reach this "
+            "address can run inference. Set CONVSERVE_API_KEY (docs/security.md) or bind "
+            "127.0.0.1.",
+            settings.host,
+        )
+    if settings.fault_injection:
+        logger.warning("TESTING ONLY: fault injection %r is on", settings.fault_injection)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import classify, health, models, v2, web
 from service.api.errors import install_error_handlers
-from service.api.middleware import MetricsMiddleware
+from service.api.limits import BodyLimitMiddleware
+from service.api.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from service.classify import Classifier
 from service.manager import ModelManager
 from service.metrics import Metrics
+from service.preprocess import configure_pillow
 from service.settings import Settings
 from service.v2.errors import install_v2_error_handlers
 
@@ -27,9 +30,18 @@ multipart `file` parts, or JSON `{"images": [base64, ...]}`. Errors answer
 `{"error": {"code": ..., "message": ...}}`.
 """
 
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "X-Request-Timeout-Ms",
+    "Inference-Header-Content-Length",
+]
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_pillow(settings.max_image_pixels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # Last added runs first: metrics see every answer, the body limit holds for every route.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:  # off by default (docs/security.md)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=["Retry-After", "Inference-Header-Content-Length"],
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware)
     install_error_handlers(app)
     install_v2_error_handlers(app)  # after the native ones, which it wraps

@@ -94,7 +94,12 @@ class Classifier:
         started = time.perf_counter()
         tensors = await asyncio.get_running_loop().run_in_executor(
             self._pool,
-            lambda: preprocess_many(images, meta, max_pixels=self._settings.max_image_pixels),
+            lambda: preprocess_many(
+                images,
+                meta,
+                max_pixels=self._settings.max_image_pixels,
+                min_side=self._settings.min_image_side,
+            ),
         )
         self._metrics.preprocess_duration.labels(loaded.ref.model).observe(
             time.perf_counter() - started

@@ -31,6 +31,16 @@ class ImageTooLarge(BadRequest):
     code = "image_too_large"
 
 
+class ImageTooSmall(BadRequest):
+    code = "image_too_small"
+
+
+class UnsupportedImage(BadRequest):
+    """A well-formed image the service deliberately does not classify (animated, odd mode)."""
+
+    code = "unsupported_image"
+
+
 class InvalidOption(BadRequest):
     code = "invalid_option"
 

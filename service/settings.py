@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONVSERVE_"
+HIDDEN_SETTINGS = frozenset({"fault_injection"})  # testing only: not listed by --help
 MIB = 1024 * 1024
 
 
@@ -48,6 +50,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image, width*height (400 above)."
     )
+    min_image_side: int = Field(
+        8, ge=1, description="Smallest image width or height, in pixels (400 below)."
+    )
     max_images_per_request: int = Field(256, ge=1, description="Images per classify request.")
     max_batch_size: int = Field(
         32, ge=1, description="Images per session.run call (capped by the model's metadata)."
@@ -69,6 +74,21 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(
         0, ge=0, description="Default deadline before compute (0: none); X-Request-Timeout-Ms."
     )
+    batch_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="Watchdog: a session.run taking longer fails its batch (504) and the "
+        "session is recreated (0: off).",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins allowed by CORS, or '*' (empty: CORS off).",
+    )
+    fault_injection: str = Field(
+        "",
+        description="TESTING ONLY: 'raise:N' or 'stall:N' makes the next N batches fail or hang "
+        "(refused unless HOST is loopback).",
+    )
     model_poll_seconds: float = Field(
         0, ge=0, description="Repository poll interval for hot reload (0: no polling)."
     )
@@ -76,6 +96,26 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+
+    @field_validator("fault_injection")
+    @classmethod
+    def _fault_spec(cls, value: str) -> str:
+        if value:
+            parse_fault_spec(value)
+        return value
+
+    @model_validator(mode="after")
+    def _faults_on_loopback_only(self) -> Settings:
+        if self.fault_injection and not is_loopback(self.host):
+            raise ValueError(
+                f"CONVSERVE_FAULT_INJECTION is for tests and refused on host {self.host!r}: "
+                "bind a loopback address"
+            )
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def model_names(self) -> list[str]:
@@ -104,6 +144,27 @@ class Settings(BaseSettings):
         return shown
 
 
+FAULT_MODES = ("raise", "stall")
+
+
+def parse_fault_spec(spec: str) -> tuple[str, int]:
+    """'raise:3' -> ("raise", 3): the fault-injection mode and how many batches it hits."""
+    mode, _, count = spec.partition(":")
+    if mode not in FAULT_MODES or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"fault injection must be 'raise:N' or 'stall:N' (N >= 1), not {spec!r}")
+    return mode, int(count)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
@@ -123,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices = None
         if name in {"providers", "log_format", "log_level"}:
             choices = list(field.annotation.__args__) if field.annotation else None
+        if name in HIDDEN_SETTINGS:
+            help_text = argparse.SUPPRESS
         parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
     return parser
 

@@ -70,3 +70,28 @@ class MetricsMiddleware:
         metrics = self._metrics(scope)
         metrics.requests.labels(model, version, template, str(status)).inc()
         metrics.request_duration.labels(model, template).observe(duration_s)
+
+
+# Every answer: browsers must not sniff JSON into HTML, nor frame it. The web page (api/web.py)
+# sets its own, stricter set, which these never overwrite.
+DEFAULT_SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [(n, v) for n, v in DEFAULT_SECURITY_HEADERS if n not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
