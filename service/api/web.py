@@ -75,12 +75,12 @@ def _file(path: Path) -> FileResponse:
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=SECURITY_HEADERS)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> FileResponse:
     """The explorer page: upload, top-5, latency, layer-by-layer feature maps, CAM."""
     return _file(static_path(INDEX_FILE))
 
 
-@router.get("/static/{name:path}")
+@router.api_route("/static/{name:path}", methods=["GET", "HEAD"])
 async def static_file(name: str) -> FileResponse:
     return _file(static_path(name))

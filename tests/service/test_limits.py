@@ -1,0 +1,159 @@
+"""Body limit (ASGI middleware, every route) and the image rules of service/preprocess.py."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ImageTooLarge, ImageTooSmall, UnsupportedImage
+from service.preprocess import decode
+from service.settings import Settings
+from tests.badinputs import animated, encode, noise, png_header_only
+from tests.service.server import threaded_server
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_repo: Path) -> Iterator[str]:
+    settings = Settings(
+        model_repository=tiny_repo, default_model="tiny-cnn", providers="cpu", max_body_bytes=LIMIT
+    )
+    with threaded_server(settings) as url:
+        yield url
+
+
+def _raw_request(base_url: str, head: str, body: bytes = b"") -> tuple[bytes, float]:
+    """Send raw HTTP; the answer's first bytes and how long it took."""
+    host, port = base_url.removeprefix("http://").split(":")
+    started = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        answer = sock.recv(65536)
+    return answer, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    ("path", "body_start"),
+    [
+        ("/v1/classify", b'{"error":{"code":"payload_too_large"'),
+        ("/v2/models/tiny-cnn/infer", b'{"error":"request body of'),
+        ("/v2/repository/index", b'{"error":"request body of'),
+        ("/health/live", b'{"error":{"code":"payload_too_large"'),
+    ],
+)
+def test_declared_length_over_limit_is_413_before_any_body(
+    base_url: str, path: str, body_start: bytes
+) -> None:
+    # A gigabyte is announced and never sent: the answer cannot wait for it.
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        "Content-Length: 1000000000\r\n\r\n"
+    )
+    answer, _ = _raw_request(base_url, head)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    assert body_start in rest
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v2/models/tiny-cnn/infer"])
+def test_chunked_body_is_cut_when_it_passes_the_limit(base_url: str, path: str) -> None:
+    sent = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(1000):  # 64 MB unless the server stops reading
+            sent.append(1)
+            yield b"\x00" * (LIMIT // 4)
+
+    response = httpx.post(
+        base_url + path, content=chunks(), headers={"content-type": "image/png"}, timeout=30
+    )
+    assert response.status_code == 413
+    if path.startswith("/v2"):
+        assert response.json()["error"].startswith("request body exceeds")
+    else:
+        assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_body_at_the_limit_is_read(base_url: str) -> None:
+    response = httpx.post(
+        base_url + "/v1/classify", content=b"\x00" * LIMIT, headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 400  # read in full, then refused as an image
+    assert response.json()["error"]["code"] == "invalid_image"
+
+
+def test_security_headers_and_no_cors_by_default(base_url: str) -> None:
+    response = httpx.get(
+        base_url + "/v1/models", headers={"Origin": "https://evil.example"}, timeout=10
+    )
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "access-control-allow-origin" not in response.headers
+    page = httpx.get(base_url + "/", timeout=10)
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_cors_allows_only_configured_origins(tiny_repo: Path) -> None:
+    settings = Settings(
+        model_repository=tiny_repo,
+        default_model="tiny-cnn",
+        providers="cpu",
+        cors_origins="https://app.example",
+    )
+    with threaded_server(settings) as url:
+        preflight = {"Access-Control-Request-Method": "POST"}
+        allowed = httpx.options(
+            url + "/v1/classify", headers={"Origin": "https://app.example", **preflight}
+        )
+        refused = httpx.options(
+            url + "/v1/classify", headers={"Origin": "https://evil.example", **preflight}
+        )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in refused.headers
+
+
+# --- image rules --------------------------------------------------------------------------
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    values = np.array([[0, 257, 32896, 65535]] * 8, dtype=np.uint16)
+    image = decode(encode(Image.fromarray(values), "PNG"), color_mode="L", max_pixels=10_000)
+    assert np.asarray(image)[0].tolist() == [0, 1, 128, 255]
+
+
+def test_palette_with_alpha_and_la_convert() -> None:
+    palette = noise(16, 16).convert("P")
+    palette.info["transparency"] = 0
+    assert decode(encode(palette, "PNG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
+    la = decode(encode(noise(16, 16, "LA"), "PNG"), color_mode="L", max_pixels=10_000)
+    assert la.mode == "L"
+
+
+def test_cmyk_jpeg_converts() -> None:
+    cmyk = noise(16, 16, "CMYK")
+    assert decode(encode(cmyk, "JPEG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_animated_images_are_refused(fmt: str) -> None:
+    with pytest.raises(UnsupportedImage, match="animated"):
+        decode(animated(fmt), color_mode="RGB", max_pixels=10_000)
+
+
+def test_minimum_side() -> None:
+    with pytest.raises(ImageTooSmall):
+        decode(encode(noise(4, 30), "PNG"), color_mode="L", max_pixels=10_000, min_side=8)
+    assert decode(encode(noise(8, 8), "PNG"), color_mode="L", max_pixels=100, min_side=8)
+
+
+def test_header_bomb_is_refused_before_decoding() -> None:
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        decode(png_header_only(100_000, 100_000), color_mode="L", max_pixels=40_000_000)
+    assert time.perf_counter() - started < 5  # not 10 G pixels decoded
