@@ -44,7 +44,8 @@ def _check(case: BadInput, route: str, response: httpx.Response, seen: Counter[s
         return
     assert set(body) == {"error"}, where
     assert set(body["error"]) == {"code", "message"}, where
-    assert body["error"]["code"].isidentifier() and body["error"]["message"], where
+    assert body["error"]["code"].isidentifier(), where
+    assert body["error"]["message"], where
     seen[f"{response.status_code}:{body['error']['code']}"] += 1
 
 
