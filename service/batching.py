@@ -3,26 +3,40 @@
 One bounded queue (a deque with a size check: `submit` never blocks, a full queue raises
 `Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`.
 While every runtime instance is busy it lets the batch fill for at most `max_queue_delay_s`; an
-idle runtime runs at once. Expired or cancelled requests are dropped before compute. The batch
-runs in a thread pool (one thread per instance); a failed batch fails all its futures.
+idle runtime runs at once. Expired or cancelled requests are dropped before compute. Each
+runtime instance has its own worker thread.
+
+Faults: a batch whose `run` raises fails its own futures with `RuntimeFailure` (503); one that
+outlives the watchdog (`batch_timeout_s`) fails them with `RuntimeStalled` (504). Either way the
+instance leaves service and its session is recreated in the background, then it rejoins; other
+instances keep serving meanwhile, and requests wait in the queue. ONNX Runtime's `run` cannot
+be interrupted, so a hung call's thread is abandoned (a daemon thread: it never blocks exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.errors import (
+    DeadlineExceeded,
+    NotReady,
+    Overloaded,
+    RuntimeFailure,
+    RuntimeStalled,
+)
 from service.metrics import Metrics
 from service.runtime import Outputs
 
@@ -38,6 +52,45 @@ class BatchRunner(Protocol):
     def run(
         self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
     ) -> Outputs: ...
+
+    def recreate(self, instance: int) -> None: ...
+
+
+RECOVERY_RETRY_S = 1.0
+Job = tuple[Callable[[], Outputs], "concurrent.futures.Future[Outputs]"]
+
+
+def _ignore_outcome(future: asyncio.Future[Outputs]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class InstanceThread:
+    """One daemon thread running one instance's batches in order. A hung batch's thread is
+    abandoned (`stop` returns at once) and a new one takes its place."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Outputs]) -> concurrent.futures.Future[Outputs]:
+        future: concurrent.futures.Future[Outputs] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting batch
+                future.set_exception(err)
 
 
 @dataclass
@@ -64,6 +117,7 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_size: int,
         metrics: Metrics,
+        batch_timeout_s: float = 0.0,
     ) -> None:
         self.model = model
         self._runner = runner
@@ -77,7 +131,9 @@ class Batcher:
         self._free = list(range(runner.instances))
         self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
-        self._executor = ThreadPoolExecutor(runner.instances, thread_name_prefix=f"ort-{model}")
+        self._timeout_s = batch_timeout_s or None
+        self._threads = [self._thread(i) for i in range(runner.instances)]
+        self._recovering: dict[int, asyncio.Task[None]] = {}
         self._closing = False
         self._worker = asyncio.get_running_loop().create_task(
             self._guarded_work(), name=f"batcher-{model}"
@@ -86,6 +142,14 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def available(self) -> bool:
+        """False while every instance is out of service (its session being recreated)."""
+        return len(self._recovering) < len(self._threads)
+
+    def _thread(self, instance: int) -> InstanceThread:
+        return InstanceThread(f"ort-{self.model}-{instance}")
 
     def submit(
         self,
@@ -113,7 +177,11 @@ class Batcher:
             await self._worker
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for task in self._recovering.values():
+            task.cancel()
+        await asyncio.gather(*self._recovering.values(), return_exceptions=True)
+        for thread in self._threads:
+            thread.stop()
 
     def _take(self, batch: list[Item]) -> None:
         taken = 0
@@ -198,21 +266,34 @@ class Batcher:
             item.queue_s = started - item.enqueued
             self._metrics.queue_duration.labels(self.model).observe(item.queue_s)
         batch = np.stack([item.tensor for item in items])
-        loop = asyncio.get_running_loop()
+        job = self._threads[instance].submit(lambda: self._runner.run(instance, batch, outputs))
+        running = asyncio.wrap_future(job)
         try:
-            result = await loop.run_in_executor(
-                self._executor, self._runner.run, instance, batch, outputs
+            result = await asyncio.wait_for(asyncio.shield(running), self._timeout_s)
+        except TimeoutError:
+            logger.error(
+                "%s: batch of %d still running after %.1f s: session abandoned, recreating it",
+                self.model,
+                len(items),
+                self._timeout_s,
             )
-        except Exception as err:  # noqa: BLE001 - a failed batch fails all its futures
-            logger.exception("%s: batch of %d failed", self.model, len(items))
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(err)
+            self._fail(
+                items, RuntimeStalled(f"{self.model}: inference timed out", model=self.model)
+            )
+            running.add_done_callback(_ignore_outcome)  # whenever the stuck run() ends
+            self._threads[instance].stop()  # its thread is stuck in run(); a new one replaces it
+            self._threads[instance] = self._thread(instance)
+            self._recover(instance)
             return
-        finally:
-            self._free.append(instance)
-            self._slot_freed.set()
-            self._wakeup.set()
+        except Exception as err:  # noqa: BLE001 - a failed batch fails all its futures
+            logger.exception(
+                "%s: batch of %d failed: recreating the session", self.model, len(items)
+            )
+            failure = RuntimeFailure(f"{self.model}: inference failed: {err}", model=self.model)
+            self._fail(items, failure)
+            self._recover(instance)
+            return
+        self._release(instance)
         compute_s = time.perf_counter() - started
         self._metrics.compute_duration.labels(self.model).observe(compute_s)
         self._metrics.batch_size.labels(self.model).observe(len(items))
@@ -220,3 +301,33 @@ class Batcher:
             item.compute_s = compute_s
             if not item.future.done():
                 item.future.set_result({name: value[index] for name, value in result.items()})
+
+    @staticmethod
+    def _fail(items: list[Item], error: Exception) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _release(self, instance: int) -> None:
+        self._free.append(instance)
+        self._slot_freed.set()
+        self._wakeup.set()
+
+    def _recover(self, instance: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._recreate(instance))
+        self._recovering[instance] = task
+
+    async def _recreate(self, instance: int) -> None:
+        """A fresh session for `instance`, retried until it works; then back in service."""
+        try:
+            while True:
+                try:
+                    await asyncio.to_thread(self._runner.recreate, instance)
+                    break
+                except Exception:  # noqa: BLE001 - keep trying: the model stays unavailable
+                    logger.exception("%s: recreating session %d failed", self.model, instance)
+                    await asyncio.sleep(RECOVERY_RETRY_S)
+            logger.info("%s: session %d recreated, back in service", self.model, instance)
+            self._release(instance)
+        finally:
+            self._recovering.pop(instance, None)

@@ -110,6 +110,21 @@ class Overloaded(ConvserveError):
     retry_after_s = 1
 
 
+class RuntimeFailure(ConvserveError):
+    """The runtime raised on this request's batch; the session is being recreated."""
+
+    status_code = 503
+    code = "runtime_error"
+    retry_after_s = 1
+
+
+class RuntimeStalled(ConvserveError):
+    """The batch outlived the watchdog (CONVSERVE_BATCH_TIMEOUT_S); the session is recreated."""
+
+    status_code = 504
+    code = "runtime_timeout"
+
+
 class DeadlineExceeded(ConvserveError):
     status_code = 504
     code = "deadline_exceeded"

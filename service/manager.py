@@ -29,11 +29,17 @@ from service.errors import (
 from service.metadata import ModelMetadata
 from service.metrics import Metrics
 from service.repository import Fingerprint, VersionRef
-from service.runtime import Runtime, resolve_providers
-from service.settings import Settings
+from service.runtime import FaultInjector, Runtime, resolve_providers
+from service.settings import Settings, parse_fault_spec
 
 logger = logging.getLogger(__name__)
 ABSENT_SCANS_BEFORE_REMOVAL = 2
+FAULT_STALL_FACTOR = 3  # an injected stall outlives the watchdog, then ends on its own
+NO_WATCHDOG_STALL_S = 10.0
+
+
+def _watchdog(settings: Settings) -> float:
+    return settings.batch_timeout_s or NO_WATCHDOG_STALL_S
 
 
 @dataclass(eq=False)
@@ -71,6 +77,12 @@ class ModelManager:
         # join it.
         self.unloaded: set[str] = set()
         self._loaded_by_name: set[str] = set()
+        self.faults: FaultInjector | None = None
+        if settings.fault_injection:  # testing only (docs/security.md)
+            mode, count = parse_fault_spec(settings.fault_injection)
+            self.faults = FaultInjector(
+                mode, count, stall_s=FAULT_STALL_FACTOR * _watchdog(settings)
+            )
 
     # --- queries -------------------------------------------------------------------------
     def versions(self, model: str) -> list[int]:
@@ -95,8 +107,18 @@ class ModelManager:
     def missing_models(self) -> list[str]:
         return [m for m in self.configured_models() if not self.versions(m)]
 
+    def unavailable_models(self) -> list[str]:
+        """Models whose every session is being recreated after a runtime fault."""
+        serving = {m for (m, _), v in self.loaded.items() if v.batcher.available}
+        return [m for m in self.model_names() if m not in serving]
+
     def is_ready(self) -> bool:
-        return self.initial_load_done and bool(self.loaded) and not self.missing_models()
+        return (
+            self.initial_load_done
+            and bool(self.loaded)
+            and not self.missing_models()
+            and not self.unavailable_models()
+        )
 
     def get(self, model: str, version: int | None = None) -> LoadedVersion:
         versions = self.versions(model)
@@ -202,6 +224,7 @@ class ModelManager:
                 instances=s.instances,
                 intra_op_threads=s.effective_intra_op_threads,
                 require_cuda=s.providers == "cuda",
+                faults=self.faults,
             )
             runtime.warm_up()
             return runtime
@@ -222,6 +245,7 @@ class ModelManager:
             max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
             max_queue_size=s.max_queue_size,
             metrics=self.metrics,
+            batch_timeout_s=s.batch_timeout_s,
         )
         loaded = LoadedVersion(ref, fp, meta, runtime, batcher, files.cam_weights)
         loaded.idle.set()

@@ -7,6 +7,8 @@ they run in parallel in worker threads (never on the event loop).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -62,8 +64,38 @@ def _preload_cuda_libraries() -> None:
         logger.warning("could not preload CUDA libraries from the nvidia wheels: %s", err)
 
 
+class InjectedFault(RuntimeError):
+    """Raised by FaultInjector in place of a real ONNX Runtime failure (tests only)."""
+
+
+class FaultInjector:
+    """TESTING ONLY (CONVSERVE_FAULT_INJECTION): the next `count` batches of the process raise
+    (mode "raise") or hang for `stall_s` seconds (mode "stall") inside `Runtime.run`, where an
+    ONNX Runtime failure or a hung session would. Warm-ups are never hit."""
+
+    def __init__(self, mode: str, count: int, stall_s: float) -> None:
+        self.mode = mode
+        self.remaining = count
+        self.stall_s = stall_s
+        self._lock = threading.Lock()
+
+    def before_run(self) -> None:
+        with self._lock:
+            if self.remaining <= 0:
+                return
+            self.remaining -= 1
+        logger.warning("fault injection: %s (%d left)", self.mode, self.remaining)
+        if self.mode == "raise":
+            raise InjectedFault("injected runtime fault (CONVSERVE_FAULT_INJECTION)")
+        time.sleep(self.stall_s)
+
+
 class Runtime:
-    """`instances` InferenceSessions of one ONNX model, validated against its metadata."""
+    """`instances` InferenceSessions of one ONNX model, validated against its metadata.
+
+    A session that failed or hung is replaced by `recreate(instance)`; the model bytes are kept
+    for that (they are already in memory: sessions are built from bytes, never from a path).
+    """
 
     def __init__(
         self,
@@ -74,8 +106,13 @@ class Runtime:
         instances: int,
         intra_op_threads: int,
         require_cuda: bool = False,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.metadata = metadata
+        self.faults = faults
+        self._onnx_bytes = onnx_bytes
+        self._providers = list(providers)
+        self._intra_op_threads = intra_op_threads
         self.sessions = [
             self._session(onnx_bytes, providers, intra_op_threads) for _ in range(instances)
         ]
@@ -124,22 +161,37 @@ class Runtime:
 
     def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
         """Run `batch` (N, C, H, W) float32 on one session; only `outputs` are computed."""
-        values = self.sessions[instance].run(list(outputs), {self.metadata.input.name: batch})
+        if self.faults is not None:
+            self.faults.before_run()
+        return self._run(self.sessions[instance], batch, outputs)
+
+    def recreate(self, instance: int) -> None:
+        """Replace one session with a fresh, warmed-up one (after it failed or hung)."""
+        session = self._session(self._onnx_bytes, self._providers, self._intra_op_threads)
+        self._check_outputs(session)
+        self.sessions[instance] = session
+
+    def _run(
+        self, session: ort.InferenceSession, batch: npt.NDArray[np.float32], outputs: Sequence[str]
+    ) -> Outputs:
+        values = session.run(list(outputs), {self.metadata.input.name: batch})
         return {
             name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)
         }
 
     def warm_up(self) -> None:
         """Run every session once with all outputs and check the shapes metadata promises."""
+        for session in self.sessions:
+            self._check_outputs(session)
+
+    def _check_outputs(self, session: ort.InferenceSession) -> None:
         meta = self.metadata
         batch = np.zeros((2, *meta.input.shape), dtype=np.float32)
         wanted = [meta.output.name, *(fm.output for fm in meta.feature_maps)]
         expected: dict[str, tuple[int, ...]] = {meta.output.name: (2, meta.num_classes)}
         expected.update({fm.output: (2, *fm.shape) for fm in meta.feature_maps})
-        for instance in range(self.instances):
-            result = self.run(instance, batch, wanted)
-            for name, value in result.items():
-                if value.shape != expected[name]:
-                    raise RepositoryError(
-                        f"output {name} has shape {value.shape}, metadata says {expected[name]}"
-                    )
+        for name, value in self._run(session, batch, wanted).items():
+            if value.shape != expected[name]:
+                raise RepositoryError(
+                    f"output {name} has shape {value.shape}, metadata says {expected[name]}"
+                )

@@ -44,6 +44,9 @@ class GatedRuntime:
         self.gate.wait(30)
         return self.runtime.run(instance, batch, outputs)
 
+    def recreate(self, instance: int) -> None:
+        self.runtime.recreate(instance)
+
 
 @pytest.fixture(scope="module")
 def runtime(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:

@@ -1,0 +1,94 @@
+"""Runtime faults on a real `python -m service`: injected with CONVSERVE_FAULT_INJECTION (an ONNX
+Runtime crash or hang cannot be caused on demand), answered for that batch only, counted, and
+recovered from by recreating the session, without a restart."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.server import ServiceProcess, metric_value, wait_ready
+from tests.service.tiny_model import random_png, write_tiny_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+RECOVERY_LIMIT_S = 10.0
+PNG = {"content-type": "image/png"}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_tiny_model(root, "tiny-cnn")
+    return root
+
+
+def _classify(client: httpx.Client, seed: int = 1) -> httpx.Response:
+    return client.post("/v1/models/tiny-cnn/classify", content=random_png(seed), headers=PNG)
+
+
+def test_raising_runtime_fails_its_batches_then_recovers(repo: Path, tmp_path: Path) -> None:
+    with (
+        ServiceProcess(
+            tmp_path / "service.log",
+            model_repository=repo,
+            providers="cpu",
+            fault_injection="raise:3",
+        ) as service,
+        httpx.Client(base_url=service.base_url, timeout=30) as client,
+    ):
+        failed = [_classify(client) for _ in range(3)]
+        started = time.monotonic()
+        wait_ready(service.base_url, timeout_s=RECOVERY_LIMIT_S)
+        recovered_s = time.monotonic() - started
+        after = [_classify(client, seed) for seed in range(10)]
+        metrics = client.get("/metrics").text
+        log = service.log()
+    for response in failed:
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"]["code"] == "runtime_error"
+        assert "injected runtime fault" in response.json()["error"]["message"]
+    assert [r.status_code for r in after] == [200] * 10
+    assert metric_value(metrics, "convserve_failures_total", reason="runtime_error") == 3
+    assert metric_value(metrics, "convserve_failures_total", reason="internal") == 0
+    assert log.count("session 0 recreated, back in service") == 3
+    print(f"\nraise:3 -> 3 x 503 runtime_error, ready again after {recovered_s:.2f} s")  # noqa: T201
+
+
+def test_hung_runtime_times_out_others_succeed_and_it_recovers(repo: Path, tmp_path: Path) -> None:
+    with (
+        ServiceProcess(
+            tmp_path / "service.log",
+            model_repository=repo,
+            providers="cpu",
+            instances=2,
+            batch_timeout_s=0.5,
+            fault_injection="stall:1",  # hangs 1.5 s: past the watchdog, then ends by itself
+        ) as service,
+        httpx.Client(base_url=service.base_url, timeout=30) as client,
+    ):
+        with ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(_classify, client)
+            time.sleep(0.1)  # the stalled batch holds one instance; the other one serves
+            during = [_classify(client, seed) for seed in range(10)]
+            hung = stalled.result()
+        started = time.monotonic()
+        wait_ready(service.base_url, timeout_s=RECOVERY_LIMIT_S)
+        recovered_s = time.monotonic() - started
+        after = [_classify(client, seed) for seed in range(10)]
+        metrics = client.get("/metrics").text
+        stop_started = time.monotonic()
+        code = service.stop(timeout_s=20)
+        stop_s = time.monotonic() - stop_started
+    assert hung.status_code == 504
+    assert hung.json()["error"]["code"] == "runtime_timeout"
+    assert [r.status_code for r in during] == [200] * 10
+    assert [r.status_code for r in after] == [200] * 10
+    assert metric_value(metrics, "convserve_failures_total", reason="runtime_timeout") == 1
+    assert code in {0, -15}
+    assert stop_s < 10  # the abandoned thread does not hold the exit
+    print(f"\nstall:1 -> 504 runtime_timeout, ready after {recovered_s:.2f} s")  # noqa: T201
