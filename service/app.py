@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import classify, health, models, v2, web
 from service.api.errors import install_error_handlers
-from service.api.limits import BodyLimitMiddleware
+from service.api.limits import BodyLimitMiddleware, InflightLimitMiddleware
 from service.api.middleware import MetricsMiddleware, SecurityHeadersMiddleware
 from service.classify import Classifier
 from service.manager import ModelManager
@@ -74,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Last added runs first: metrics see every answer, the body limit holds for every route.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        InflightLimitMiddleware, max_inflight_requests=settings.max_inflight_requests
+    )
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
             CORSMiddleware,

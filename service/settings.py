@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Longest wait to fill a batch, applied only while busy."
     )
     max_queue_size: int = Field(512, ge=1, description="Pending images per version before 503.")
+    max_inflight_requests: int = Field(
+        256,
+        ge=1,
+        description="Inference requests in progress (reading, decoding, queued, computing) "
+        "before 503 at once, unread.",
+    )
     instances: int = Field(1, ge=1, description="ORT sessions per model version running at once.")
     intra_op_threads: int = Field(
         0, ge=0, description="ORT intra-op threads per session (0: cores / instances)."

@@ -1,10 +1,17 @@
-"""Request body limit, enforced in pure ASGI middleware for every route (Starlette has none).
+"""Admission limits in pure ASGI middleware: the request body limit on every route (Starlette
+has none), and the number of inference requests in progress.
 
 A declared `Content-Length` above the limit is answered 413 before a byte of the body is read.
 A body without a length (chunked) or one that lies is counted as it streams: the first
 `http.request` message that takes the total past the limit raises `PayloadTooLarge` inside the
 app, which the one error mapping turns into 413 (native or v2 body). Nothing downstream can read
 more than `max_body_bytes`, whatever parser it uses.
+
+The batcher's queue is bounded, but a request reaches it only after its body is read and its
+images decoded; under a flood those stages would queue without bound and every accepted
+request would wait. So inference requests (POST .../classify, .../infer) beyond
+`max_inflight_requests` in progress are answered 503 `queue_full` with `Retry-After` at once,
+before their body is read. Health, metrics and the page are never refused.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
-from service.errors import PayloadTooLarge
+from service.errors import ConvserveError, Overloaded, PayloadTooLarge
+
+INFERENCE_SUFFIXES = ("/classify", "/infer")
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -24,11 +33,12 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-def too_large_response(path: str, error: PayloadTooLarge) -> JSONResponse:
-    """413 in the body shape of the path's protocol (v2: `{"error": msg}`, DESIGN §6)."""
+def error_answer(path: str, error: ConvserveError) -> JSONResponse:
+    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, DESIGN §6)."""
     if path == "/v2" or path.startswith("/v2/"):
-        return JSONResponse({"error": error.message}, status_code=error.status_code)
-    return error_response(error.status_code, error.code, error.message)
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+        return JSONResponse({"error": error.message}, error.status_code, headers=headers)
+    return error_response(error.status_code, error.code, error.message, error.retry_after_s)
 
 
 class BodyLimitMiddleware:
@@ -44,7 +54,7 @@ class BodyLimitMiddleware:
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             error = PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
-            await too_large_response(scope["path"], error)(scope, receive, send)
+            await error_answer(scope["path"], error)(scope, receive, send)
             return
         received = 0
         response_started = False
@@ -69,4 +79,31 @@ class BodyLimitMiddleware:
         except PayloadTooLarge as err:  # read outside a route (no handler saw it)
             if response_started:
                 raise
-            await too_large_response(scope["path"], err)(scope, receive, send)
+            await error_answer(scope["path"], err)(scope, receive, send)
+
+
+class InflightLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_inflight_requests: int) -> None:
+        self.app = app
+        self.max_inflight = max_inflight_requests
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].endswith(INFERENCE_SUFFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            error = Overloaded(
+                f"{self.inflight} inference requests in progress, the most allowed: retry later"
+            )
+            await error_answer(scope["path"], error)(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
