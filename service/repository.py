@@ -73,7 +73,8 @@ def scan(root: Path, only: list[str] | None = None) -> tuple[list[VersionRef], l
         for version_dir in sorted(model_dir.iterdir()):
             if version_dir.name.startswith(".") or not version_dir.is_dir():
                 continue
-            if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+            name_ok = version_dir.name.isascii() and version_dir.name.isdigit()  # not "¹"
+            if not name_ok or int(version_dir.name) < 1:
                 problems.append(f"{name}/{version_dir.name}: not an integer version, skipped")
                 continue
             refs.append(VersionRef(name, int(version_dir.name), version_dir))

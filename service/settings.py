@@ -156,7 +156,7 @@ FAULT_MODES = ("raise", "stall")
 def parse_fault_spec(spec: str) -> tuple[str, int]:
     """'raise:3' -> ("raise", 3): the fault-injection mode and how many batches it hits."""
     mode, _, count = spec.partition(":")
-    if mode not in FAULT_MODES or not count.isdigit() or int(count) < 1:
+    if mode not in FAULT_MODES or not (count.isascii() and count.isdigit()) or int(count) < 1:
         raise ValueError(f"fault injection must be 'raise:N' or 'stall:N' (N >= 1), not {spec!r}")
     return mode, int(count)
 

@@ -70,7 +70,8 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
     if header_length is None:
         head, tail = body, b""
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        length = header_length.strip()
+        if not (length.isascii() and length.isdigit()) or int(length) > len(body):
             raise BadRequest(
                 f"{HEADER_LENGTH} {header_length!r} is not a length within the "
                 f"{len(body)}-byte body"

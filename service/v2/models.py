@@ -20,7 +20,7 @@ DYNAMIC = -1  # the batch axis in v2 metadata shapes
 
 def parse_version(text: str, model: str) -> int:
     """A path's version: a positive integer, else 404 (no such version can exist)."""
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "¹".isdigit() is True
         raise VersionNotFound(f"model {model!r} has no version {text!r}", model=model)
     return int(text)
 

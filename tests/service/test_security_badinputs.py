@@ -83,3 +83,23 @@ def test_bad_input_corpus_gets_4xx_on_every_classify_route(tiny_repo: Path) -> N
         "422:invalid_request",
     ):
         assert seen[code] > 0, code
+
+
+def test_unicode_digits_are_not_numbers(tiny_repo: Path, tmp_path: Path) -> None:
+    """'¹'.isdigit() is True and int('¹') raises: found by schemathesis as a 500 on v2 paths."""
+    from service.repository import scan
+
+    settings = Settings(model_repository=tiny_repo, default_model="tiny-cnn", providers="cpu")
+    with threaded_server(settings) as base_url, httpx.Client(base_url=base_url) as c:
+        version = c.get("/v2/models/tiny-cnn/versions/%C2%B91")
+        header = c.post(
+            "/v2/models/tiny-cnn/infer",
+            content=b"{}",
+            headers={"Inference-Header-Content-Length": b"\xb9"},
+        )
+    assert version.status_code == 404
+    assert header.status_code == 400
+    (tmp_path / "m" / "\u00b9").mkdir(parents=True)
+    refs, problems = scan(tmp_path)
+    assert refs == []
+    assert "not an integer version" in problems[0]
