@@ -1,0 +1,116 @@
+"""The ceiling: ONNX Runtime `session.run` in-process on preprocessed tensors, no HTTP.
+
+    python bench/ceiling.py --model resnet18            # prints JSON
+
+Tries each batch size with each thread layout (one session with T intra-op threads, or S
+sessions x 1 thread run side by side) and reports images/s for each and the best. Also times
+batch-1 compute and the decode + preprocessing of the benchmark image (the c=1 latency target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.models import BENCH_REPOSITORY, image_for  # noqa: E402
+from bench.servers.common import Model, version_dir  # noqa: E402
+
+MIN_SECONDS = 1.5
+MIN_RUNS = 3
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def images_per_s(sessions: list[ort.InferenceSession], batch: np.ndarray, name: str) -> float:
+    """Every session runs `batch` over and over in its own thread; total images per second."""
+
+    def loop(s: ort.InferenceSession) -> int:
+        s.run(None, {name: batch})  # warm-up
+        runs, started = 0, time.perf_counter()
+        while runs < MIN_RUNS or time.perf_counter() - started < MIN_SECONDS:
+            s.run(None, {name: batch})
+            runs += 1
+        return runs
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        started = time.perf_counter()
+        runs = sum(pool.map(loop, sessions))
+        elapsed = time.perf_counter() - started
+    return runs * batch.shape[0] / elapsed
+
+
+def median_ms(fn: Any, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1000
+
+
+def measure(model: str, batches: list[int], repository: Path) -> dict[str, Any]:
+    folder = version_dir(repository, model)
+    path = folder / "model.onnx"
+    cores = os.cpu_count() or 1
+    served = Model(folder, cores)
+    image = image_for(model)
+    tensor = served.tensor(image)
+    name = served.input_name
+    layouts = [(1, t) for t in range(1, cores + 1)] + ([(cores, 1)] if cores > 1 else [])
+    grid = []
+    for sessions_n, threads in layouts:
+        sessions = [session(path, threads) for _ in range(sessions_n)]
+        for size in batches:
+            batch = np.ascontiguousarray(np.broadcast_to(tensor, (size, *tensor.shape)))
+            grid.append(
+                {
+                    "sessions": sessions_n,
+                    "threads": threads,
+                    "batch": size,
+                    "images_per_s": images_per_s(sessions, batch, name),
+                }
+            )
+    one = session(path, cores)
+    single = tensor[None]
+    compute_ms = median_ms(lambda: one.run(None, {name: single}), 20)
+    decode_ms = median_ms(lambda: served.tensor(image), 30)
+    return {
+        "model": model,
+        "cores": cores,
+        "grid": grid,
+        "best": max(grid, key=lambda row: row["images_per_s"]),
+        "batch1_compute_ms": compute_ms,
+        "decode_preprocess_ms": decode_ms,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batches", default="1,4,8,16,32")
+    parser.add_argument("--repository", type=Path, default=BENCH_REPOSITORY)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    print(json.dumps(measure(args.model, batches, args.repository)))
+
+
+if __name__ == "__main__":
+    main()

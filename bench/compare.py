@@ -1,0 +1,299 @@
+"""The benchmark: convserve against the raw runtime and the servers users would otherwise pick,
+all in one run, on one machine, on the same model files and the same images.
+
+    /tmp/convserve-bench/bin/python bench/compare.py        # ~15 min on 2 cores; see below
+
+Per model: (1) ceiling, `bench/ceiling.py` (ORT in-process, best batch and thread layout);
+(2) HTTP floor, `POST /noop` on the naive app (same FastAPI/uvicorn stack); (3) naive,
+`bench/servers/naive.py`; (4) LitServe and (5) PyTriton with their batching on; (6) convserve
+with its defaults. Closed loop at each concurrency after a warm-up, then an open-loop run at
+3x convserve's best measured throughput. Writes docs/bench/results.json, the table into
+docs/benchmarks.md (between the `results` markers) and docs/images/bench-<model>.png.
+Setup of the benchmark-only venv: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.load import Target, closed_loop, open_loop, start_service, wait_ready  # noqa: E402
+from bench.models import BENCH_REPOSITORY, LENET, ensure_models, image_for  # noqa: E402
+
+RESULTS_JSON = REPO_ROOT / "docs" / "bench" / "results.json"
+SERVICE_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+OVERLOAD_FACTOR = 3.0
+SYSTEMS = ("floor", "naive", "litserve", "pytriton", "convserve")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one model gets: its concurrency levels, seconds per level, ceiling batch sizes."""
+
+    model: str
+    levels: tuple[int, ...]
+    duration_s: float
+    batches: str
+
+
+PLANS = {
+    LENET: Plan(LENET, (1, 4, 16, 64), 5.0, "1,32"),
+    "resnet18": Plan("resnet18", (1, 4, 16, 64), 6.0, "1,4,8,16"),
+    # ~100 ms per image on 2 cores: c=64 would need minutes per point to see the queue drain.
+    "resnet50": Plan("resnet50", (1, 4, 16), 8.0, "1,4,8"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@contextmanager
+def server(name: str, model: str, repository: Path, batch: int, delay_ms: float) -> Iterator[str]:
+    """Start one comparison server in its own process group; yields its base URL."""
+    port = free_port()
+    script = {"naive": "naive", "litserve": "lit", "pytriton": "triton"}[name]
+    python = SERVICE_PYTHON if name == "naive" else Path(sys.executable)
+    command = [str(python), f"bench/servers/{script}.py", "--repository", str(repository)]
+    command += ["--model", model, "--port", str(port), "--max-batch-size", str(batch)]
+    command += ["--batch-timeout-ms", str(delay_ms)]
+    log = open(f"/tmp/convserve-bench-{name}.log", "wb")  # noqa: SIM115
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    ready = {"naive": "/ready", "litserve": "/health", "pytriton": "/v2/models/model/ready"}
+    try:
+        if not wait_ready(base_url + ready[name], time.monotonic() + 180):
+            raise RuntimeError(f"{name} did not become ready; see {log.name}")
+        yield base_url
+    finally:
+        stop(process)
+        log.close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (LitServe and Triton start children), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def triton_body(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """KServe v2 binary-tensor request: JSON header, then the BYTES element (length-prefixed)."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 + len(image)},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header + struct.pack("<I", len(image)) + image, headers
+
+
+def target_for(system: str, base_url: str, model: str, image: bytes) -> Target:
+    kind = "image/png" if model == LENET else "image/jpeg"
+    if system == "floor":
+        return Target.of(base_url, "/noop", image, {"Content-Type": kind})
+    if system == "naive":
+        return Target.of(base_url, "/predict", image, {"Content-Type": kind})
+    if system == "litserve":
+        body = json.dumps({"image": base64.b64encode(image).decode()}).encode()
+        return Target.of(base_url, "/predict", body, {"Content-Type": "application/json"})
+    if system == "pytriton":
+        body, headers = triton_body(image)
+        return Target.of(base_url, "/v2/models/model/infer", body, headers)
+    return Target.of(base_url, f"/v1/models/{model}/classify", image, {"Content-Type": kind})
+
+
+def sweep(
+    system: str, target: Target, plan: Plan, batch_url: str | None, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Warm-up (untimed), then each concurrency level; one summary dict per level."""
+    warmup_s = min(2.0, plan.duration_s / 2)
+    asyncio.run(closed_loop(target, max(plan.levels), warmup_s))
+    rows = []
+    for level in plan.levels:
+        result = asyncio.run(
+            closed_loop(target, level, plan.duration_s, batch_url=batch_url, batch_model=plan.model)
+        )
+        row = {"system": system, "concurrency": level, **result.summary()}
+        row["load_average"] = load_average()
+        rows.append(row)
+        log(
+            f"  {system:>9} c={level:<3} {row['rps']:8.1f} req/s  p50 {row['p50_ms']:8.2f}  "
+            f"p99 {row['p99_ms']:8.2f} ms  err {row['errors']}  batch {row['mean_batch']:.2f}  "
+            f"client cpu {row['client_cpu_share']:.0%}  load {row['load_average'][0]}"
+        )
+    return rows
+
+
+def ceiling(plan: Plan, repository: Path) -> dict[str, Any]:
+    output = subprocess.run(
+        [
+            str(SERVICE_PYTHON),
+            "bench/ceiling.py",
+            "--model",
+            plan.model,
+            "--batches",
+            plan.batches,
+            "--repository",
+            str(repository),
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run_model(
+    plan: Plan, repository: Path, systems: tuple[str, ...], log: Callable[[str], None]
+) -> dict[str, Any]:
+    image = image_for(plan.model)
+    log(f"{plan.model}: ceiling")
+    ceil = ceiling(plan, repository)
+    best = ceil["best"]
+    log(
+        f"  ceiling {best['images_per_s']:.1f} img/s (batch {best['batch']}, "
+        f"{best['sessions']} x {best['threads']} threads); batch-1 compute "
+        f"{ceil['batch1_compute_ms']:.2f} ms, decode+preprocess "
+        f"{ceil['decode_preprocess_ms']:.2f} ms"
+    )
+    rows: list[dict[str, Any]] = []
+    settings = service_settings()
+    batch, delay_ms = settings["max_batch_size"], settings["max_queue_delay_ms"]
+    for system in systems:
+        if system in ("floor", "convserve"):
+            continue
+        with server(system, plan.model, repository, batch, delay_ms) as url:
+            if system == "naive" and "floor" in systems:
+                rows += sweep("floor", target_for("floor", url, plan.model, image), plan, None, log)
+            rows += sweep(system, target_for(system, url, plan.model, image), plan, None, log)
+    overload: dict[str, Any] = {}
+    if "convserve" in systems:
+        env = {
+            "CONVSERVE_MODEL_REPOSITORY": str(repository),
+            "CONVSERVE_MODELS": plan.model,
+            "CONVSERVE_DEFAULT_MODEL": plan.model,
+            "CONVSERVE_LOG_LEVEL": "warning",
+        }
+        process, url, _ = start_service(env)
+        try:
+            target = target_for("convserve", url, plan.model, image)
+            rows += sweep("convserve", target, plan, url, log)
+            capacity = max(r["rps"] for r in rows if r["system"] == "convserve")
+            rate = OVERLOAD_FACTOR * capacity
+            result = asyncio.run(
+                open_loop(target, rate, plan.duration_s, batch_url=url, batch_model=plan.model)
+            )
+            overload = {"rate_per_s": rate, "capacity_rps": capacity, **result.summary()}
+            overload["load_average"] = load_average()
+            log(
+                f"  overload {rate:.0f}/s: {overload['requests']} ok (p99 "
+                f"{overload['p99_ms']:.1f} ms), {overload['overloaded_503']} x 503 (p99 "
+                f"{overload['overloaded_p99_ms']:.1f} ms), {overload['errors']} errors"
+            )
+        finally:
+            stop(process)
+    return {"model": plan.model, "ceiling": ceil, "rows": rows, "overload": overload}
+
+
+def service_settings() -> dict[str, Any]:
+    from service.settings import Settings
+
+    settings = Settings()
+    return {
+        "max_batch_size": settings.max_batch_size,
+        "max_queue_delay_ms": settings.max_queue_delay_ms,
+        "max_queue_size": settings.max_queue_size,
+        "instances": settings.instances,
+        "intra_op_threads": settings.effective_intra_op_threads,
+        "decode_threads": settings.effective_decode_threads,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(PLANS), help="Comma-separated models.")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated systems.")
+    parser.add_argument("--duration", type=float, help="Seconds per level (default: per model).")
+    parser.add_argument("--output", type=Path, default=RESULTS_JSON)
+    parser.add_argument("--no-docs", action="store_true", help="Write the JSON only.")
+    args = parser.parse_args()
+    systems = tuple(s for s in args.systems.split(",") if s)
+    repository = ensure_models(BENCH_REPOSITORY)
+    started = time.time()
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    models = []
+    for name in args.models.split(","):
+        plan = PLANS[name]
+        if args.duration:
+            plan = Plan(plan.model, plan.levels, args.duration, plan.batches)
+        models.append(run_model(plan, repository, systems, log))
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "duration_s": round(time.time() - started),
+        "cores": os.cpu_count(),
+        "settings": service_settings(),
+        "models": models,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {args.output}")
+    if not args.no_docs:
+        from bench.report import write_docs
+
+        write_docs(results)
+
+
+if __name__ == "__main__":
+    main()
