@@ -5,7 +5,9 @@ recovered from by recreating the session, without a restart."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,22 +32,34 @@ def _classify(client: httpx.Client, seed: int = 1) -> httpx.Response:
     return client.post("/v1/models/tiny-cnn/classify", content=random_png(seed), headers=PNG)
 
 
-def test_raising_runtime_fails_its_batches_then_recovers(repo: Path, tmp_path: Path) -> None:
+def _recover(
+    service: ServiceProcess, client: httpx.Client
+) -> tuple[float, list[httpx.Response], str]:
+    """Seconds until ready again, then 10 classify answers and the metrics text."""
+    started = time.monotonic()
+    wait_ready(service.base_url, timeout_s=RECOVERY_LIMIT_S)
+    recovered_s = time.monotonic() - started
+    after = [_classify(client, seed) for seed in range(10)]
+    return recovered_s, after, client.get("/metrics").text
+
+
+@contextmanager
+def faulty_service(
+    repo: Path, tmp_path: Path, **settings: object
+) -> Iterator[tuple[ServiceProcess, httpx.Client]]:
     with (
         ServiceProcess(
-            tmp_path / "service.log",
-            model_repository=repo,
-            providers="cpu",
-            fault_injection="raise:3",
+            tmp_path / "service.log", model_repository=repo, providers="cpu", **settings
         ) as service,
         httpx.Client(base_url=service.base_url, timeout=30) as client,
     ):
+        yield service, client
+
+
+def test_raising_runtime_fails_its_batches_then_recovers(repo: Path, tmp_path: Path) -> None:
+    with faulty_service(repo, tmp_path, fault_injection="raise:3") as (service, client):
         failed = [_classify(client) for _ in range(3)]
-        started = time.monotonic()
-        wait_ready(service.base_url, timeout_s=RECOVERY_LIMIT_S)
-        recovered_s = time.monotonic() - started
-        after = [_classify(client, seed) for seed in range(10)]
-        metrics = client.get("/metrics").text
+        recovered_s, after, metrics = _recover(service, client)
         log = service.log()
     for response in failed:
         assert response.status_code == 503
@@ -60,27 +74,19 @@ def test_raising_runtime_fails_its_batches_then_recovers(repo: Path, tmp_path: P
 
 
 def test_hung_runtime_times_out_others_succeed_and_it_recovers(repo: Path, tmp_path: Path) -> None:
-    with (
-        ServiceProcess(
-            tmp_path / "service.log",
-            model_repository=repo,
-            providers="cpu",
-            instances=2,
-            batch_timeout_s=0.5,
-            fault_injection="stall:1",  # hangs 1.5 s: past the watchdog, then ends by itself
-        ) as service,
-        httpx.Client(base_url=service.base_url, timeout=30) as client,
-    ):
+    with faulty_service(
+        repo,
+        tmp_path,
+        instances=2,
+        batch_timeout_s=0.5,
+        fault_injection="stall:1",  # hangs 1.5 s: past the watchdog, then ends by itself
+    ) as (service, client):
         with ThreadPoolExecutor(1) as pool:
             stalled = pool.submit(_classify, client)
             time.sleep(0.1)  # the stalled batch holds one instance; the other one serves
             during = [_classify(client, seed) for seed in range(10)]
             hung = stalled.result()
-        started = time.monotonic()
-        wait_ready(service.base_url, timeout_s=RECOVERY_LIMIT_S)
-        recovered_s = time.monotonic() - started
-        after = [_classify(client, seed) for seed in range(10)]
-        metrics = client.get("/metrics").text
+        recovered_s, after, metrics = _recover(service, client)
         stop_started = time.monotonic()
         code = service.stop(timeout_s=20)
         stop_s = time.monotonic() - stop_started

@@ -68,16 +68,24 @@ async def _open_loop(
     return results
 
 
-def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
+def slow_service(tmp_path: Path, **settings: object) -> ServiceProcess:
+    """`python -m service` serving slow-cnn on one single-threaded CPU instance."""
     repo = tmp_path / "models"
     write_tiny_model(repo, "slow-cnn", size=SLOW_SIZE, conv1=SLOW_CONV1, conv2=SLOW_CONV2)
-    image = random_png(1)
-    with ServiceProcess(
+    return ServiceProcess(
         tmp_path / "service.log",
         model_repository=repo,
         providers="cpu",
         instances=1,
         intra_op_threads=1,
+        **settings,
+    )
+
+
+def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
+    image = random_png(1)
+    with slow_service(
+        tmp_path,
         max_batch_size=4,
         max_queue_size=8,
         max_inflight_requests=16,
@@ -114,18 +122,8 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
 def test_deadline_default_and_header(tmp_path: Path) -> None:
     """The default deadline and X-Request-Timeout-Ms: queued work past its deadline is 504 and
     never computed (the compute histogram counts only the requests answered 200)."""
-    repo = tmp_path / "models"
-    write_tiny_model(repo, "slow-cnn", size=SLOW_SIZE, conv1=SLOW_CONV1, conv2=SLOW_CONV2)
     image = random_png(2)
-    with ServiceProcess(
-        tmp_path / "service.log",
-        model_repository=repo,
-        providers="cpu",
-        instances=1,
-        intra_op_threads=1,
-        max_batch_size=1,
-        request_timeout_ms=1,
-    ) as service:
+    with slow_service(tmp_path, max_batch_size=1, request_timeout_ms=1) as service:
 
         async def burst(headers: dict[str, str]) -> list[int]:
             async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:

@@ -4,6 +4,8 @@ real `python -m service` (the reload-by-polling and SIGTERM cases: test_service_
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,16 +30,21 @@ def _replace_version(repo: Path, staging: Path, seed: int) -> None:
         os.replace(staging / str(seed) / "tiny-cnn" / "1" / name, repo / "tiny-cnn" / "1" / name)
 
 
+@contextmanager
+def service_and_admin(repo: Path, log: Path) -> Iterator[tuple[ServiceProcess, httpx.Client]]:
+    """`python -m service` on `repo` with the admin routes on, and a client for them."""
+    with (
+        ServiceProcess(log, model_repository=repo, providers="cpu", admin_key=ADMIN_KEY) as service,
+        httpx.Client(base_url=service.base_url, timeout=60) as admin,
+    ):
+        yield service, admin
+
+
 def test_twenty_reloads_under_traffic_fail_no_request(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     write_tiny_model(repo, "tiny-cnn", version=1, seed=0)
     image = random_png(3)
-    with (
-        ServiceProcess(
-            tmp_path / "service.log", model_repository=repo, providers="cpu", admin_key=ADMIN_KEY
-        ) as service,
-        httpx.Client(base_url=service.base_url, timeout=60) as admin,
-    ):
+    with service_and_admin(repo, tmp_path / "service.log") as (service, admin):
         url = f"{service.base_url}/v1/models/tiny-cnn/classify"
         with Traffic(url, lambda: image) as traffic:
             wait_for(lambda: traffic.answered() > 20, "traffic")
@@ -61,12 +68,7 @@ def test_unload_and_load_under_traffic_lose_no_accepted_request(tmp_path: Path) 
     repo = tmp_path / "models"
     write_tiny_model(repo, "tiny-cnn")
     image = random_png(4)
-    with (
-        ServiceProcess(
-            tmp_path / "service.log", model_repository=repo, providers="cpu", admin_key=ADMIN_KEY
-        ) as service,
-        httpx.Client(base_url=service.base_url, timeout=60) as admin,
-    ):
+    with service_and_admin(repo, tmp_path / "service.log") as (service, admin):
         url = f"{service.base_url}/v1/models/tiny-cnn/classify"
         with Traffic(url, lambda: image) as traffic:
             for _ in range(UNLOAD_CYCLES):
