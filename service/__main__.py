@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=None,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s or None,
     )
 
 

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         description="Watchdog: a session.run taking longer fails its batch (504) and the "
         "session is recreated (0: off).",
     )
+    shutdown_timeout_s: int = Field(
+        30,
+        ge=0,
+        description="On SIGTERM, longest wait for accepted requests before exiting (0: no limit).",
+    )
     cors_origins: str = Field(
         "",
         description="Comma-separated origins allowed by CORS, or '*' (empty: CORS off).",
