@@ -34,11 +34,18 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.load import Target, closed_loop, open_loop, start_service, wait_ready  # noqa: E402
+from bench.load import (  # noqa: E402
+    SERVICE_PYTHON,
+    Target,
+    closed_loop,
+    open_loop,
+    single_request,
+    start_service,
+    wait_ready,
+)
 from bench.models import BENCH_REPOSITORY, LENET, ensure_models, image_for  # noqa: E402
 
 RESULTS_JSON = REPO_ROOT / "docs" / "bench" / "results.json"
-SERVICE_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 OVERLOAD_FACTOR = 3.0
 SYSTEMS = ("floor", "naive", "litserve", "pytriton", "convserve")
 
@@ -216,16 +223,18 @@ def run_model(
                 rows += sweep("floor", target_for("floor", url, plan.model, image), plan, None, log)
             rows += sweep(system, target_for(system, url, plan.model, image), plan, None, log)
     overload: dict[str, Any] = {}
+    first_s = float("nan")
     if "convserve" in systems:
         env = {
             "CONVSERVE_MODEL_REPOSITORY": str(repository),
             "CONVSERVE_MODELS": plan.model,
             "CONVSERVE_DEFAULT_MODEL": plan.model,
-            "CONVSERVE_LOG_LEVEL": "warning",
         }
         process, url, _ = start_service(env)
         try:
             target = target_for("convserve", url, plan.model, image)
+            status, first_s = asyncio.run(single_request(target))
+            log(f"  convserve first request after ready: {status} in {first_s * 1000:.1f} ms")
             rows += sweep("convserve", target, plan, url, log)
             capacity = max(r["rps"] for r in rows if r["system"] == "convserve")
             rate = OVERLOAD_FACTOR * capacity
@@ -241,6 +250,7 @@ def run_model(
             )
         finally:
             stop(process)
+    overload["first_request_ms"] = first_s * 1000
     return {"model": plan.model, "ceiling": ceil, "rows": rows, "overload": overload}
 
 

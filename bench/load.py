@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"  # the service's own environment
 LISTENING = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
 OVERLOADED = 503
 
@@ -213,6 +214,15 @@ async def _measure(
     )
 
 
+async def single_request(target: Target) -> tuple[int, float]:
+    """One request on a fresh connection: (status, seconds), e.g. the first after startup."""
+    connection = Connection(target, target.request())
+    try:
+        return await connection.timed_post()
+    finally:
+        await connection.close()
+
+
 async def closed_loop(
     target: Target,
     concurrency: int,
@@ -281,7 +291,7 @@ def start_service(extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], s
     log = Path(tempfile.mkstemp(prefix="convserve-bench-", suffix=".log")[1])
     env = {**os.environ, "CONVSERVE_PORT": "0", **extra_env}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        [str(SERVICE_PYTHON if SERVICE_PYTHON.exists() else sys.executable), "-m", "service"],
         cwd=REPO_ROOT,
         env=env,
         stdout=log.open("wb"),

@@ -6,6 +6,8 @@ Routers call `Classifier.classify` once; it knows nothing about HTTP.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,18 +15,34 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from service.batching import Item
-from service.errors import ClientDisconnected, InvalidOption
+from service.errors import BadRequest, ClientDisconnected, InvalidOption
 from service.manager import LoadedVersion, ModelManager
 from service.metrics import Metrics
 from service.postprocess import build_result, required_outputs
-from service.preprocess import preprocess_many
+from service.preprocess import ALLOWED_FORMATS, decode, preprocess_many
 from service.runtime import Outputs
 from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
 from service.settings import Settings
 
+logger = logging.getLogger(__name__)
 WaitDisconnect = Callable[[], Awaitable[None]]
+WARM_UP_SIDE = 16  # above the smallest side allowed
+
+
+def warm_decoders() -> None:
+    """Decode a tiny image of every accepted format once: the first real request would
+    otherwise pay Pillow's lazy plugin imports and decoder setup (60-400 ms, docs/benchmarks.md)."""
+    pixels = Image.new("RGB", (WARM_UP_SIDE, WARM_UP_SIDE), (128, 64, 32))
+    for fmt in ALLOWED_FORMATS:
+        buffer = io.BytesIO()
+        pixels.save(buffer, format=fmt)
+        try:
+            decode(buffer.getvalue(), color_mode="RGB", max_pixels=WARM_UP_SIDE**2)
+        except BadRequest as err:  # a Pillow built without this codec: requests will say so
+            logger.warning("decoder warm-up: %s: %s", fmt, err.message)
 
 
 class Classifier:
@@ -35,6 +53,7 @@ class Classifier:
         self._pool = ThreadPoolExecutor(
             settings.effective_decode_threads, thread_name_prefix="preprocess"
         )
+        self._pool.submit(warm_decoders)  # queued first: runs before any request's decoding
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
