@@ -21,9 +21,11 @@ CAPACITY_CLIENTS = 8
 CAPACITY_S = 2.0
 OVERLOAD_FACTOR = 3
 OVERLOAD_S = 4.0
-# The issue asks for p99 of rejections < 50 ms; asserted with a 5x margin for 2 shared cores
-# (STYLE: tests assert no timings unless asked). The measured figure is printed.
-REJECTION_P99_LIMIT_S = 0.25
+# The issue asks for p99 of rejections < 50 ms. Asserted on the server's own histogram of the
+# answers the in-flight limit gives before routing (route "unmatched"): client-side figures
+# on 2 shared cores measure the client and the neighbours as much as the server (seen: 7 ms
+# alone, 4 s beside a benchmark), so those are printed, not asserted.
+REJECTION_P99_LIMIT_S = 0.05
 # A real model heavy enough to be the bottleneck (about 0.6 G multiply-adds per image), so that
 # 3x its capacity stays within what one Python client can send.
 SLOW_SIZE, SLOW_CONV1, SLOW_CONV2 = 128, 64, 256
@@ -68,6 +70,21 @@ async def _open_loop(
     return results
 
 
+def histogram_quantile(text: str, name: str, q: float, **labels: str) -> float:
+    """Upper bound of the bucket holding quantile `q` of a Prometheus histogram's samples."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{") and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rpartition(" ")[2])))
+    buckets.sort()
+    total = buckets[-1][1]
+    assert total > 0, f"no {name} samples with {labels}"
+    return next(bound for bound, count in buckets if count >= q * total)
+
+
 def slow_service(tmp_path: Path, **settings: object) -> ServiceProcess:
     """`python -m service` serving slow-cnn on one single-threaded CPU instance."""
     repo = tmp_path / "models"
@@ -88,7 +105,7 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
         tmp_path,
         max_batch_size=4,
         max_queue_size=8,
-        max_inflight_requests=16,
+        max_inflight_requests=12,  # the queue plus one batch: the limit sheds before decoding
         max_queue_delay_ms=0,
     ) as service:
 
@@ -101,6 +118,10 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
                 return capacity, await _open_loop(client, image, OVERLOAD_FACTOR * capacity)
 
         capacity, results = asyncio.run(scenario())
+        metrics = httpx.get(service.base_url + "/metrics").text
+    server_p99 = histogram_quantile(
+        metrics, "convserve_request_duration_seconds", 0.99, route="unmatched"
+    )
     codes = {code for code, _, _ in results}
     accepted = [latency for code, latency, _ in results if code == 200]
     rejected = [(latency, retry) for code, latency, retry in results if code == 503]
@@ -114,9 +135,10 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
     print(  # noqa: T201
         f"\noverload: capacity {capacity:.0f} req/s, offered {OVERLOAD_FACTOR}x for {OVERLOAD_S} s:"
         f" {len(results)} sent, {len(accepted)} x 200 (p50 {accept_p50 * 1000:.0f} ms, p99 "
-        f"{accept_p99 * 1000:.0f} ms), {len(rejected)} x 503 (p99 {reject_p99 * 1000:.1f} ms)"
+        f"{accept_p99 * 1000:.0f} ms), {len(rejected)} x 503 (p99 {reject_p99 * 1000:.1f} ms; "
+        f"server side <= {server_p99 * 1000:.2f} ms)"
     )
-    assert reject_p99 < REJECTION_P99_LIMIT_S
+    assert server_p99 <= REJECTION_P99_LIMIT_S
 
 
 def test_deadline_default_and_header(tmp_path: Path) -> None:

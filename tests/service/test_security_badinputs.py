@@ -53,6 +53,7 @@ def test_corpus_is_large_enough() -> None:
     assert len(corpus()) >= 200
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # the corpus's bad-EXIF JPEG
 def test_bad_input_corpus_gets_4xx_on_every_classify_route(tiny_repo: Path) -> None:
     settings = Settings(model_repository=tiny_repo, default_model="tiny-cnn", providers="cpu")
     cases = corpus()
