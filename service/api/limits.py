@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge
+from service.metrics import Metrics
 
 INFERENCE_SUFFIXES = ("/classify", "/infer")
 
@@ -33,8 +34,13 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-def error_answer(path: str, error: ConvserveError) -> JSONResponse:
-    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, DESIGN §6)."""
+def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
+    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, DESIGN §6),
+    counted in convserve_failures_total as the exception handlers count theirs."""
+    metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+    if metrics is not None:
+        metrics.failures.labels("", error.code).inc()
+    path = scope["path"]
     if path == "/v2" or path.startswith("/v2/"):
         headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
         return JSONResponse({"error": error.message}, error.status_code, headers=headers)
@@ -54,7 +60,7 @@ class BodyLimitMiddleware:
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             error = PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
-            await error_answer(scope["path"], error)(scope, receive, send)
+            await error_answer(scope, error)(scope, receive, send)
             return
         received = 0
         response_started = False
@@ -79,7 +85,7 @@ class BodyLimitMiddleware:
         except PayloadTooLarge as err:  # read outside a route (no handler saw it)
             if response_started:
                 raise
-            await error_answer(scope["path"], err)(scope, receive, send)
+            await error_answer(scope, err)(scope, receive, send)
 
 
 class InflightLimitMiddleware:
@@ -100,7 +106,7 @@ class InflightLimitMiddleware:
             error = Overloaded(
                 f"{self.inflight} inference requests in progress, the most allowed: retry later"
             )
-            await error_answer(scope["path"], error)(scope, receive, send)
+            await error_answer(scope, error)(scope, receive, send)
             return
         self.inflight += 1
         try:

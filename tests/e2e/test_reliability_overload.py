@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.server import ServiceProcess
+from tests.service.server import ServiceProcess, metric_value
 from tests.service.tiny_model import random_png, write_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -129,6 +129,7 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
     assert accepted
     assert rejected
     assert {retry for _, retry in rejected} == {"1"}
+    assert metric_value(metrics, "convserve_failures_total", reason="queue_full") == len(rejected)
     reject_p99 = float(np.percentile([latency for latency, _ in rejected], 99))
     accept_p50 = float(np.percentile(accepted, 50))
     accept_p99 = float(np.percentile(accepted, 99))

@@ -16,7 +16,7 @@ from service.errors import ImageTooLarge, ImageTooSmall, UnsupportedImage
 from service.preprocess import decode
 from service.settings import Settings
 from tests.badinputs import animated, encode, noise, png_header_only
-from tests.service.server import threaded_server
+from tests.service.server import metric_value, threaded_server
 
 LIMIT = 64 * 1024
 
@@ -61,6 +61,8 @@ def test_declared_length_over_limit_is_413_before_any_body(
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
     assert body_start in rest
+    metrics = httpx.get(base_url + "/metrics").text
+    assert metric_value(metrics, "convserve_failures_total", reason="payload_too_large") > 0
 
 
 @pytest.mark.parametrize("path", ["/v1/classify", "/v2/models/tiny-cnn/infer"])
