@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from service.classify import Classifier
 from service.errors import Forbidden, Unauthorized
@@ -40,15 +41,28 @@ ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """With CONVSERVE_API_KEY set: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."""
-    if settings.api_key is None:
-        return
+def _check_key(request: Request, secret: SecretStr, what: str) -> None:
+    """'Authorization: Bearer <key>' or 'X-API-Key: <key>', compared in constant time."""
     given = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
     if given is None and auth.lower().startswith("bearer "):
         given = auth[len("bearer ") :].strip()
     if not given:
-        raise Unauthorized("an API key is required (Authorization: Bearer or X-API-Key)")
-    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
-        raise Forbidden("invalid API key")
+        raise Unauthorized(f"the {what} is required (Authorization: Bearer or X-API-Key)")
+    if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+        raise Forbidden(f"invalid {what}")
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """Inference routes: with CONVSERVE_API_KEY set, that key is required; unset: open."""
+    if settings.api_key is not None:
+        _check_key(request, settings.api_key, "API key")
+
+
+def require_admin_key(request: Request, settings: SettingsDep) -> None:
+    """Repository routes: CONVSERVE_ADMIN_KEY is required; unset, they are disabled (403)."""
+    if settings.admin_key is None:
+        raise Forbidden(
+            "the model repository extension is disabled: set CONVSERVE_ADMIN_KEY to enable it"
+        )
+    _check_key(request, settings.admin_key, "admin key")

@@ -6,7 +6,6 @@ Health and server metadata stay open; model metadata, config and infer take the 
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated, Any
 
@@ -14,8 +13,14 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.api.deps import ClassifierDep, ManagerDep, SettingsDep, require_api_key
-from service.errors import BadRequest, Forbidden, InvalidOption, PayloadTooLarge, Unauthorized
+from service.api.deps import (
+    ClassifierDep,
+    ManagerDep,
+    SettingsDep,
+    require_admin_key,
+    require_api_key,
+)
+from service.errors import BadRequest, InvalidOption, PayloadTooLarge
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
@@ -25,22 +30,6 @@ from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest, Repository
 
 TAGS: list[Any] = ["v2 (Open Inference Protocol)"]
 MAX_ADMIN_BODY_BYTES = 64 * 1024
-
-
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
-    """CONVSERVE_ADMIN_KEY as 'Authorization: Bearer <key>' or 'X-API-Key'; unset: disabled."""
-    if settings.admin_key is None:
-        raise Forbidden(
-            "the model repository extension is disabled: set CONVSERVE_ADMIN_KEY to enable it"
-        )
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth.lower().startswith("bearer "):
-        given = auth[len("bearer ") :].strip()
-    if not given:
-        raise Unauthorized("the admin key is required (Authorization: Bearer or X-API-Key)")
-    if not hmac.compare_digest(given.encode(), settings.admin_key.get_secret_value().encode()):
-        raise Forbidden("invalid admin key")
 
 
 health = APIRouter(prefix="/v2", tags=TAGS, route_class=V2Route)
