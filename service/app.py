@@ -62,9 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await manager.close()
+            await _drain(manager, settings.shutdown_timeout_s)
             classifier.close()
-            logger.info("shut down: every accepted request answered")
 
     app = FastAPI(
         title="convserve",
@@ -96,6 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(web.router)
     return app
+
+
+async def _drain(manager: ModelManager, timeout_s: int) -> None:
+    """Finish every accepted batch, for at most `timeout_s` (0: no limit): a session hung in
+    ONNX Runtime must not keep the process alive past its grace period."""
+    try:
+        await asyncio.wait_for(manager.close(), timeout_s or None)
+    except TimeoutError:
+        logger.error("shut down after %d s with batches still running (hung sessions?)", timeout_s)
+        return
+    logger.info("shut down: every accepted request answered")
 
 
 async def _initial_load(manager: ModelManager) -> None:

@@ -4,6 +4,7 @@ recovered from by recreating the session, without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,3 +99,27 @@ def test_hung_runtime_times_out_others_succeed_and_it_recovers(repo: Path, tmp_p
     assert code in {0, -15}
     assert stop_s < 10  # the abandoned thread does not hold the exit
     print(f"\nstall:1 -> 504 runtime_timeout, ready after {recovered_s:.2f} s")  # noqa: T201
+
+
+def test_sigterm_exits_within_the_grace_period_despite_a_hung_session(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Watchdog off, a batch hangs for 10 s: SIGTERM still ends the process after about
+    CONVSERVE_SHUTDOWN_TIMEOUT_S, the hung request being the one answer that is lost."""
+    with faulty_service(
+        repo, tmp_path, batch_timeout_s=0, shutdown_timeout_s=2, fault_injection="stall:1"
+    ) as (service, client):
+        with ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(_classify, client)
+            time.sleep(0.3)
+            started = time.monotonic()
+            service.terminate()
+            code = service.process.wait(timeout=30)
+            exit_s = time.monotonic() - started
+            with contextlib.suppress(httpx.HTTPError):
+                hung.result()
+        log = service.log()
+    assert code in {0, -15}
+    assert exit_s < 8  # the 10 s stall is not waited for
+    assert "shut down after 2 s with batches still running" in log
+    print(f"\nSIGTERM with a hung session: exited after {exit_s:.1f} s")  # noqa: T201
