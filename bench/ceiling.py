@@ -31,11 +31,11 @@ MIN_SECONDS = 1.5
 MIN_RUNS = 3
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
+def session(path: Path, threads: int, spinning: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -74,16 +74,21 @@ def measure(model: str, batches: list[int], repository: Path) -> dict[str, Any]:
     image = image_for(model)
     tensor = served.tensor(image)
     name = served.input_name
-    layouts = [(1, t) for t in range(1, cores + 1)] + ([(cores, 1)] if cores > 1 else [])
+    # (sessions, intra-op threads, spinning): ORT's default spins idle threads; convserve
+    # doesn't (docs/service.md), so the ceiling gets both and keeps the better.
+    layouts = [(1, t, False) for t in range(1, cores + 1)]
+    if cores > 1:
+        layouts += [(1, cores, True), (cores, 1, False)]
     grid = []
-    for sessions_n, threads in layouts:
-        sessions = [session(path, threads) for _ in range(sessions_n)]
+    for sessions_n, threads, spinning in layouts:
+        sessions = [session(path, threads, spinning) for _ in range(sessions_n)]
         for size in batches:
             batch = np.ascontiguousarray(np.broadcast_to(tensor, (size, *tensor.shape)))
             grid.append(
                 {
                     "sessions": sessions_n,
                     "threads": threads,
+                    "spinning": spinning,
                     "batch": size,
                     "images_per_s": images_per_s(sessions, batch, name),
                 }

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         description="Inference requests in progress (reading, decoding, queued, computing) "
         "before 503 at once, unread.",
     )
-    instances: int = Field(1, ge=1, description="ORT sessions per model version running at once.")
+    instances: int = Field(2, ge=1, description="ORT sessions per model version running at once.")
     intra_op_threads: int = Field(
         0, ge=0, description="ORT intra-op threads per session (0: cores / instances)."
     )
