@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import BENCH_REPOSITORY, image_for  # noqa: E402
-from bench.servers.common import Model, version_dir  # noqa: E402
+from bench.servers.common import Model, providers, version_dir  # noqa: E402
 
 MIN_SECONDS = 1.5
 MIN_RUNS = 3
@@ -36,7 +36,7 @@ def session(path: Path, threads: int, spinning: bool = False) -> ort.InferenceSe
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=providers())
 
 
 def images_per_s(sessions: list[ort.InferenceSession], batch: np.ndarray, name: str) -> float:

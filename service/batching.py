@@ -6,6 +6,10 @@ While every runtime instance is busy it lets the batch fill for at most `max_que
 idle runtime runs at once. Expired or cancelled requests are dropped before compute. Each
 runtime instance has its own worker thread.
 
+A request with a deadline that the queue ahead of it would outlast (queued images times the
+measured compute seconds per image, over the instances) is refused at once with `Overloaded`
+(503, Retry-After) rather than queued to be dropped with a 504 at its deadline.
+
 Faults: a batch whose `run` raises fails its own futures with `RuntimeFailure` (503); one that
 outlives the watchdog (`batch_timeout_s`) fails them with `RuntimeStalled` (504). Either way the
 instance leaves service and its session is recreated in the background, then it rejoins; other
@@ -57,6 +61,7 @@ class BatchRunner(Protocol):
 
 
 RECOVERY_RETRY_S = 1.0
+IMAGE_S_SMOOTHING = 0.2  # weight of the newest batch in the seconds-per-image average
 Job = tuple[Callable[[], Outputs], "concurrent.futures.Future[Outputs]"]
 
 
@@ -132,6 +137,7 @@ class Batcher:
         self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._timeout_s = batch_timeout_s or None
+        self._image_s = 0.0  # compute seconds per image, moving average (admission estimate)
         self._threads = [self._thread(i) for i in range(runner.instances)]
         self._recovering: dict[int, asyncio.Task[None]] = {}
         self._closing = False
@@ -142,6 +148,12 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    def expected_wait_s(self, count: int) -> float:
+        """Seconds until `count` more images would be computed: the queue ahead of them and
+        themselves, at the measured seconds per image (moving average), over the instances."""
+        in_service = max(1, len(self._threads) - len(self._recovering))
+        return (len(self._pending) + count) * self._image_s / in_service
 
     @property
     def available(self) -> bool:
@@ -162,6 +174,15 @@ class Batcher:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
         if len(self._pending) + len(tensors) > self._max_queue:
             raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
+        if (
+            deadline is not None
+            and time.monotonic() + self.expected_wait_s(len(tensors)) > deadline
+        ):
+            # It would only wait to be dropped (504) at its deadline: refuse it now, cheaply.
+            raise Overloaded(
+                f"{self.model}: the queue ahead would outlast the request's deadline, retry later",
+                model=self.model,
+            )
         loop = asyncio.get_running_loop()
         items = [Item(t, outputs, deadline, loop.create_future()) for t in tensors]
         self._pending.extend(items)
@@ -297,6 +318,12 @@ class Batcher:
         compute_s = time.perf_counter() - started
         self._metrics.compute_duration.labels(self.model).observe(compute_s)
         self._metrics.batch_size.labels(self.model).observe(len(items))
+        per_image_s = compute_s / len(items)
+        self._image_s = (
+            per_image_s
+            if not self._image_s
+            else (IMAGE_S_SMOOTHING * per_image_s + (1 - IMAGE_S_SMOOTHING) * self._image_s)
+        )
         for index, item in enumerate(items):
             item.compute_s = compute_s
             if not item.future.done():

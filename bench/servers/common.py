@@ -26,6 +26,14 @@ MAX_PIXELS = 40_000_000
 TOP_K = 5
 
 
+def providers() -> list[str]:
+    """ORT providers for every system of the run: BENCH_PROVIDERS=cuda on a GPU host
+    (bench/gpu.sh), the CPU otherwise."""
+    if os.environ.get("BENCH_PROVIDERS", "cpu") == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class Model:
     """One ONNX session plus its metadata; `tensor` decodes, `answers` makes top-5 JSON."""
 
@@ -37,7 +45,7 @@ class Model:
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
-            str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            str(version_dir / "model.onnx"), options, providers=providers()
         )
         self.input_name = self.metadata.input.name
         self.output_name = self.metadata.output.name

@@ -1,0 +1,52 @@
+"""Deadline-aware admission: a request the queue ahead would make miss its deadline is refused
+at once (503), not queued to be dropped at its deadline (504)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from service.errors import Overloaded
+from service.runtime import Runtime
+from tests.service.test_batching import GatedRuntime, images, make, runtime, wait_started
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+__all__ = ["runtime"]  # the module-scoped fixture, shared with test_batching
+SLOW_BATCH_S = 0.05
+
+
+async def test_request_that_would_outlast_its_deadline_is_refused_at_once(
+    runtime: Runtime,
+) -> None:
+    gated = GatedRuntime(runtime)
+    batcher = make(gated, max_batch_size=1)
+    gated.gate.clear()
+    (first,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    await asyncio.sleep(SLOW_BATCH_S)  # one measured batch: >= 50 ms per image
+    gated.gate.set()
+    await first.future
+    assert batcher.expected_wait_s(1) >= SLOW_BATCH_S
+
+    gated.started.clear()
+    gated.gate.clear()
+    queued = batcher.submit(images(4), frozenset(), None)  # no deadline: always queued
+    await wait_started(gated)
+    depth = batcher.depth
+    with pytest.raises(Overloaded):
+        batcher.submit(images(1), frozenset(), time.monotonic() + SLOW_BATCH_S / 5)
+    assert batcher.depth == depth  # the refused one never entered the queue
+    (patient,) = batcher.submit(images(1), frozenset(), time.monotonic() + 30)
+    gated.gate.set()
+    await asyncio.gather(*(i.future for i in queued), patient.future)
+    await batcher.close()
+
+
+async def test_idle_batcher_admits_a_request_with_a_short_deadline(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    batcher = make(gated)
+    (item,) = batcher.submit(images(1), frozenset(), time.monotonic() + 5)
+    await item.future  # no measurement yet, nothing queued: admitted and answered
+    await batcher.close()
