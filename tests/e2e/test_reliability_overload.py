@@ -161,8 +161,10 @@ def test_deadline_default_and_header(tmp_path: Path) -> None:
         default = asyncio.run(burst({}))
         generous = asyncio.run(burst({"X-Request-Timeout-Ms": "60000"}))
         metrics = httpx.get(service.base_url + "/metrics").text
-    assert set(default) <= {200, 504}
-    assert 504 in default
+    # Past its deadline in the queue: 504; refused up front because the queue ahead would
+    # outlast the deadline: 503. Either way it is never computed.
+    assert set(default) <= {200, 503, 504}
+    assert {503, 504} & set(default)
     assert generous == [200] * 16
     computed = sum(
         float(line.rpartition(" ")[2])
