@@ -39,6 +39,7 @@ class BadInput:
     body: bytes
     may_succeed: bool = False  # a deliberately converted odd input: 200 is a right answer
     raw_image: bytes | None = None  # the image alone, for routes that wrap it (v2 BYTES)
+    headers: tuple[tuple[str, str], ...] = ()  # more request headers (v2 cases)
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -314,6 +315,75 @@ def _content_types() -> list[BadInput]:
         BadInput(f"content-type-{i}-{t!r}", t, png, may_succeed=bool(t) and "png" in t.lower())
         for i, t in enumerate(types)
     ]
+
+
+def _v2_json(**tensor: object) -> bytes:
+    base: dict[str, object] = {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32"}
+    base.update(tensor)
+    return json.dumps({"inputs": [base]}).encode()
+
+
+def v2_corpus() -> list[BadInput]:
+    """Bad bodies for POST /v2/models/<m>/infer (JSON, binary extension, compression)."""
+    zeros = b"\x00" * (64 * 1024 * 1024)
+    gzip_bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = gzip_bomb.compress(zeros) + gzip_bomb.flush()
+    head = _v2_json(parameters={"binary_data_size": 1024}, data=None)
+    bodies: list[tuple[str, bytes, tuple[tuple[str, str], ...]]] = [
+        ("gzip-bomb-64MiB", bomb, (("content-encoding", "gzip"),)),
+        ("gzip-garbage", b"\x1f\x8b garbage", (("content-encoding", "gzip"),)),
+        ("deflate-truncated", zlib.compress(_v2_json())[:-6], (("content-encoding", "deflate"),)),
+        ("brotli", b"\x00", (("content-encoding", "br"),)),
+        ("header-length-past-body", head, (("inference-header-content-length", "99999"),)),
+        ("header-length-negative", head, (("inference-header-content-length", "-1"),)),
+        ("header-length-text", head, (("inference-header-content-length", "ten"),)),
+        (
+            "binary-size-past-body",
+            head + b"\x00" * 10,
+            (("inference-header-content-length", str(len(head))),),
+        ),
+        ("shape-overflow", _v2_json(shape=[2**62, 2**62, 16, 16], data=[0.0]), ()),
+        ("shape-negative", _v2_json(shape=[-1, 1, 16, 16], data=[0.0]), ()),
+        ("shape-wrong", _v2_json(shape=[1, 3, 16, 16], data=[0.0] * 768), ()),
+        ("data-short", _v2_json(data=[0.0] * 10), ()),
+        ("data-strings", _v2_json(data=["a"] * 256), ()),
+        ("data-nan", _v2_json(data=[float("nan")] * 256), ()),
+        ("data-nested-deep", b'{"inputs": [{"data": ' + b"[" * 3000 + b"]" * 3000 + b"}]}", ()),
+        ("datatype-unknown", _v2_json(datatype="FP128", data=[0.0] * 256), ()),
+        ("datatype-int", _v2_json(datatype="INT64", data=[0] * 256), ()),
+        ("bytes-empty", _v2_json(name="image", datatype="BYTES", shape=[0], data=[]), ()),
+        ("bytes-not-base64", _v2_json(name="image", datatype="BYTES", shape=[1], data=["%%"]), ()),
+        (
+            "two-inputs",
+            json.dumps(
+                {"inputs": [json.loads(_v2_json(data=[0.0] * 256))["inputs"][0]] * 2}
+            ).encode(),
+            (),
+        ),
+        (
+            "unknown-output",
+            json.dumps(
+                {
+                    "inputs": json.loads(_v2_json(data=[0.0] * 256))["inputs"],
+                    "outputs": [{"name": "../../etc/passwd"}],
+                }
+            ).encode(),
+            (),
+        ),
+        (
+            "classification-negative",
+            json.dumps(
+                {
+                    "inputs": json.loads(_v2_json(data=[0.0] * 256))["inputs"],
+                    "outputs": [{"name": "logits", "parameters": {"classification": -5}}],
+                }
+            ).encode(),
+            (),
+        ),
+        ("no-inputs", b'{"inputs": []}', ()),
+        ("not-json", b"\xff\xfe\x00", ()),
+    ]
+    return [BadInput(f"v2-{name}", JSON, body, headers=headers) for name, body, headers in bodies]
 
 
 def corpus() -> list[BadInput]:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.badinputs import BadInput, corpus
+from tests.badinputs import JSON, BadInput, corpus, v2_corpus
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import random_png
 
@@ -84,6 +84,19 @@ def test_bad_input_corpus_gets_4xx_on_every_classify_route(tiny_repo: Path) -> N
         "422:invalid_request",
     ):
         assert seen[code] > 0, code
+
+
+def test_bad_v2_bodies_get_4xx(tiny_repo: Path) -> None:
+    settings = Settings(model_repository=tiny_repo, default_model="tiny-cnn", providers="cpu")
+    seen: Counter[str] = Counter()
+    with threaded_server(settings) as base_url, httpx.Client(base_url=base_url, timeout=60) as c:
+        for case in v2_corpus():
+            headers = {"content-type": JSON, **dict(case.headers)}
+            route = "/v2/models/tiny-cnn/infer"
+            _check(case, route, c.post(route, content=case.body, headers=headers), seen)
+        assert c.get("/v2/health/live").status_code == 200
+    assert seen["v2:413"] == 1  # the gzip bomb: inflation stops at the body limit
+    print(f"\nv2 bad bodies: {len(v2_corpus())} cases, answers {dict(seen)}")  # noqa: T201
 
 
 def test_unicode_digits_are_not_numbers(tiny_repo: Path, tmp_path: Path) -> None:
