@@ -76,6 +76,13 @@ class LayerNotFound(NotFound):
     code = "layer_not_found"
 
 
+class RequestTimeout(ConvserveError):
+    """The request body did not arrive within CONVSERVE_BODY_TIMEOUT_S."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ConvserveError):
     status_code = 413
     code = "payload_too_large"

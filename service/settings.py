@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         None, description="When set, enables the repository admin routes (unset: disabled)."
     )
     max_body_bytes: int = Field(16 * MIB, ge=1, description="Largest request body (413 above).")
+    body_timeout_s: float = Field(
+        30.0, ge=0, description="Longest time to receive a request body (408 after; 0: none)."
+    )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image, width*height (400 above)."
     )

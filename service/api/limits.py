@@ -1,5 +1,5 @@
-"""Admission limits in pure ASGI middleware: the request body limit on every route (Starlette
-has none), and the number of inference requests in progress.
+"""Admission limits in pure ASGI middleware: the request body's size and arrival time on every
+route, and the number of inference requests in progress.
 
 A declared `Content-Length` above the limit is answered 413 before a byte of the body is read.
 A body without a length (chunked) or one that lies is counted as it streams: the first
@@ -16,11 +16,14 @@ before their body is read. Health, metrics and the page are never refused.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
-from service.errors import ConvserveError, Overloaded, PayloadTooLarge
+from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
 from service.metrics import Metrics
 
 INFERENCE_SUFFIXES = ("/classify", "/infer")
@@ -48,9 +51,13 @@ def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    """413 past `max_body_bytes`; 408 when the body takes longer than `body_timeout_s` to
+    arrive (0: no limit): a slow sender must not hold an in-flight slot for ever."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,13 +70,26 @@ class BodyLimitMiddleware:
             await error_answer(scope, error)(scope, receive, send)
             return
         received = 0
+        body_done = False
         response_started = False
+        deadline = (
+            time.monotonic() + self.body_timeout_s if self.body_timeout_s is not None else None
+        )
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or deadline is None:  # after the body: disconnect watching, unbounded
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                except TimeoutError as err:
+                    raise RequestTimeout(
+                        f"request body not received within {self.body_timeout_s} s"
+                    ) from err
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise PayloadTooLarge(f"request body exceeds {limit} bytes")
             return message
@@ -82,7 +102,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, watch_send)
-        except PayloadTooLarge as err:  # read outside a route (no handler saw it)
+        except (PayloadTooLarge, RequestTimeout) as err:  # read outside a route
             if response_started:
                 raise
             await error_answer(scope, err)(scope, receive, send)

@@ -17,8 +17,10 @@ from service.preprocess import decode
 from service.settings import Settings
 from tests.badinputs import animated, encode, noise, png_header_only
 from tests.service.server import metric_value, threaded_server
+from tests.service.tiny_model import random_png
 
 LIMIT = 64 * 1024
+PNG = {"content-type": "image/png"}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,23 @@ def test_chunked_body_is_cut_when_it_passes_the_limit(base_url: str, path: str) 
         assert response.json()["error"].startswith("request body exceeds")
     else:
         assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_slow_body_is_408(tiny_repo: Path) -> None:
+    settings = Settings(
+        model_repository=tiny_repo, default_model="tiny-cnn", providers="cpu", body_timeout_s=0.5
+    )
+    head = (
+        "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    with threaded_server(settings) as url:
+        answer, took_s = _raw_request(url, head, b"\x89PNG")  # 4 of 1000 bytes, then silence
+        good = httpx.post(url + "/v1/classify", content=random_png(1), headers=PNG)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code":"request_timeout"' in answer
+    assert took_s < 5
+    assert good.status_code == 200
 
 
 def test_body_at_the_limit_is_read(base_url: str) -> None:
