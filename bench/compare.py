@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -238,10 +240,16 @@ def run_model(
             rows += sweep("convserve", target, plan, url, log)
             capacity = max(r["rps"] for r in rows if r["system"] == "convserve")
             rate = OVERLOAD_FACTOR * capacity
+            # Each request says how long it can wait: the unloaded p99 of this run (c=1). What
+            # the queue would make wait longer is refused at once (503) by the batcher.
+            budget_ms = math.ceil(next(r["p99_ms"] for r in rows if r["system"] == "convserve"))
+            headers = {**target.headers, "X-Request-Timeout-Ms": str(budget_ms)}
+            patient = dataclasses.replace(target, headers=headers)
             result = asyncio.run(
-                open_loop(target, rate, plan.duration_s, batch_url=url, batch_model=plan.model)
+                open_loop(patient, rate, plan.duration_s, batch_url=url, batch_model=plan.model)
             )
             overload = {"rate_per_s": rate, "capacity_rps": capacity, **result.summary()}
+            overload["timeout_header_ms"] = budget_ms
             overload["load_average"] = load_average()
             log(
                 f"  overload {rate:.0f}/s: {overload['requests']} ok (p99 "
