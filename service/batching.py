@@ -6,7 +6,8 @@ While every runtime instance is busy it lets the batch fill for at most `max_que
 idle runtime runs at once. Expired or cancelled requests are dropped before compute. Each
 runtime instance has its own worker thread.
 
-A request with a deadline that the queue ahead of it would outlast (queued images times the
+A request whose deadline has passed is answered `DeadlineExceeded` (504) without queueing; one
+with a deadline that a non-empty queue ahead of it would outlast (queued images times the
 measured compute seconds per image, over the instances) is refused at once with `Overloaded`
 (503, Retry-After) rather than queued to be dropped with a 504 at its deadline.
 
@@ -174,11 +175,17 @@ class Batcher:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
         if len(self._pending) + len(tensors) > self._max_queue:
             raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded("deadline passed before compute", model=self.model)
         if (
             deadline is not None
-            and time.monotonic() + self.expected_wait_s(len(tensors)) > deadline
+            and self._pending
+            and now + self.expected_wait_s(len(tensors)) > deadline
         ):
-            # It would only wait to be dropped (504) at its deadline: refuse it now, cheaply.
+            # The queue ahead would outlast the deadline, so the request would only wait to be
+            # dropped (504): refuse it now, cheaply. An empty queue never refuses: that request
+            # is computed at once, however tight its deadline.
             raise Overloaded(
                 f"{self.model}: the queue ahead would outlast the request's deadline, retry later",
                 model=self.model,

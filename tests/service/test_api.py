@@ -31,6 +31,8 @@ def base_url(tiny_repo: Path) -> Iterator[str]:
         max_queue_size=4,
         max_images_per_request=8,
         providers="cpu",
+        # One ORT instance: the gated-runtime tests hold it busy to make a queue.
+        instances=1,
     )
     with threaded_server(settings) as url:
         yield url
