@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     instances: int = Field(2, ge=1, description="ORT sessions per model version running at once.")
     intra_op_threads: int = Field(
-        0, ge=0, description="ORT intra-op threads per session (0: cores / instances)."
+        0, ge=0, description="ORT intra-op threads per session (0: cores; idle threads sleep)."
     )
     decode_threads: int = Field(
         0, ge=0, description="Threads decoding and pre/post-processing images (0: cores)."
@@ -139,7 +139,10 @@ class Settings(BaseSettings):
     def effective_intra_op_threads(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, cpu_count() // self.instances)
+        # Every session may use every core: a lone batch runs at full width, and when both
+        # instances are busy their sleeping (non-spinning) threads share the cores
+        # (docs/benchmarks.md, "Defaults").
+        return cpu_count()
 
     @property
     def effective_decode_threads(self) -> int:
