@@ -150,6 +150,21 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
+    def admit(self, count: int, deadline: float | None) -> None:
+        """Overloaded when the queue ahead would make `count` more images wait past `deadline`
+        (a monotonic time): they would only wait to be dropped (504) there, so refuse them now,
+        cheaply; the classifier asks before decoding too. An empty queue never refuses: that
+        request is computed at once, however tight its deadline."""
+        if (
+            deadline is not None
+            and self._pending
+            and time.monotonic() + self.expected_wait_s(count) > deadline
+        ):
+            raise Overloaded(
+                f"{self.model}: the queue ahead would outlast the request's deadline, retry later",
+                model=self.model,
+            )
+
     def expected_wait_s(self, count: int) -> float:
         """Seconds until `count` more images would be computed: the queue ahead of them and
         themselves, at the measured seconds per image (moving average), over the instances."""
@@ -178,18 +193,7 @@ class Batcher:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise DeadlineExceeded("deadline passed before compute", model=self.model)
-        if (
-            deadline is not None
-            and self._pending
-            and now + self.expected_wait_s(len(tensors)) > deadline
-        ):
-            # The queue ahead would outlast the deadline, so the request would only wait to be
-            # dropped (504): refuse it now, cheaply. An empty queue never refuses: that request
-            # is computed at once, however tight its deadline.
-            raise Overloaded(
-                f"{self.model}: the queue ahead would outlast the request's deadline, retry later",
-                model=self.model,
-            )
+        self.admit(len(tensors), deadline)
         loop = asyncio.get_running_loop()
         items = [Item(t, outputs, deadline, loop.create_future()) for t in tensors]
         self._pending.extend(items)

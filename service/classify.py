@@ -103,6 +103,7 @@ class Classifier:
         async with self._manager.lease(model, version) as loaded:
             meta = loaded.metadata
             outputs = required_outputs(meta, options)  # option errors before any decoding
+            loaded.batcher.admit(len(images), deadline)  # hopeless under load: before decoding
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
             tensors = await self.preprocess(loaded, images)
