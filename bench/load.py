@@ -71,6 +71,7 @@ class Result:
     client_cpu_s: float = 0.0
     overloaded: int = 0  # 503 answers (open loop: the fast refusals)
     overloaded_latencies_s: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)  # every answer by status (0: failed)
 
     @property
     def rps(self) -> float:
@@ -97,6 +98,7 @@ class Result:
             "p99_ms": p99,
             "mean_batch": self.mean_batch,
             "client_cpu_share": self.client_cpu_s / self.elapsed_s / (os.cpu_count() or 1),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
 
     def line(self, baseline_rps: float) -> str:
@@ -175,8 +177,10 @@ class Collector:
         self.latencies: list[float] = []
         self.overloaded: list[float] = []
         self.errors = 0
+        self.statuses: dict[int, int] = {}
 
     def add(self, status: int, seconds: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
         if status == 200:
             self.latencies.append(seconds)
         elif status == OVERLOADED:
@@ -211,6 +215,7 @@ async def _measure(
         cpu_s,
         len(collector.overloaded),
         collector.overloaded,
+        collector.statuses,
     )
 
 

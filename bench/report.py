@@ -69,8 +69,10 @@ def model_table(entry: dict[str, Any]) -> list[str]:
             f"{over['capacity_rps']:.1f}): {over['requests']} answered 200 at "
             f"{fmt(over['rps'])} req/s, p50 {fmt(over['p50_ms'], 2)} / p99 "
             f"{fmt(over['p99_ms'], 2)} ms; {over['overloaded_503']} answered 503 (p99 "
-            f"{fmt(over['overloaded_p99_ms'], 2)} ms); {over['errors']} other errors; mean batch "
-            f"{fmt(over['mean_batch'], 2)}.",
+            f"{fmt(over['overloaded_p99_ms'], 2)} ms); {over['errors']} other answers "
+            f"(by status: {over.get('statuses', '–')}; 504 = deadline passed before compute); "
+            f"mean batch {fmt(over['mean_batch'], 2)}; requests carried X-Request-Timeout-Ms "
+            f"{over.get('timeout_header_ms', '–')}.",
         ]
     return [*lines, ""]
 
