@@ -48,8 +48,8 @@ def decodes_inline(images: list[bytes]) -> bool:
         try:
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
                 width, height = opened.size
-        except DECODE_ERRORS:  # includes UnidentifiedImageError: the pool path reports it
-            return False
+        except (*DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return False  # undecodable or a bomb header: the pool path reports it
         if width * height > INLINE_MAX_PIXELS:
             return False
     return True

@@ -146,7 +146,7 @@ def test_model_metadata_and_config(client: httpx.Client, tiny_cnn: TinyModel) ->
     assert names == ["logits", *(fm.output for fm in tiny_cnn.metadata.feature_maps)]
     assert client.get(f"/v2/models/{MODEL}/versions/1").json() == meta
     config = client.get(f"/v2/models/{MODEL}/config").json()
-    assert config["max_batch_size"] == min(8, tiny_cnn.metadata.max_batch_size)
+    assert config["max_batch_size"] == min(32, tiny_cnn.metadata.max_batch_size)
     assert config["input"][0]["dims"] == [1, 16, 16]
     assert [i["name"] for i in config["input"]] == ["input"]
     assert "image" in config["parameters"]["image_input"]["string_value"]
@@ -261,7 +261,7 @@ TENSOR = {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": 
             INFER,
             {"inputs": [{**TENSOR, "shape": [40, 1, 16, 16], "data": [0.0] * 40 * 256}]},
             400,
-            "outside 1..8",
+            "outside 1..32",
         ),
         (
             INFER,
