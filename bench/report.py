@@ -167,12 +167,13 @@ def plot(entry: dict[str, Any]) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     systems = dict.fromkeys(r["system"] for r in entry["rows"])
-    for system in systems:
+    for index, system in enumerate(systems):
         pts = sorted(by(entry["rows"], system).items())
         xs = [c for c, _ in pts]
-        left.plot(xs, [r["rps"] for _, r in pts], marker="o", label=system)
+        style = {"marker": "o", "label": system, "color": f"C{index}"}  # same colour both sides
+        left.plot(xs, [r["rps"] for _, r in pts], **style)
         if system != "floor":
-            right.plot(xs, [r["p99_ms"] for _, r in pts], marker="o", label=system)
+            right.plot(xs, [r["p99_ms"] for _, r in pts], **style)
     left.axhline(entry["ceiling"]["best"]["images_per_s"], color="k", ls="--", label="ceiling")
     for ax, title in ((left, "throughput (req/s)"), (right, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
