@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
-from service.api.deps import ClassifierDep, SettingsDep, require_api_key
+from service.api.deps import ClassifierDep, SettingsDep, request_deadline, require_api_key
 from service.api.inputs import read_images
-from service.errors import InvalidOption
 from service.schemas import (
     DEFAULT_CHANNELS,
     DEFAULT_TOP_K,
@@ -55,7 +53,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def classify_options(
+async def classify_options(
     top_k: Annotated[int, Query(ge=1, description="Predictions per image.")] = DEFAULT_TOP_K,
     feature_maps: Annotated[
         str | None,
@@ -82,13 +80,6 @@ TimeoutHeader = Annotated[
 ]
 
 
-def _deadline(settings: Settings, timeout_ms: float | None) -> float | None:
-    if timeout_ms is not None and timeout_ms <= 0:
-        raise InvalidOption("X-Request-Timeout-Ms must be positive")
-    chosen = timeout_ms or settings.request_timeout_ms
-    return time.monotonic() + chosen / 1000.0 if chosen else None
-
-
 async def _classify(
     request: Request,
     classifier: ClassifierDep,
@@ -99,7 +90,7 @@ async def _classify(
     timeout_ms: float | None,
 ) -> ClassifyResponse:
     request.state.model = model
-    deadline = _deadline(settings, timeout_ms)
+    deadline = request_deadline(settings, timeout_ms)
     images = await read_images(
         request,
         max_body_bytes=settings.max_body_bytes,

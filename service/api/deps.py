@@ -1,36 +1,42 @@
-"""FastAPI dependencies: objects built in the lifespan (app.state) and the API-key check."""
+"""FastAPI dependencies: objects built in the lifespan (app.state) and the API-key check.
+
+Every dependency is `async def` although none awaits: FastAPI runs a plain `def` dependency in
+its thread pool, a thread hop per dependency per request that cost the tiny-model path more
+than the model itself (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 from pydantic import SecretStr
 
 from service.classify import Classifier
-from service.errors import Forbidden, Unauthorized
+from service.errors import Forbidden, InvalidOption, Unauthorized
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
 
 
-def get_classifier(request: Request) -> Classifier:
+async def get_classifier(request: Request) -> Classifier:
     classifier: Classifier = request.app.state.classifier
     return classifier
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -53,16 +59,24 @@ def _check_key(request: Request, secret: SecretStr, what: str) -> None:
         raise Forbidden(f"invalid {what}")
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Inference routes: with CONVSERVE_API_KEY set, that key is required; unset: open."""
     if settings.api_key is not None:
         _check_key(request, settings.api_key, "API key")
 
 
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
+async def require_admin_key(request: Request, settings: SettingsDep) -> None:
     """Repository routes: CONVSERVE_ADMIN_KEY is required; unset, they are disabled (403)."""
     if settings.admin_key is None:
         raise Forbidden(
             "the model repository extension is disabled: set CONVSERVE_ADMIN_KEY to enable it"
         )
     _check_key(request, settings.admin_key, "admin key")
+
+
+def request_deadline(settings: Settings, timeout_ms: float | None) -> float | None:
+    """`time.monotonic()` deadline from X-Request-Timeout-Ms, else CONVSERVE_REQUEST_TIMEOUT_MS."""
+    if timeout_ms is not None and timeout_ms <= 0:
+        raise InvalidOption("X-Request-Timeout-Ms must be positive")
+    chosen = timeout_ms or settings.request_timeout_ms
+    return time.monotonic() + chosen / 1000.0 if chosen else None

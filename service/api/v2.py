@@ -6,7 +6,6 @@ Health and server metadata stay open; model metadata, config and infer take the 
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -17,10 +16,11 @@ from service.api.deps import (
     ClassifierDep,
     ManagerDep,
     SettingsDep,
+    request_deadline,
     require_admin_key,
     require_api_key,
 )
-from service.errors import BadRequest, InvalidOption, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
@@ -56,13 +56,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _deadline(settings: Settings, timeout_ms: float | None) -> float | None:
-    if timeout_ms is not None and timeout_ms <= 0:
-        raise InvalidOption("X-Request-Timeout-Ms must be positive")
-    chosen = timeout_ms or settings.request_timeout_ms
-    return time.monotonic() + chosen / 1000.0 if chosen else None
 
 
 @health.get("")
@@ -131,7 +124,7 @@ async def _infer(
     timeout_ms: float | None,
 ) -> Response:
     request.state.model = model
-    deadline = _deadline(settings, timeout_ms)
+    deadline = request_deadline(settings, timeout_ms)
     body = await read_body(request, settings.max_body_bytes)
     body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
 
