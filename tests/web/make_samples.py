@@ -16,25 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR, load_fashion_mnist
+from training.data.idx import DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / "service" / "static" / "samples"
 MANIFEST = "samples.json"
-FASHION_LABELS = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 PHOTOS = ("china.jpg", "flower.jpg")
 PHOTO_WIDTH_PX = 224
 PHOTO_QUALITY = 82
@@ -43,7 +31,7 @@ PHOTO_QUALITY = 82
 def export_fashion(out_dir: Path, data_dir: Path) -> list[dict[str, object]]:
     images, labels = load_fashion_mnist(data_dir, train=False)
     entries: list[dict[str, object]] = []
-    for cls, label in enumerate(FASHION_LABELS):
+    for cls, label in enumerate(FASHION_MNIST_LABELS):
         index = int(np.flatnonzero(labels == cls)[0])
         name = f"fashion-{index:05d}.png"
         Image.fromarray(images[index], mode="L").save(out_dir / name, optimize=True)
