@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,11 +60,17 @@ async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
-    )
+    problems = describe_validation(exc.errors())
     count_failure(request, _model_of(request), "invalid_request")
     return error_response(422, "invalid_request", problems or "invalid request")
+
+
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
+    """`loc: msg; ...` for a human, without pydantic's help URLs and input echoes."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', '')}"
+        for e in errors
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from service.api.errors import describe_validation
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -86,7 +87,9 @@ def _json_images(body: bytes) -> list[bytes]:
     try:
         payload = JsonImages.model_validate_json(body)
     except ValidationError as err:
-        raise SchemaError(f"JSON body must be {{'images': [base64, ...]}}: {err}") from err
+        raise SchemaError(
+            f"JSON body must be {{'images': [base64, ...]}}: {describe_validation(err.errors())}"
+        ) from err
     images = []
     for index, text in enumerate(payload.images):
         try:
