@@ -39,15 +39,25 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+
+
 async def _read(request: Request, limit: int) -> bytes:
     return b"".join([chunk async for chunk in _limited(request, limit)])
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 past `limit` bytes (declared or streamed)."""
+    _check_declared_length(request, limit)
+    return await _read(request, limit)
+
+
 async def read_images(request: Request, *, max_body_bytes: int, max_images: int) -> list[bytes]:
     """Encoded images of a classify request, in request order."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {max_body_bytes}")
+    _check_declared_length(request, max_body_bytes)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == MULTIPART:
         return await _multipart(request, max_body_bytes, max_images)

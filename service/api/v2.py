@@ -20,7 +20,8 @@ from service.api.deps import (
     require_admin_key,
     require_api_key,
 )
-from service.errors import BadRequest, PayloadTooLarge
+from service.api.inputs import read_body
+from service.errors import BadRequest
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
@@ -43,19 +44,6 @@ admin = APIRouter(
     dependencies=[Depends(require_admin_key)],
 )
 TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout-Ms")]
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @health.get("")
