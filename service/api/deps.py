@@ -59,10 +59,15 @@ def _check_key(request: Request, secret: SecretStr, what: str) -> None:
         raise Forbidden(f"invalid {what}")
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
+def check_api_key(request: Request, settings: Settings) -> None:
     """Inference routes: with CONVSERVE_API_KEY set, that key is required; unset: open."""
     if settings.api_key is not None:
         _check_key(request, settings.api_key, "API key")
+
+
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """`check_api_key` as a router dependency."""
+    check_api_key(request, settings)
 
 
 async def require_admin_key(request: Request, settings: SettingsDep) -> None:

@@ -1,0 +1,192 @@
+"""The one ASGI middleware in front of every route: admission limits, security headers, request
+metrics and the catch-all 500, in one layer (each extra layer cost every request a coroutine
+frame and a send wrapper: docs/benchmarks.md).
+
+Admission:
+- A declared `Content-Length` above `max_body_bytes` is answered 413 before a byte of the body
+  is read. A body without a length (chunked) or one that lies is counted as it streams: the
+  first `http.request` message that takes the total past the limit raises `PayloadTooLarge`
+  inside the app, which the one error mapping turns into 413 (native or v2 body). Nothing
+  downstream can read more than `max_body_bytes`, whatever parser it uses.
+- A body that takes longer than `body_timeout_s` to arrive gets 408: a slow sender must not hold
+  an in-flight slot for ever.
+- The batcher's queue is bounded, but a request reaches it only after its body is read and its
+  images decoded; under a flood those stages would queue without bound. So inference requests
+  (POST .../classify, .../infer) beyond `max_inflight_requests` in progress are answered 503
+  `queue_full` with `Retry-After` at once, before their body is read. Health, metrics and the
+  page are never refused.
+
+Every answer gets nosniff and DENY headers (the web page sets its own stricter set, never
+overwritten). An unexpected exception becomes the DESIGN §6 body with code `internal` (never a
+stack trace), is logged with its traceback and counted in `convserve_failures_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import error_response
+from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_SUFFIXES = ("/classify", "/infer")
+UNMATCHED_ROUTE = "unmatched"
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isascii() and text.isdigit() else None
+    return None
+
+
+def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
+    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, DESIGN §6),
+    counted in convserve_failures_total as the exception handlers count theirs."""
+    metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+    if metrics is not None:
+        metrics.failures.labels("", error.code).inc()
+    path = scope["path"]
+    if path == "/v2" or path.startswith("/v2/"):
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+        return JSONResponse({"error": error.message}, error.status_code, headers=headers)
+    return error_response(error.status_code, error.code, error.message, error.retry_after_s)
+
+
+def _with_security_headers(message: Message) -> Message:
+    headers = list(message.get("headers", ()))
+    present = {name.lower() for name, _ in headers}
+    headers += [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+    return {**message, "headers": headers}
+
+
+class EdgeMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_inflight_requests: int,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s or None
+        self.max_inflight = max_inflight_requests
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        inference = scope["method"] == "POST" and scope["path"].endswith(INFERENCE_SUFFIXES)
+        status = 500
+        response_started = False
+        counted = False
+
+        async def edge_send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+                message = _with_security_headers(message)
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, inference)
+            if refusal is not None:
+                await error_answer(scope, refusal)(scope, receive, edge_send)
+                return
+            if inference:
+                self.inflight += 1
+                counted = True
+            await self.app(scope, self._limited(receive), edge_send)
+        except (PayloadTooLarge, RequestTimeout) as err:  # read outside a route
+            if not response_started:
+                await error_answer(scope, err)(scope, receive, edge_send)
+            else:
+                logger.warning("%s after the answer began: %s", type(err).__name__, err.message)
+        except Exception:  # noqa: BLE001 - the last line of defence: a 500, never a traceback
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            status = 500
+            _metrics(scope).failures.labels(_model(scope), "internal").inc()
+            if not response_started:
+                await error_response(500, "internal", "internal server error")(
+                    scope, receive, edge_send
+                )
+        finally:
+            if counted:
+                self.inflight -= 1
+            _observe(scope, status, time.perf_counter() - started)
+
+    def _refusal(self, scope: Scope, inference: bool) -> ConvserveError | None:
+        declared = declared_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            limit = self.max_body_bytes
+            return PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+        if inference and self.inflight >= self.max_inflight:
+            return Overloaded(
+                f"{self.inflight} inference requests in progress, the most allowed: retry later"
+            )
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive`, counting the body against the limit and its arrival against the timeout
+        (after the body, e.g. disconnect watching: unbounded)."""
+        limit = self.max_body_bytes
+        timeout_s = self.body_timeout_s
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        received = 0
+        body_done = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):  # a timer, not a task
+                        message = await receive()
+                except TimeoutError as err:
+                    raise RequestTimeout(f"request body not received within {timeout_s} s") from err
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            return message
+
+        return limited_receive
+
+
+def _metrics(scope: Scope) -> Metrics:
+    metrics: Metrics = scope["app"].state.metrics
+    return metrics
+
+
+def _model(scope: Scope) -> str:
+    state: dict[str, Any] = scope.get("state") or {}
+    path_params: dict[str, Any] = scope.get("path_params") or {}
+    return str(state.get("model") or path_params.get("model") or "")
+
+
+def _observe(scope: Scope, status: int, duration_s: float) -> None:
+    route = scope.get("route")
+    template = str(getattr(route, "path", UNMATCHED_ROUTE))
+    state: dict[str, Any] = scope.get("state") or {}
+    model = _model(scope)
+    version = str(state.get("version", ""))
+    metrics = _metrics(scope)
+    metrics.requests.labels(model, version, template, str(status)).inc()
+    metrics.request_duration.labels(model, template).observe(duration_s)
