@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,8 +12,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import classify, health, models, v2, web
-from service.api.errors import install_error_handlers
 from service.api.edge import EdgeMiddleware
+from service.api.errors import install_error_handlers
 from service.classify import Classifier
 from service.manager import ModelManager
 from service.metrics import Metrics
@@ -109,6 +110,10 @@ async def _drain(manager: ModelManager, timeout_s: int) -> None:
 
 async def _initial_load(manager: ModelManager) -> None:
     await manager.sync()
+    # Everything alive now (modules, models, schemas) lives as long as the process: moved out of
+    # the collector's reach, full collections no longer walk it (tail latency: docs/benchmarks.md).
+    gc.collect()
+    gc.freeze()
     loaded = ", ".join(f"{m} {manager.versions(m)}" for m in manager.model_names()) or "none"
     logger.info("execution provider: %s; models loaded: %s", manager.provider, loaded)
     for message in [m for _, m in manager.errors.values()] + manager.scan_problems:

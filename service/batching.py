@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,6 +99,18 @@ class InstanceThread:
                 future.set_exception(err)
 
 
+class Reservation:
+    """Admitted images' place ahead of later requests, from admission until queued."""
+
+    def __init__(self, batcher: Batcher, count: int) -> None:
+        self._batcher = batcher
+        self._count = count
+
+    def release(self) -> None:
+        self._batcher._reserved -= self._count
+        self._count = 0
+
+
 @dataclass
 class Item:
     """One image waiting for compute."""
@@ -139,6 +151,7 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._timeout_s = batch_timeout_s or None
         self._image_s = 0.0  # compute seconds per image, moving average (admission estimate)
+        self._reserved = 0  # images admitted and being decoded, not queued yet
         self._threads = [self._thread(i) for i in range(runner.instances)]
         self._recovering: dict[int, asyncio.Task[None]] = {}
         self._closing = False
@@ -150,14 +163,28 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
+    @contextlib.contextmanager
+    def admission(self, count: int, deadline: float | None) -> Iterator[Reservation]:
+        """Admit `count` images before they are decoded (Overloaded when hopeless, see `admit`)
+        and hold their place until `submit` queues them or the block ends: the images being
+        decoded count as work ahead of later requests, so a flood is refused before it piles
+        up in the decode pool."""
+        self.admit(count, deadline)
+        reservation = Reservation(self, count)
+        self._reserved += count
+        try:
+            yield reservation
+        finally:
+            reservation.release()
+
     def admit(self, count: int, deadline: float | None) -> None:
-        """Overloaded when the queue ahead would make `count` more images wait past `deadline`
-        (a monotonic time): they would only wait to be dropped (504) there, so refuse them now,
-        cheaply; the classifier asks before decoding too. An empty queue never refuses: that
-        request is computed at once, however tight its deadline."""
+        """Overloaded when the work ahead (queued and admitted images) would make `count` more
+        images wait past `deadline` (a monotonic time): they would only wait to be dropped (504)
+        there, so refuse them now, cheaply. Nothing ahead never refuses: that request is
+        computed at once, however tight its deadline."""
         if (
             deadline is not None
-            and self._pending
+            and (self._pending or self._reserved)
             and time.monotonic() + self.expected_wait_s(count) > deadline
         ):
             raise Overloaded(
@@ -166,10 +193,11 @@ class Batcher:
             )
 
     def expected_wait_s(self, count: int) -> float:
-        """Seconds until `count` more images would be computed: the queue ahead of them and
-        themselves, at the measured seconds per image (moving average), over the instances."""
+        """Seconds until `count` more images would be computed: the work ahead of them (queued,
+        and admitted but still decoding) and themselves, at the measured seconds per image
+        (moving average), over the instances in service."""
         in_service = max(1, len(self._threads) - len(self._recovering))
-        return (len(self._pending) + count) * self._image_s / in_service
+        return (len(self._pending) + self._reserved + count) * self._image_s / in_service
 
     @property
     def available(self) -> bool:
@@ -184,8 +212,12 @@ class Batcher:
         tensors: Sequence[npt.NDArray[np.float32]],
         outputs: frozenset[str],
         deadline: float | None,
+        reservation: Reservation | None = None,
     ) -> list[Item]:
-        """Queue every image of one request, or none of them (Overloaded when they don't fit)."""
+        """Queue every image of one request, or none of them (Overloaded when they don't fit);
+        the request's `admission` reservation, if any, becomes its place in the queue."""
+        if reservation is not None:
+            reservation.release()
         if self._closing:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
         if len(self._pending) + len(tensors) > self._max_queue:

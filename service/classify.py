@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from service.batching import Item
+from service.batching import Item, Reservation
 from service.errors import BadRequest, ClientDisconnected, InvalidOption
 from service.manager import LoadedVersion, ModelManager
 from service.metrics import Metrics
@@ -36,6 +37,8 @@ WARM_UP_SIDE = 16  # above the smallest side allowed
 INLINE_MAX_BYTES = 4096
 INLINE_MAX_PIXELS = 64 * 64
 INLINE_MAX_IMAGES = 4
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IHDR_END = 24  # signature (8), chunk length (4), "IHDR" (4), width (4), height (4)
 
 
 def decodes_inline(images: list[bytes]) -> bool:
@@ -45,14 +48,27 @@ def decodes_inline(images: list[bytes]) -> bool:
     for data in images:
         if len(data) > INLINE_MAX_BYTES:
             return False
-        try:
-            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
-                width, height = opened.size
-        except (*DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        size = png_size(data) or _header_size(data)
+        if size is None or size[0] * size[1] > INLINE_MAX_PIXELS:
             return False  # undecodable or a bomb header: the pool path reports it
-        if width * height > INLINE_MAX_PIXELS:
-            return False
     return True
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk (the first chunk), without Pillow."""
+    if len(data) < PNG_IHDR_END or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:PNG_IHDR_END])
+    return int(width), int(height)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as opened:
+            width, height = opened.size
+    except (*DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
+    return width, height
 
 
 def warm_decoders() -> None:
@@ -103,14 +119,20 @@ class Classifier:
         async with self._manager.lease(model, version) as loaded:
             meta = loaded.metadata
             outputs = required_outputs(meta, options)  # option errors before any decoding
-            loaded.batcher.admit(len(images), deadline)  # hopeless under load: before decoding
             loop = asyncio.get_running_loop()
-            started = time.perf_counter()
-            tensors = await self.preprocess(loaded, images)
-            decode_s = time.perf_counter() - started
-            items = await self.run(
-                loaded, tensors, outputs, deadline=deadline, wait_disconnect=wait_disconnect
-            )
+            # Hopeless under load: refused before decoding; admitted: counted as work ahead.
+            with loaded.batcher.admission(len(images), deadline) as reservation:
+                started = time.perf_counter()
+                tensors = await self.preprocess(loaded, images)
+                decode_s = time.perf_counter() - started
+                items = await self.run(
+                    loaded,
+                    tensors,
+                    outputs,
+                    deadline=deadline,
+                    wait_disconnect=wait_disconnect,
+                    reservation=reservation,
+                )
             raw = [item.future.result() for item in items]
             if options.feature_maps or options.cam:  # PNG encoding: off the event loop
                 results = await loop.run_in_executor(
@@ -162,10 +184,11 @@ class Classifier:
         *,
         deadline: float | None,
         wait_disconnect: WaitDisconnect | None = None,
+        reservation: Reservation | None = None,
     ) -> list[Item]:
         """Submit preprocessed rows (C, H, W) to the version's batcher (the one inference path
         shared by the native and v2 routes) and wait; each item's `future` holds its outputs."""
-        items = loaded.batcher.submit(tensors, outputs, deadline)
+        items = loaded.batcher.submit(tensors, outputs, deadline, reservation)
         await self._wait(items, wait_disconnect, loaded.ref.model)
         return items
 

@@ -47,6 +47,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown model, version or feature-map layer"},
     413: {"description": "Body too large"},
     415: {"description": "Unsupported media type"},
+    422: {"description": "Invalid query parameter, header or JSON body"},
     503: {"description": "Not ready or queue full (Retry-After)"},
     504: {"description": "Deadline passed before compute"},
 }

@@ -201,13 +201,20 @@ async def _run(
 ) -> list[Outputs]:
     meta = loaded.metadata
     rows, images = _batch_rows(parsed, meta, loaded.batcher.max_batch_size)
-    if images is not None:
-        tensors = await classifier.preprocess(loaded, images)
-    else:
-        assert rows is not None
-        tensors = list(rows)
+    count = len(images) if images is not None else len(rows if rows is not None else ())
     maps = frozenset(p.name for p in plans if p.name != meta.output.name)
-    items = await classifier.run(
-        loaded, tensors, maps, deadline=deadline, wait_disconnect=wait_disconnect
-    )
+    with loaded.batcher.admission(count, deadline) as reservation:
+        if images is not None:
+            tensors = await classifier.preprocess(loaded, images)
+        else:
+            assert rows is not None
+            tensors = list(rows)
+        items = await classifier.run(
+            loaded,
+            tensors,
+            maps,
+            deadline=deadline,
+            wait_disconnect=wait_disconnect,
+            reservation=reservation,
+        )
     return [item.future.result() for item in items]

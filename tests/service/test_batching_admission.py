@@ -50,3 +50,28 @@ async def test_idle_batcher_admits_a_request_with_a_short_deadline(runtime: Runt
     (item,) = batcher.submit(images(1), frozenset(), time.monotonic() + 5)
     await item.future  # no measurement yet, nothing queued: admitted and answered
     await batcher.close()
+
+
+async def test_images_still_decoding_count_as_work_ahead(runtime: Runtime) -> None:
+    gated = GatedRuntime(runtime)
+    batcher = make(gated, max_batch_size=1)
+    gated.gate.clear()
+    (first,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    await asyncio.sleep(SLOW_BATCH_S)
+    gated.gate.set()
+    await first.future  # measured: >= 50 ms per image; now the queue is empty
+    assert batcher.depth == 0
+
+    tight = time.monotonic() + SLOW_BATCH_S / 5
+    with batcher.admission(8, None) as decoding:  # 8 images admitted, still being decoded
+        assert batcher.expected_wait_s(1) >= 9 * SLOW_BATCH_S / runtime.instances
+        with pytest.raises(Overloaded), batcher.admission(1, tight):
+            pass  # refused before its own decoding: the 8 are ahead of it
+        items = batcher.submit(images(8), frozenset(), None, decoding)  # their queue place now
+        assert batcher.expected_wait_s(1) >= 9 * SLOW_BATCH_S / runtime.instances
+    await asyncio.gather(*(i.future for i in items))
+    with batcher.admission(1, tight):  # nothing ahead any more: admitted however tight
+        pass
+    assert batcher.expected_wait_s(0) == 0
+    await batcher.close()

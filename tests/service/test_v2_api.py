@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client import generate_latest
 
-from service.batching import Batcher, Item
+from service.batching import Batcher, Item, Reservation
 from service.runtime import Outputs, Runtime
 from service.settings import Settings
 from service.v2 import infer as v2_infer
@@ -71,8 +71,9 @@ def gate() -> Iterator[Gate]:
         tensors: Sequence[npt.NDArray[np.float32]],
         outputs: frozenset[str],
         deadline: float | None,
+        reservation: Reservation | None = None,
     ) -> list[Item]:
-        items = submit(self, tensors, outputs, deadline)
+        items = submit(self, tensors, outputs, deadline, reservation)
         gate.submitted += len(items)
         return items
 
