@@ -15,6 +15,7 @@ from service.api import classify, health, models, v2, web
 from service.api.edge import EdgeMiddleware
 from service.api.errors import install_error_handlers
 from service.classify import Classifier
+from service.looplag import LoopLag
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.preprocess import configure_pillow
@@ -42,6 +43,7 @@ CORS_REQUEST_HEADERS = [
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_pillow(settings.max_image_pixels)
+    loop_lag = LoopLag()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.manager = manager
         app.state.classifier = classifier
-        tasks = [asyncio.create_task(_initial_load(manager), name="initial-load")]
+        tasks = [
+            asyncio.create_task(_initial_load(manager), name="initial-load"),
+            asyncio.create_task(loop_lag.run(), name="loop-lag"),
+        ]
         if settings.model_poll_seconds > 0:
             poll = manager.poll(settings.model_poll_seconds)
             tasks.append(asyncio.create_task(poll, name="repository-poll"))
@@ -85,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         max_inflight_requests=settings.max_inflight_requests,
+        request_timeout_ms=settings.request_timeout_ms,
+        loop_lag=loop_lag,
     )
     install_error_handlers(app)
     install_v2_error_handlers(app)  # after the native ones, which it wraps

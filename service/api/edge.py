@@ -13,7 +13,10 @@ Admission:
 - The batcher's queue is bounded, but a request reaches it only after its body is read and its
   images decoded; under a flood those stages would queue without bound. So inference requests
   (POST .../classify, .../infer) beyond `max_inflight_requests` in progress are answered 503
-  `queue_full` with `Retry-After` at once, before their body is read. Health, metrics and the
+  `queue_full` with `Retry-After` at once, before their body is read. So are those whose
+  deadline (`X-Request-Timeout-Ms`, else `CONVSERVE_REQUEST_TIMEOUT_MS`) is shorter than the lag
+  of a saturated event loop (more than 10 ms behind, service/looplag.py): they already waited
+  that long unseen, and each of their steps would wait as long again. Health, metrics and the
   page are never refused.
 
 Every answer gets nosniff and DENY headers (the web page sets its own stricter set, never
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -33,12 +37,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
+from service.looplag import LoopLag
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 INFERENCE_SUFFIXES = ("/classify", "/infer")
 UNMATCHED_ROUTE = "unmatched"
+# Timer jitter is ~1 ms on an idle loop; a loop this far behind is saturated.
+SATURATED_LAG_MS = 10.0
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
 
 
@@ -48,6 +55,18 @@ def declared_length(scope: Scope) -> int | None:
             text = value.decode("latin-1").strip()
             return int(text) if text.isascii() and text.isdigit() else None
     return None
+
+
+def _timeout_ms(scope: Scope) -> float:
+    """X-Request-Timeout-Ms when it is a positive number, else 0 (the route reports bad ones)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-timeout-ms":
+            try:
+                number = float(value)
+            except ValueError:
+                return 0.0
+            return number if number > 0 and math.isfinite(number) else 0.0
+    return 0.0
 
 
 def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
@@ -78,8 +97,12 @@ class EdgeMiddleware:
         max_body_bytes: int,
         body_timeout_s: float,
         max_inflight_requests: int,
+        request_timeout_ms: float = 0,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self.app = app
+        self.default_timeout_ms = request_timeout_ms
+        self.loop_lag = loop_lag
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s or None
         self.max_inflight = max_inflight_requests
@@ -135,9 +158,18 @@ class EdgeMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             limit = self.max_body_bytes
             return PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
-        if inference and self.inflight >= self.max_inflight:
+        if not inference:
+            return None
+        if self.inflight >= self.max_inflight:
             return Overloaded(
                 f"{self.inflight} inference requests in progress, the most allowed: retry later"
+            )
+        budget_ms = _timeout_ms(scope) or self.default_timeout_ms
+        lag_ms = self.loop_lag.lag_s * 1000 if self.loop_lag is not None else 0.0
+        if budget_ms and lag_ms > max(budget_ms, SATURATED_LAG_MS):
+            return Overloaded(
+                f"the server runs {lag_ms:.0f} ms behind, more than the request's deadline "
+                f"({budget_ms:g} ms): retry later"
             )
         return None
 
