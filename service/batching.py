@@ -144,6 +144,11 @@ class Batcher:
         self._delay_s = max_queue_delay_s
         self._max_queue = max_queue_size
         self._metrics = metrics
+        # This version's series, looked up once (labels() takes a lock and builds a key).
+        self._depth_gauge = metrics.queue_depth.labels(model)
+        self._queue_seconds = metrics.queue_duration.labels(model)
+        self._compute_seconds = metrics.compute_duration.labels(model)
+        self._batch_sizes = metrics.batch_size.labels(model)
         self._pending: deque[Item] = deque()
         self._wakeup = asyncio.Event()
         self._free = list(range(runner.instances))
@@ -229,7 +234,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [Item(t, outputs, deadline, loop.create_future()) for t in tensors]
         self._pending.extend(items)
-        self._metrics.queue_depth.labels(self.model).inc(len(items))
+        self._depth_gauge.inc(len(items))
         self._wakeup.set()
         return items
 
@@ -253,7 +258,7 @@ class Batcher:
             batch.append(self._pending.popleft())
             taken += 1
         if taken:
-            self._metrics.queue_depth.labels(self.model).dec(taken)
+            self._depth_gauge.dec(taken)
         if not self._pending:
             self._wakeup.clear()
 
@@ -271,7 +276,7 @@ class Batcher:
         except Exception as err:
             logger.exception("%s: batcher worker failed", self.model)
             self._closing = True
-            self._metrics.queue_depth.labels(self.model).dec(len(self._pending))
+            self._depth_gauge.dec(len(self._pending))
             while self._pending:
                 item = self._pending.popleft()
                 if not item.future.done():
@@ -328,7 +333,7 @@ class Batcher:
         started = time.perf_counter()
         for item in items:
             item.queue_s = started - item.enqueued
-            self._metrics.queue_duration.labels(self.model).observe(item.queue_s)
+            self._queue_seconds.observe(item.queue_s)
         batch = np.stack([item.tensor for item in items])
         job = self._threads[instance].submit(lambda: self._runner.run(instance, batch, outputs))
         running = asyncio.wrap_future(job)
@@ -359,8 +364,8 @@ class Batcher:
             return
         self._release(instance)
         compute_s = time.perf_counter() - started
-        self._metrics.compute_duration.labels(self.model).observe(compute_s)
-        self._metrics.batch_size.labels(self.model).observe(len(items))
+        self._compute_seconds.observe(compute_s)
+        self._batch_sizes.observe(len(items))
         per_image_s = compute_s / len(items)
         self._image_s = (
             per_image_s
