@@ -114,6 +114,11 @@ class ExportInfo(BaseModel):
         description="Largest per-output error max|onnx-torch|/max(1,max|torch|) on real samples."
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of model.onnx.")
+    precision: Literal["float32", "float16"] = Field(
+        "float32",
+        description="Weights and compute of the graph (its inputs and outputs are float32 "
+        "either way); float16 from `training.export --fp16`. Absent in older versions: float32.",
+    )
 
 
 class ModelMetadata(_Strict):

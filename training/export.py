@@ -4,7 +4,8 @@ Writes model.onnx (dynamic batch, `logits` plus `fm.<layer>` feature maps), meta
 first conv layer's filter grid and, for GAP + linear heads, cam_weights.npy. It first checks ONNX
 Runtime against PyTorch on real test images and refuses to write when any output differs by more
 than 1e-4 (relative to max(1, max|torch|)). A version is staged in a hidden folder and moved into
-place only when complete; an existing version is replaced only with --force.
+place only when complete; an existing version is replaced only with --force. With --fp16 the
+graph computes in float16 (inputs and outputs stay float32) and the tolerance is 1e-2.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from training.cli import run_cli
 from training.data.transforms import Preprocessing
 from training.errors import UserError
 from training.evaluate import evaluate_module, evaluate_onnx, split_loader
+from training.export_fp16 import FP16_PARITY_TOLERANCE, Precision, convert_to_float16
 from training.onnx_io import (
     INPUT_NAME,
     LOGITS_NAME,
@@ -69,7 +71,14 @@ class ExportSpec:
     layers: list[str]
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     training: dict[str, Any] = field(default_factory=dict)
-    tolerance: float = PARITY_TOLERANCE
+    precision: Precision = "float32"
+    tolerance: float | None = None  # None: the precision's (1e-4 float32, 1e-2 float16)
+
+    @property
+    def parity_tolerance(self) -> float:
+        if self.tolerance is not None:
+            return self.tolerance
+        return FP16_PARITY_TOLERANCE if self.precision == "float16" else PARITY_TOLERANCE
 
 
 def check_name(name: str) -> None:
@@ -109,6 +118,8 @@ def write_version(
     wrapper = FeatureMapModel(model, spec.layers)
     onnx_path = folder / MODEL_FILE
     opset = export_onnx(wrapper, samples, onnx_path)
+    if spec.precision == "float16":
+        convert_to_float16(onnx_path)
     reference = torch_outputs(wrapper, samples)
     session = ort_session(onnx_path)
     errors = parity_errors(reference, run_onnx(session, samples.numpy()))
@@ -117,10 +128,13 @@ def write_version(
     )
     worst = {name: max(errors[name], single[name]) for name in errors}
     figure = max(worst.values())
-    if not figure <= spec.tolerance:  # also catches NaN
-        bad = {n: f"{e:.2e}" for n, e in worst.items() if not e <= spec.tolerance}
-        raise UserError(f"ONNX parity check failed (tolerance {spec.tolerance:g}): {bad}")
-    logger.info("parity: max error %.2e over %d outputs", figure, len(worst))
+    tolerance = spec.parity_tolerance
+    if not figure <= tolerance:  # also catches NaN
+        bad = {n: f"{e:.2e}" for n, e in worst.items() if not e <= tolerance}
+        raise UserError(
+            f"ONNX parity check failed ({spec.precision}, tolerance {tolerance:g}): {bad}"
+        )
+    logger.info("parity (%s): max error %.2e over %d outputs", spec.precision, figure, len(worst))
     metadata: dict[str, Any] = {
         "schema_version": 1,
         "name": spec.name,
@@ -152,6 +166,8 @@ def write_version(
         "export": {
             "opset": opset,
             "torch": torch.__version__.split("+")[0],
+            "precision": spec.precision,
+            "parity_tolerance": tolerance,
             "parity_max_abs_diff": figure,
             "parity_per_output": worst,
             "parity_samples": int(samples.shape[0]),
@@ -218,6 +234,7 @@ class ExportConfig:
     data_dir: Path | None = None
     evaluate: bool = True
     threads: int | None = None
+    fp16: bool = False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -243,6 +260,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="skip measuring test accuracy through ONNX Runtime",
     )
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 weights and compute for GPUs (inputs and outputs stay float32); "
+        "parity tolerance 1e-2 instead of 1e-4",
+    )
     return p
 
 
@@ -301,6 +324,7 @@ def main(cfg: ExportConfig) -> Path:
         layers=resolve_layers(model, content["arch"], cfg.feature_maps),
         max_batch_size=cfg.max_batch_size,
         training=training,
+        precision="float16" if cfg.fp16 else "float32",
     )
 
     def measure(folder: Path, metadata: dict[str, Any]) -> None:
