@@ -12,7 +12,6 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +36,7 @@ WARM_UP_SIDE = 16  # above the smallest side allowed
 INLINE_MAX_BYTES = 4096
 INLINE_MAX_PIXELS = 64 * 64
 INLINE_MAX_IMAGES = 4
+WATCH_DISCONNECT_AFTER_S = 0.01
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_IHDR_END = 24  # signature (8), chunk length (4), "IHDR" (4), width (4), height (4)
 
@@ -196,20 +196,42 @@ class Classifier:
     async def _wait(
         items: list[Item], wait_disconnect: WaitDisconnect | None, model: str
     ) -> list[Outputs]:
-        """All items' outputs; a client gone first cancels them (dropped before compute)."""
+        """All items' outputs; a client gone first cancels them (dropped before compute).
+
+        The disconnect watcher (a task reading the connection) starts only after
+        `WATCH_DISCONNECT_AFTER_S`: most answers come sooner, and a task per request cost the
+        tiny-model path more than its compute. A request still queued then is watched."""
         gathered: asyncio.Future[list[Outputs]] = asyncio.gather(*(i.future for i in items))
         if wait_disconnect is None:
             return list(await gathered)
-        watcher: asyncio.Future[None] = asyncio.ensure_future(wait_disconnect())
-        both: list[asyncio.Future[Any]] = [gathered, watcher]
+        loop = asyncio.get_running_loop()
+        watchers: list[asyncio.Future[None]] = []
+        disconnected = False
+
+        def on_disconnect(watcher: asyncio.Future[None]) -> None:
+            nonlocal disconnected
+            if not watcher.cancelled() and watcher.exception() is None:
+                disconnected = True
+                gathered.cancel()
+
+        def watch() -> None:
+            watcher = asyncio.ensure_future(wait_disconnect())
+            watcher.add_done_callback(on_disconnect)
+            watchers.append(watcher)
+
+        timer = loop.call_later(WATCH_DISCONNECT_AFTER_S, watch)
         try:
-            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            return list(await gathered)
+        except asyncio.CancelledError:
+            if disconnected:
+                raise ClientDisconnected(
+                    "client disconnected before its answer", model=model
+                ) from None
+            raise
         finally:
-            watcher.cancel()
-        if not gathered.done():
-            gathered.cancel()
-            raise ClientDisconnected("client disconnected before its answer", model=model)
-        return list(gathered.result())
+            timer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
 
     @staticmethod
     def _postprocess(
