@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "CONVSERVE_"
 HIDDEN_SETTINGS = frozenset({"fault_injection"})  # testing only: not listed by --help
 MIB = 1024 * 1024
+# TensorRT builds an engine per model when a session starts; cached, later starts reuse it.
+DEFAULT_TRT_CACHE_DIR = Path("/tmp/convserve-trt")
 
 
 def cpu_count() -> int:
@@ -77,8 +79,15 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         0, ge=0, description="Threads decoding and pre/post-processing images (0: cores)."
     )
-    providers: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="Execution provider: auto = CUDA when a GPU is present, else CPU."
+    providers: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
+        "auto",
+        description="Execution provider: auto = CUDA when a GPU is present, else CPU; cuda and "
+        "tensorrt (TensorRT, then CUDA for what it cannot run) refuse to start without it.",
+    )
+    trt_cache_dir: Path = Field(
+        DEFAULT_TRT_CACHE_DIR,
+        description="TensorRT engine and timing cache folder (providers=tensorrt); engines are "
+        "kept per model file under it.",
     )
     request_timeout_ms: float = Field(
         0, ge=0, description="Default deadline before compute (0: none); X-Request-Timeout-Ms."
