@@ -1,6 +1,7 @@
 """Benchmark models and inputs: random-weight ResNets exported by our own `training.export`.
 
     python bench/models.py                 # writes bench/results/models/{resnet18,resnet50}/1
+    python bench/models.py --fp16          # the same in float16, bench/results/models-fp16/
 
 The ResNets go through `training.export.stage_and_publish` (the ONNX export, the ORT-vs-PyTorch
 parity check on real photos, metadata.json) exactly as a trained checkpoint would; only the
@@ -21,6 +22,7 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_REPOSITORY = REPO_ROOT / "bench" / "results" / "models"
+FP16_REPOSITORY = REPO_ROOT / "bench" / "results" / "models-fp16"  # `training.export --fp16`
 RESNETS = ("resnet18", "resnet50")
 LENET = "lenet5-fashion"
 IMAGE_SIZE = 224
@@ -74,7 +76,7 @@ def _parity_samples(pre: object) -> object:
     return torch.stack(images)
 
 
-def export_resnet(arch: str, repository: Path, force: bool = False) -> Path:
+def export_resnet(arch: str, repository: Path, force: bool = False, fp16: bool = False) -> Path:
     import torch
 
     from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -95,11 +97,14 @@ def export_resnet(arch: str, repository: Path, force: bool = False) -> Path:
         preprocessing=pre,
         layers=resolve_layers(model, arch, "none"),  # logits only: what the benchmark asks for
         training={"note": "random weights, benchmark only"},
+        precision="float16" if fp16 else "float32",
     )
     return stage_and_publish(model, spec, _parity_samples(pre), repository, force=True)  # type: ignore[arg-type]
 
 
-def ensure_models(repository: Path = BENCH_REPOSITORY, force: bool = False) -> Path:
+def ensure_models(
+    repository: Path = BENCH_REPOSITORY, force: bool = False, fp16: bool = False
+) -> Path:
     """The benchmark repository with lenet5-fashion (linked) and both ResNets; its root."""
     repository.mkdir(parents=True, exist_ok=True)
     lenet = repository / LENET
@@ -108,7 +113,7 @@ def ensure_models(repository: Path = BENCH_REPOSITORY, force: bool = False) -> P
     if not lenet.exists():
         shutil.copytree(REPO_ROOT / "models" / LENET, lenet)
     for arch in RESNETS:
-        logger.info("%s: %s", arch, export_resnet(arch, repository, force))
+        logger.info("%s: %s", arch, export_resnet(arch, repository, force, fp16))
     return repository
 
 
@@ -119,11 +124,13 @@ def onnx_path(model: str, repository: Path = BENCH_REPOSITORY) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=BENCH_REPOSITORY)
+    parser.add_argument("--repository", type=Path, help="default: models/ or models-fp16/")
     parser.add_argument("--force", action="store_true", help="Re-export existing versions.")
+    parser.add_argument("--fp16", action="store_true", help="Export the ResNets with --fp16.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ensure_models(args.repository, args.force)
+    default = FP16_REPOSITORY if args.fp16 else BENCH_REPOSITORY
+    ensure_models(args.repository or default, args.force, args.fp16)
 
 
 if __name__ == "__main__":
