@@ -223,8 +223,9 @@ class ModelManager:
                 providers=self.providers,
                 instances=s.instances,
                 intra_op_threads=s.effective_intra_op_threads,
-                require_cuda=s.providers == "cuda",
+                require_cuda=s.providers in {"cuda", "tensorrt"},
                 faults=self.faults,
+                trt_cache_dir=s.trt_cache_dir,
             )
             runtime.warm_up()
             return runtime

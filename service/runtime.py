@@ -173,7 +173,10 @@ class Runtime:
         self.provider: str = self.sessions[0].get_providers()[0]
         if providers[0] != self.provider:
             if require_cuda and self.provider not in GPU_PROVIDERS:
-                raise RepositoryError("CONVSERVE_PROVIDERS=cuda but the CUDA provider failed")
+                raise RepositoryError(
+                    f"a GPU provider was required ({providers[0]}) but the session runs on "
+                    f"{self.provider}: check the CUDA/cuDNN/TensorRT libraries and the GPU"
+                )
             logger.warning(
                 "%s: %s unavailable, running on %s", metadata.name, providers[0], self.provider
             )

@@ -9,6 +9,7 @@ from typing import Any
 from service import repository
 from service.errors import VersionNotFound
 from service.manager import LoadedVersion, ModelManager
+from service.runtime import GPU_PROVIDERS
 from service.settings import Settings
 from service.v2.schemas import BACKEND, FP32, IMAGE_INPUT, PLATFORM
 
@@ -55,7 +56,7 @@ def model_metadata(manager: ModelManager, loaded: LoadedVersion) -> dict[str, An
 def model_config(settings: Settings, loaded: LoadedVersion) -> dict[str, Any]:
     """Triton's JSON model configuration (model_config.proto as JSON)."""
     meta = loaded.metadata
-    gpu = loaded.runtime.provider.startswith("CUDA")
+    gpu = loaded.runtime.provider in GPU_PROVIDERS
     return {
         "name": meta.name,
         "platform": PLATFORM,

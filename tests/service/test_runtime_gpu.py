@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from service import runtime as rt
@@ -164,3 +165,25 @@ def test_tensorrt_request_without_tensorrt_falls_back_and_serves(
     runtime.warm_up()
     logits = runtime.run(0, batch_of(tiny_cnn.metadata, 2), [tiny_cnn.metadata.output.name])
     assert logits[tiny_cnn.metadata.output.name].shape == (2, tiny_cnn.metadata.num_classes)
+
+
+@pytest.mark.anyio
+async def test_demanding_tensorrt_without_a_gpu_refuses_to_load(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """CONVSERVE_PROVIDERS=tensorrt is a demand: the manager passes it (and the engine cache
+    folder) to the runtime, which refuses a session that fell back to the CPU."""
+    from service.manager import ModelManager
+    from service.metrics import Metrics
+
+    if TENSORRT not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime build does not list TensorRT")
+    settings = Settings(
+        model_repository=tiny_repo, models="tiny-cnn", providers="tensorrt", trt_cache_dir=tmp_path
+    )
+    manager = ModelManager(settings, Metrics())
+    await manager.sync()
+    assert not manager.is_ready()
+    messages = [message for _, message in manager.errors.values()]
+    assert any("GPU provider was required" in m for m in messages), messages
+    await manager.close()
