@@ -1,7 +1,8 @@
 """Dynamic batching for one model version (shared/DESIGN.md §5).
 
 One bounded queue (a deque with a size check: `submit` never blocks, a full queue raises
-`Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`.
+`Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`
+and to what fits the compute budget (`batch_limit`).
 While every runtime instance is busy it lets the batch fill for at most `max_queue_delay_s`; an
 idle runtime runs at once. Expired or cancelled requests are dropped before compute. Each
 runtime instance has its own worker thread.
@@ -136,12 +137,14 @@ class Batcher:
         max_queue_size: int,
         metrics: Metrics,
         batch_timeout_s: float = 0.0,
+        max_batch_compute_s: float = 0.0,
     ) -> None:
         self.model = model
         self._runner = runner
         self._required = tuple(required_outputs)
         self.max_batch_size = max_batch_size
         self._delay_s = max_queue_delay_s
+        self._compute_budget_s = max_batch_compute_s
         self._max_queue = max_queue_size
         self._metrics = metrics
         # This version's series, looked up once (labels() takes a lock and builds a key).
@@ -252,9 +255,29 @@ class Batcher:
         for thread in self._threads:
             thread.stop()
 
+    def batch_limit(self) -> int:
+        """Images per batch: `max_batch_size`, or fewer when the measured compute seconds per
+        image would make a full batch outlast `max_batch_compute_s`. On CPU a large CNN computes
+        no faster per image in a batch, and every image in it waits for the whole batch
+        (docs/benchmarks.md), so it runs one at a time; a tiny model still batches fully."""
+        if not self._compute_budget_s or not self._image_s:
+            return self.max_batch_size
+        fits = int(self._compute_budget_s / self._image_s)
+        return max(1, min(self.max_batch_size, fits))
+
+    def _trim(self, batch: list[Item]) -> None:
+        """Put the images past `batch_limit` back, first in line."""
+        extra = batch[self.batch_limit() :]
+        if extra:
+            del batch[len(batch) - len(extra) :]
+            self._pending.extendleft(reversed(extra))
+            self._depth_gauge.inc(len(extra))
+            self._wakeup.set()
+
     def _take(self, batch: list[Item]) -> None:
         taken = 0
-        while self._pending and len(batch) < self.max_batch_size:
+        limit = self.batch_limit()
+        while self._pending and len(batch) < limit:
             batch.append(self._pending.popleft())
             taken += 1
         if taken:
@@ -295,7 +318,7 @@ class Batcher:
             self._take(batch)
             fill_until = time.monotonic() + self._delay_s
             # Busy runtime: let the batch fill, for at most the queue delay.
-            while len(batch) < self.max_batch_size and not self._free and not self._closing:
+            while len(batch) < self.batch_limit() and not self._free and not self._closing:
                 remaining = fill_until - time.monotonic()
                 if remaining <= 0 or not await self._wait(self._wakeup, remaining):
                     break
@@ -304,6 +327,7 @@ class Batcher:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
             self._take(batch)  # what arrived while waiting for an instance
+            self._trim(batch)  # to the limit measured meanwhile
             ready = self._drop_unservable(batch)
             if not ready:
                 continue

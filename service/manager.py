@@ -244,6 +244,7 @@ class ModelManager:
             required_outputs=[meta.output.name],
             max_batch_size=min(s.max_batch_size, meta.max_batch_size),
             max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
+            max_batch_compute_s=s.max_batch_compute_ms / 1000.0,
             max_queue_size=s.max_queue_size,
             metrics=self.metrics,
             batch_timeout_s=s.batch_timeout_s,

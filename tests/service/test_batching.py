@@ -79,6 +79,7 @@ def make(gated: GatedRuntime, **kwargs: float) -> Batcher:
         max_queue_delay_s=options["max_queue_delay_s"],
         max_queue_size=int(options["max_queue_size"]),
         metrics=Metrics(gpu=False),
+        max_batch_compute_s=options.get("max_batch_compute_s", 0.0),
     )
 
 
@@ -204,3 +205,22 @@ async def test_failed_batch_fails_all_its_futures(runtime: Runtime) -> None:
     with pytest.raises(Exception, match="(?i)invalid|dimension|shape"):
         await items[0].future
     await batcher.close()
+
+
+async def test_batches_are_capped_to_the_compute_budget(runtime: Runtime) -> None:
+    """Measured >= 30 ms per image with a 50 ms budget: at most 1 image in the next batch, and
+    never more than 2 while the average comes down; without a budget all 6 go at once."""
+    for budget_s, most in ((0.05, 2), (0.0, 6)):
+        gated = GatedRuntime(runtime)
+        batcher = make(gated, max_batch_size=8, max_batch_compute_s=budget_s)
+        gated.gate.clear()
+        (first,) = batcher.submit(images(1), frozenset(), None)
+        await wait_started(gated)
+        await asyncio.sleep(0.03)  # this batch of one measures >= 30 ms per image
+        queued = batcher.submit(images(6, start=1), frozenset(), None)
+        gated.gate.set()
+        await asyncio.gather(first.future, *(i.future for i in queued))
+        sizes = [size for size, _ in gated.calls[1:]]
+        assert sum(sizes) == 6 and max(sizes) <= most, sizes
+        assert sizes[0] == (1 if budget_s else 6), sizes
+        await batcher.close()
