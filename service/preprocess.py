@@ -1,4 +1,4 @@
-"""Image decoding and preprocessing, bit-exact with the torchvision transforms used in training.
+"""Image decoding and preprocessing: the torchvision transforms used in training, bit-exact.
 
 Pipeline (metadata.preprocessing): decode (JPEG, PNG or WebP only) -> EXIF orientation ->
 `convert(color_mode)` -> Resize(resize) -> CenterCrop(center_crop) -> /255 -> (x - mean) / std.
@@ -7,13 +7,16 @@ Runs in a worker thread: nothing here touches the event loop.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import (
     BadRequest,
@@ -50,6 +53,17 @@ DECODE_ERRORS = (
     TypeError,
     ZeroDivisionError,
 )
+# EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose).
+EXIF_ORIENTATION_TAG = 0x0112
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -67,7 +81,10 @@ def _check_size(width: int, height: int, *, max_pixels: int, min_side: int) -> N
 
 
 def _convert(image: Image.Image, color_mode: str) -> Image.Image:
+    """`image` in `color_mode`; the image itself when it is already (convert would copy it)."""
     mode = image.mode
+    if mode == color_mode:
+        return image
     if mode in PALETTE_MODES:
         image = image.convert("RGBA")
     elif mode in WIDE_GREY_MODES:
@@ -78,29 +95,52 @@ def _convert(image: Image.Image, color_mode: str) -> Image.Image:
     return image.convert(color_mode)
 
 
-def decode(data: bytes, *, color_mode: str, max_pixels: int, min_side: int = 1) -> Image.Image:
-    """Decode an encoded image, apply EXIF orientation, convert to `color_mode` ("L" or "RGB").
-
-    The size is checked from the header, before any pixel is decoded; animated images are
-    refused (which frame would be classified is not a choice to make silently).
-    """
-    if not data:
-        raise InvalidImage("empty image")
+@contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Pillow's exceptions on unknown, oversized, truncated or corrupt data -> BadRequest."""
     try:
-        opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-        _check_size(*opened.size, max_pixels=max_pixels, min_side=min_side)
-        frames = getattr(opened, "n_frames", 1)
-        if frames > 1:
-            raise UnsupportedImage(f"animated images are not supported ({frames} frames)")
-        opened.load()
-        oriented = ImageOps.exif_transpose(opened)
-        return _convert(oriented, color_mode)
+        yield
     except UnidentifiedImageError as err:
         raise InvalidImage(f"not a {'/'.join(ALLOWED_FORMATS)} image") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLarge(str(err)) from err
     except DECODE_ERRORS as err:  # truncated or corrupt image data
         raise InvalidImage(f"undecodable image: {err}") from err
+
+
+def _open(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image:
+    """The image's header, checked: size within limits, one frame. No pixel is decoded yet."""
+    if not data:
+        raise InvalidImage("empty image")
+    opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    _check_size(*opened.size, max_pixels=max_pixels, min_side=min_side)
+    frames = getattr(opened, "n_frames", 1)
+    if frames > 1:  # which frame would be classified is not a choice to make silently
+        raise UnsupportedImage(f"animated images are not supported ({frames} frames)")
+    return opened
+
+
+def _load(opened: Image.Image) -> Image.Transpose | None:
+    """Decode the pixels; the transpose that EXIF orientation asks for, applied later (after
+    `_convert`, which works pixel by pixel and so commutes with it)."""
+    opened.load()
+    return ORIENTATION_TRANSPOSE.get(opened.getexif().get(EXIF_ORIENTATION_TAG, 1))
+
+
+def _orient(image: Image.Image, transpose: Image.Transpose | None) -> Image.Image:
+    return image if transpose is None else image.transpose(transpose)
+
+
+def decode(data: bytes, *, color_mode: str, max_pixels: int, min_side: int = 1) -> Image.Image:
+    """Decode an encoded image, apply EXIF orientation, convert to `color_mode` ("L" or "RGB").
+
+    The size is checked from the header, before any pixel is decoded; animated images are
+    refused.
+    """
+    with _decode_errors():
+        opened = _open(data, max_pixels=max_pixels, min_side=min_side)
+        transpose = _load(opened)
+        return _orient(_convert(opened, color_mode), transpose)
 
 
 def resize_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -110,14 +150,10 @@ def resize_size(width: int, height: int, size: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
-    """torchvision Resize(resize, interpolation) then CenterCrop(center_crop) on a PIL image."""
-    new_size = resize_size(image.width, image.height, spec.resize)
-    if new_size != image.size:  # torchvision returns the image untouched at the target size
-        image = image.resize(new_size, RESAMPLE[spec.interpolation])
-    crop = spec.center_crop
+def center_crop(image: Image.Image, crop: int) -> Image.Image:
+    """torchvision CenterCrop(crop): zero padding first where the image is smaller."""
     width, height = image.size
-    if crop > width or crop > height:  # torchvision pads with zeros first
+    if crop > width or crop > height:
         padded = Image.new(image.mode, (max(width, crop), max(height, crop)))
         padded.paste(image, ((max(crop - width, 0)) // 2, (max(crop - height, 0)) // 2))
         image = padded
@@ -127,36 +163,75 @@ def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
     return image.crop((left, top, left + crop, top + crop))
 
 
+def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """torchvision Resize(resize, interpolation) then CenterCrop(center_crop) on a PIL image."""
+    new_size = resize_size(image.width, image.height, spec.resize)
+    if new_size != image.size:  # torchvision returns the image untouched at the target size
+        image = image.resize(new_size, RESAMPLE[spec.interpolation])
+    return center_crop(image, spec.center_crop)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> npt.NDArray[np.float32]:
+    """(C, 256) float32: for every channel and byte value v, (v / 255 - mean) / std computed in
+    float32 exactly as ToTensor and Normalize compute it, so that a lookup gives the same bits."""
+    values = np.arange(256, dtype=np.float32) / np.float32(255)
+    mean32 = np.asarray(mean, dtype=np.float32)[:, None]
+    std32 = np.asarray(std, dtype=np.float32)[:, None]
+    tables: npt.NDArray[np.float32] = (values[None, :] - mean32) / std32
+    tables.flags.writeable = False  # shared between calls and threads
+    return tables
+
+
 def to_input(image: Image.Image, spec: Preprocessing) -> npt.NDArray[np.float32]:
-    """(C, H, W) float32: ToTensor's /255 then Normalize's (x - mean) / std, in float32."""
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    chw = array.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((chw - mean) / std, dtype=np.float32)
+    """(C, H, W) float32: ToTensor's /255 then Normalize's (x - mean) / std, in float32 (one
+    table lookup per pixel and channel, written straight into the channel-first array)."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    tables = _normalize_tables(tuple(spec.mean), tuple(spec.std))
+    if pixels.shape[2] != len(tables):
+        raise ValueError(f"{pixels.shape[2]} image channels, {len(tables)} mean/std values")
+    out = np.empty((len(tables), *pixels.shape[:2]), dtype=np.float32)
+    for channel, table in enumerate(tables):
+        # mode="wrap": bytes are always in range, and the default "raise" buffers the output
+        np.take(table, pixels[:, :, channel], out=out[channel], mode="wrap")
+    return out
+
+
+def _check_resized(width: int, height: int, resize: int, max_pixels: int) -> None:
+    """A 1 x 40M strip would resize to 28 x 1.1G: refuse it from the header."""
+    resized = resize_size(width, height, resize)
+    if resized[0] * resized[1] > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height}: resizing it to {resize} on its short "
+            f"side gives {resized[0]}x{resized[1]}, more than {max_pixels} pixels"
+        )
 
 
 def preprocess(
-    data: bytes, metadata: ModelMetadata, *, max_pixels: int, min_side: int = 1
+    data: bytes,
+    metadata: ModelMetadata,
+    *,
+    max_pixels: int,
+    min_side: int = 1,
 ) -> npt.NDArray[np.float32]:
     """Encoded image bytes -> the model's (C, H, W) float32 input."""
-    image = decode(
-        data, color_mode=metadata.input.color_mode, max_pixels=max_pixels, min_side=min_side
-    )
     spec = metadata.preprocessing
-    resized = resize_size(image.width, image.height, spec.resize)
-    if resized[0] * resized[1] > max_pixels:  # a 1 x 40M strip would resize to 28 x 1.1G
-        raise ImageTooLarge(
-            f"image is {image.width}x{image.height}: resizing it to {spec.resize} on its short "
-            f"side gives {resized[0]}x{resized[1]}, more than {max_pixels} pixels"
-        )
-    return to_input(resize_and_crop(image, metadata.preprocessing), metadata.preprocessing)
+    with _decode_errors():
+        opened = _open(data, max_pixels=max_pixels, min_side=min_side)
+        _check_resized(*opened.size, spec.resize, max_pixels)
+        transpose = _load(opened)
+        image = _convert(opened, metadata.input.color_mode)
+    return to_input(resize_and_crop(_orient(image, transpose), spec), spec)
 
 
 def preprocess_many(
-    images: list[bytes], metadata: ModelMetadata, *, max_pixels: int, min_side: int = 1
+    images: list[bytes],
+    metadata: ModelMetadata,
+    *,
+    max_pixels: int,
+    min_side: int = 1,
 ) -> list[npt.NDArray[np.float32]]:
     """Every image of one request, in order; the first bad one fails the request."""
     out = []

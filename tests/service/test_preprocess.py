@@ -2,21 +2,43 @@ from __future__ import annotations
 
 import importlib.util
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.errors import ImageTooLarge, InvalidImage
-from service.metadata import Preprocessing
+from service.metadata import ModelMetadata, Preprocessing
 from service.preprocess import decode, preprocess, resize_and_crop, resize_size, to_input
+from tests.conftest import REPO_ROOT
 from tests.service.tiny_model import TinyModel
+
+SKLEARN = importlib.util.find_spec("sklearn")
+TORCHVISION = importlib.util.find_spec("torchvision") is not None
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+EXIF_ORIENTATION_TAG = 0x0112
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
+
+
+def photo(name: str) -> Image.Image:
+    """One of scikit-learn's sample photos (640x427 JPEGs), decoded, in RGB."""
+    if SKLEARN is None or SKLEARN.origin is None:
+        pytest.skip("scikit-learn (its sample photos) is not installed")
+    with Image.open(Path(SKLEARN.origin).parent / "datasets" / "images" / name) as image:
+        return image.convert("RGB")
+
+
+def photo_bytes(name: str) -> bytes:
+    assert SKLEARN is not None
+    assert SKLEARN.origin is not None
+    return (Path(SKLEARN.origin).parent / "datasets" / "images" / name).read_bytes()
 
 
 def gradient(width: int, height: int) -> Image.Image:
@@ -64,6 +86,17 @@ def test_exif_orientation_is_applied() -> None:
     assert decoded.size == (10, 30)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_as_pillow_applies_it(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = orientation
+    data = encode(gradient(30, 10), "PNG", exif=exif)
+    with Image.open(io.BytesIO(data)) as opened:
+        expected = ImageOps.exif_transpose(opened)
+    decoded = decode(data, color_mode="RGB", max_pixels=10_000)
+    assert np.array_equal(np.asarray(decoded), np.asarray(expected))
+
+
 def test_mode_conversion() -> None:
     rgba = Image.new("RGBA", (5, 5), (10, 200, 30, 128))
     assert decode(encode(rgba, "PNG"), color_mode="L", max_pixels=100).mode == "L"
@@ -89,12 +122,30 @@ def test_normalisation_values() -> None:
     np.testing.assert_allclose(out, 2.0)
 
 
+def test_normalisation_needs_one_mean_per_channel() -> None:
+    spec = Preprocessing(resize=2, center_crop=2, mean=[0.5], std=[0.25])
+    with pytest.raises(ValueError, match="3 image channels"):
+        to_input(Image.new("RGB", (2, 2)), spec)
+
+
 def test_preprocess_shape(tiny_cnn: TinyModel) -> None:
     out = preprocess(encode(gradient(37, 23), "PNG"), tiny_cnn.metadata, max_pixels=10_000)
     assert out.shape == tiny_cnn.metadata.input.shape
 
 
-TORCHVISION = importlib.util.find_spec("torchvision") is not None
+def test_fashion_mnist_png_is_pixels_scaled_and_normalised() -> None:
+    """The default model's path: a 28x28 greyscale PNG is only /255 and (x - mean) / std."""
+    meta_path = REPO_ROOT / "models" / "lenet5-fashion" / "1" / "metadata.json"
+    meta = ModelMetadata.model_validate_json(meta_path.read_text())
+    samples = sorted((REPO_ROOT / "service" / "static" / "samples").glob("fashion-*.png"))
+    assert samples
+    for path in samples:
+        with Image.open(path) as image:
+            pixels = np.asarray(image, dtype=np.uint8)
+        mean, std = np.float32(meta.preprocessing.mean[0]), np.float32(meta.preprocessing.std[0])
+        expected = ((pixels.astype(np.float32) / np.float32(255) - mean) / std)[None]
+        out = preprocess(path.read_bytes(), meta, max_pixels=10_000)
+        assert np.array_equal(out, expected)
 
 
 @pytest.mark.skipif(not TORCHVISION, reason="torchvision is not installed")
@@ -113,8 +164,8 @@ def test_bit_exact_with_torchvision(interpolation: str, size: tuple[int, int], m
         resize=resize,
         center_crop=crop,
         interpolation=interpolation,  # type: ignore[arg-type]
-        mean=[0.485, 0.456, 0.406][:channels],
-        std=[0.229, 0.224, 0.225][:channels],
+        mean=IMAGENET_MEAN[:channels],
+        std=IMAGENET_STD[:channels],
     )
     rng = np.random.default_rng(7)
     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -129,4 +180,46 @@ def test_bit_exact_with_torchvision(interpolation: str, size: tuple[int, int], m
     )(image)
     ours = to_input(resize_and_crop(image, spec), spec)
     assert ours.shape == tuple(reference.shape)
+    assert np.array_equal(ours, reference.numpy())
+
+
+def resnet_metadata(tiny_cnn: TinyModel) -> ModelMetadata:
+    """tiny-cnn's metadata with a ResNet's preprocessing: RGB, resize 256, crop 224, ImageNet."""
+    raw = tiny_cnn.metadata.model_dump()
+    raw["input"] |= {"shape": [3, 224, 224], "color_mode": "RGB"}
+    raw["preprocessing"] = {
+        "resize": 256,
+        "center_crop": 224,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+    }
+    return ModelMetadata.model_validate(raw)
+
+
+@pytest.mark.skipif(not TORCHVISION, reason="torchvision is not installed")
+@pytest.mark.parametrize(("name", "size"), [("china.jpg", None), ("flower.jpg", (2304, 1536))])
+def test_photos_bit_exact_with_torchvision(
+    tiny_cnn: TinyModel, name: str, size: tuple[int, int] | None
+) -> None:
+    """Whole photos through `preprocess`: the benchmark's 640x427 JPEG, and a larger one."""
+    from torchvision import transforms
+
+    image = photo(name)
+    data = photo_bytes(name)
+    if size is not None:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        data = encode(image, "JPEG", quality=90)
+        with Image.open(io.BytesIO(data)) as reopened:
+            image = reopened.convert("RGB")
+    meta = resnet_metadata(tiny_cnn)
+    reference = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )(image)
+    ours = preprocess(data, meta, max_pixels=10**8)
     assert np.array_equal(ours, reference.numpy())
