@@ -202,7 +202,8 @@ def resnet_metadata(tiny_cnn: TinyModel) -> ModelMetadata:
 def test_photos_bit_exact_with_torchvision(
     tiny_cnn: TinyModel, name: str, size: tuple[int, int] | None
 ) -> None:
-    """Whole photos through `preprocess`: the benchmark's 640x427 JPEG, and a larger one."""
+    """Whole photos through `preprocess`: the benchmark's 640x427 JPEG with the defaults (too
+    small to draft), a photo large enough to draft with `jpeg_draft=False`."""
     from torchvision import transforms
 
     image = photo(name)
@@ -221,5 +222,5 @@ def test_photos_bit_exact_with_torchvision(
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )(image)
-    ours = preprocess(data, meta, max_pixels=10**8)
+    ours = preprocess(data, meta, max_pixels=10**8, jpeg_draft=size is None)
     assert np.array_equal(ours, reference.numpy())

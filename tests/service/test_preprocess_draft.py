@@ -1,0 +1,153 @@
+"""JPEG draft decoding: used only on JPEGs large enough, within the documented tolerance on real
+photos (scikit-learn's, upscaled, and mosaics of them at native resolution), oriented right."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+
+from service.metadata import ModelMetadata
+from service.preprocess import DRAFT_MIN_RATIO, _draft, draft_scale, preprocess
+from tests.conftest import REPO_ROOT
+from tests.service.test_preprocess import photo, resnet_metadata
+from tests.service.tiny_model import TinyModel
+
+# The documented tolerance (bench/preprocess.py --tolerance), in 8-bit levels: |delta input| x
+# std x 255. Worst measured on photos drafted to exactly DRAFT_MIN_RATIO x resize: max 8, mean
+# 0.52; a quality-95 re-encode of the same photos moves them by max 5-6, mean 0.24-0.31.
+MAX_LEVELS = 10
+MEAN_LEVELS = 0.6
+RESIZE = 256  # resnet_metadata's
+MAX_PIXELS = 40_000_000
+
+
+def jpeg(image: Image.Image, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **kwargs)
+    return buffer.getvalue()
+
+
+def upscaled(name: str, size: tuple[int, int]) -> Image.Image:
+    return photo(name).resize(size, Image.Resampling.BICUBIC)
+
+
+def mosaic(size: tuple[int, int]) -> Image.Image:
+    """Both photos tiled at their native resolution: real detail down to single pixels."""
+    tiles = [photo("china.jpg"), photo("flower.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    canvas = Image.new("RGB", size)
+    tile_w, tile_h = tiles[0].size
+    for top in range(0, size[1], tile_h):
+        for left in range(0, size[0], tile_w):
+            canvas.paste(tiles[(top // tile_h + left // tile_w) % 2], (left, top))
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def resnet(tiny_cnn: TinyModel) -> ModelMetadata:
+    return resnet_metadata(tiny_cnn)
+
+
+@pytest.fixture(scope="module")
+def lenet() -> ModelMetadata:
+    """The committed default model's metadata: greyscale, resize and crop 28."""
+    path = REPO_ROOT / "models" / "lenet5-fashion" / "1" / "metadata.json"
+    return ModelMetadata.model_validate_json(path.read_text())
+
+
+Input = npt.NDArray[np.float32]
+
+
+def exact_and_drafted(data: bytes, meta: ModelMetadata) -> tuple[Input, Input]:
+    exact = preprocess(data, meta, max_pixels=MAX_PIXELS, jpeg_draft=False)
+    drafted = preprocess(data, meta, max_pixels=MAX_PIXELS, jpeg_draft=True)
+    return exact, drafted
+
+
+def assert_within_tolerance(data: bytes, meta: ModelMetadata) -> None:
+    exact, drafted = exact_and_drafted(data, meta)
+    assert drafted.shape == exact.shape
+    assert not np.array_equal(drafted, exact)  # it was drafted
+    std = np.asarray(meta.preprocessing.std, dtype=np.float32)[:, None, None]
+    diff = np.abs(drafted - exact) * std * 255  # in 8-bit levels
+    assert diff.max() <= MAX_LEVELS
+    assert diff.mean() <= MEAN_LEVELS
+
+
+@pytest.mark.parametrize(
+    ("size", "resize", "scale"),
+    [
+        ((640, 427), 256, 1),  # the benchmark photo: 1/2 would fall below 3 x 256
+        ((2304, 1535), 256, 1),
+        ((2304, 1536), 256, 2),  # drafted to exactly 3 x 256
+        ((4032, 3024), 256, 2),  # a 12 MP phone photo
+        ((3024, 4032), 256, 2),
+        ((8192, 4096), 256, 4),
+        ((12288, 6144), 256, 8),
+        ((167, 167), 28, 1),
+        ((168, 168), 28, 2),
+        ((4032, 3024), 28, 8),
+    ],
+)
+def test_draft_scale_is_the_largest_keeping_the_short_side_at_3x_resize(
+    size: tuple[int, int], resize: int, scale: int
+) -> None:
+    assert DRAFT_MIN_RATIO == 3
+    assert draft_scale(*size, resize) == scale
+
+
+@pytest.mark.parametrize(("size", "scale"), [((2304, 1536), 2), ((3075, 3073), 4)])
+def test_draft_decodes_fewer_pixels(size: tuple[int, int], scale: int) -> None:
+    with Image.open(io.BytesIO(jpeg(upscaled("china.jpg", size)))) as opened:
+        extent = _draft(opened, "RGB", RESIZE)
+        opened.load()
+        assert opened.size == (-(-size[0] // scale), -(-size[1] // scale))  # libjpeg rounds up
+    assert extent == (0, 0, size[0] / scale, size[1] / scale)
+
+
+@pytest.mark.parametrize("name", ["china.jpg", "flower.jpg"])
+def test_small_photos_are_never_drafted(resnet: ModelMetadata, name: str) -> None:
+    exact, drafted = exact_and_drafted(jpeg(photo(name)), resnet)
+    assert np.array_equal(exact, drafted)
+
+
+def test_png_is_never_drafted(resnet: ModelMetadata) -> None:
+    buffer = io.BytesIO()
+    upscaled("flower.jpg", (2304, 1536)).save(buffer, format="PNG", compress_level=1)
+    exact, drafted = exact_and_drafted(buffer.getvalue(), resnet)
+    assert np.array_equal(exact, drafted)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param(lambda: upscaled("china.jpg", (2303, 1536)), id="china-2303x1536-at-3x"),
+        pytest.param(lambda: upscaled("flower.jpg", (3079, 2053)), id="flower-3079x2053-odd"),
+        pytest.param(lambda: mosaic((2304, 1536)), id="mosaic-2304x1536-at-3x"),
+        pytest.param(lambda: mosaic((4608, 3072)), id="mosaic-4608x3072-4x-at-3x"),
+    ],
+)
+def test_draft_within_tolerance_on_real_photos(
+    resnet: ModelMetadata, image: Callable[[], Image.Image]
+) -> None:
+    assert_within_tolerance(jpeg(image()), resnet)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_draft_applies_exif_orientation(resnet: ModelMetadata, orientation: int) -> None:
+    """Drafted images are resized before they are turned upright: still the exact path's crop."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    assert_within_tolerance(jpeg(mosaic((3079, 2053)), exif=exif), resnet)
+
+
+@pytest.mark.parametrize("size", [(336, 336), (1008, 672)])
+def test_greyscale_draft_within_tolerance(lenet: ModelMetadata, size: tuple[int, int]) -> None:
+    """A greyscale model drafts the luma plane alone, with no RGB decode and convert("L"); both
+    sizes are decoded to exactly 3 x 28 (at 1/4 and 1/8, DC coefficients alone)."""
+    assert lenet.input.color_mode == "L"
+    assert_within_tolerance(jpeg(mosaic(size)), lenet)
