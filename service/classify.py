@@ -165,6 +165,7 @@ class Classifier:
                 meta,
                 max_pixels=self._settings.max_image_pixels,
                 min_side=self._settings.min_image_side,
+                jpeg_draft=self._settings.jpeg_draft,
             )
 
         if decodes_inline(images):

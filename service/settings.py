@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, ge=0, description="Longest time to receive a request body (408 after; 0: none)."
     )
+    jpeg_draft: bool = Field(
+        True,
+        description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (shorter "
+        "side kept >= 3x the model's resize): ~4x faster on camera photos, input within max 8 "
+        "/ mean 0.5 of 255 levels of torchvision's; false: every input bit-exact.",
+    )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image, width*height (400 above)."
     )

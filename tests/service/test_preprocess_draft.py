@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -151,3 +152,31 @@ def test_greyscale_draft_within_tolerance(lenet: ModelMetadata, size: tuple[int,
     sizes are decoded to exactly 3 x 28 (at 1/4 and 1/8, DC coefficients alone)."""
     assert lenet.input.color_mode == "L"
     assert_within_tolerance(jpeg(mosaic(size)), lenet)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("draft", [True, False])
+async def test_the_setting_reaches_the_decoder(tiny_repo: Path, draft: bool) -> None:
+    """The service's classifier decodes with CONVSERVE_JPEG_DRAFT: its tensors are the drafted
+    ones when on, the bit-exact ones when off."""
+    from service.classify import Classifier
+    from service.manager import ModelManager
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    settings = Settings(model_repository=tiny_repo, models="tiny-rgb", jpeg_draft=draft)
+    manager = ModelManager(settings, Metrics(gpu=False))
+    await manager.sync()
+    classifier = Classifier(settings, manager, Metrics(gpu=False))
+    loaded = manager.get("tiny-rgb")
+    side = DRAFT_MIN_RATIO * loaded.metadata.preprocessing.resize * 8
+    data = jpeg(upscaled("china.jpg", (side * 3 // 2, side)))
+    (served,) = await classifier.preprocess(loaded, [data])
+    drafted, exact = (
+        preprocess(data, loaded.metadata, max_pixels=MAX_PIXELS, jpeg_draft=on)
+        for on in (True, False)
+    )
+    assert not np.array_equal(drafted, exact)  # this photo is drafted when allowed
+    np.testing.assert_array_equal(served, drafted if draft else exact)
+    classifier.close()
+    await manager.close()
