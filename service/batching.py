@@ -2,34 +2,28 @@
 
 One bounded queue (a deque with a size check: `submit` never blocks, a full queue raises
 `Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`
-and to what fits the compute budget (`batch_limit`).
-While every runtime instance is busy it lets the batch fill for at most `max_queue_delay_s`; an
-idle runtime runs at once. Expired or cancelled requests are dropped before compute. Each
-runtime instance has its own worker thread.
+and to what fits the compute budget (`batch_limit`). While every runtime instance is busy it
+lets the batch fill for at most `max_queue_delay_s`; an idle runtime runs at once. Expired or
+cancelled requests are dropped before compute. Each instance has its own thread (workers.py).
 
 A request whose deadline has passed is answered `DeadlineExceeded` (504) without queueing; one
-with a deadline that a non-empty queue ahead of it would outlast (queued images times the
-measured compute seconds per image, over the instances) is refused at once with `Overloaded`
-(503, Retry-After) rather than queued to be dropped with a 504 at its deadline.
+whose deadline the work ahead of it would outlast (`admit`) is refused at once with
+`Overloaded` (503, Retry-After) rather than queued to be dropped with a 504 at its deadline.
 
 Faults: a batch whose `run` raises fails its own futures with `RuntimeFailure` (503); one that
 outlives the watchdog (`batch_timeout_s`) fails them with `RuntimeStalled` (504). Either way the
 instance leaves service and its session is recreated in the background, then it rejoins; other
-instances keep serving meanwhile, and requests wait in the queue. ONNX Runtime's `run` cannot
-be interrupted, so a hung call's thread is abandoned (a daemon thread: it never blocks exit).
+instances keep serving meanwhile, and requests wait in the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +39,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.runtime import Outputs
+from service.workers import InstanceThread
 
 logger = logging.getLogger(__name__)
 
@@ -64,40 +59,11 @@ class BatchRunner(Protocol):
 
 RECOVERY_RETRY_S = 1.0
 IMAGE_S_SMOOTHING = 0.2  # weight of the newest batch in the seconds-per-image average
-Job = tuple[Callable[[], Outputs], "concurrent.futures.Future[Outputs]"]
 
 
 def _ignore_outcome(future: asyncio.Future[Outputs]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-class InstanceThread:
-    """One daemon thread running one instance's batches in order. A hung batch's thread is
-    abandoned (`stop` returns at once) and a new one takes its place."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], Outputs]) -> concurrent.futures.Future[Outputs]:
-        future: concurrent.futures.Future[Outputs] = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-        return future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as err:  # noqa: BLE001 - handed to the awaiting batch
-                future.set_exception(err)
 
 
 class Reservation:
