@@ -107,6 +107,7 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
         max_queue_size=8,
         max_inflight_requests=12,  # the queue plus one batch: the limit sheds before decoding
         max_queue_delay_ms=0,
+        max_batch_compute_ms=0,  # batches of 4 whatever the measured compute: the sum above
     ) as service:
 
         async def scenario() -> tuple[float, list[tuple[int, float, str]]]:
