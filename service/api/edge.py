@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
@@ -36,6 +35,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
+from service.api.params import TIMEOUT_HEADER, finite_number
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
 from service.looplag import LoopLag
 from service.metrics import Metrics
@@ -49,24 +49,27 @@ SATURATED_LAG_MS = 10.0
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
 
 
-def declared_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            text = value.decode("latin-1").strip()
-            return int(text) if text.isascii() and text.isdigit() else None
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case), before any parsing."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
     return None
+
+
+def declared_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _timeout_ms(scope: Scope) -> float:
     """X-Request-Timeout-Ms when it is a positive number, else 0 (the route reports bad ones)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"x-request-timeout-ms":
-            try:
-                number = float(value)
-            except ValueError:
-                return 0.0
-            return number if number > 0 and math.isfinite(number) else 0.0
-    return 0.0
+    value = _header(scope, TIMEOUT_HEADER.lower().encode())
+    number = finite_number(value) if value is not None else None
+    return number if number is not None and number > 0 else 0.0
 
 
 def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:

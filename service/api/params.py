@@ -65,16 +65,22 @@ def classify_options(request: Request) -> ClassifyOptions:
     )
 
 
+def finite_number(text: str | bytes) -> float | None:
+    """`text` as a finite float, None when it is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def timeout_ms(request: Request) -> float | None:
     """X-Request-Timeout-Ms as a finite number (its sign is checked with the deadline)."""
     text = request.headers.get(TIMEOUT_HEADER)
     if text is None:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+    value = finite_number(text)
+    if value is None:
         error = {"type": "float_parsing", "loc": (TIMEOUT_HEADER,), "msg": "must be a number"}
         raise _invalid("header", [error])
     return value
