@@ -223,7 +223,7 @@ class ModelManager:
                 providers=self.providers,
                 instances=s.instances,
                 intra_op_threads=s.effective_intra_op_threads,
-                require_cuda=s.providers in {"cuda", "tensorrt"},
+                require_gpu=s.providers in {"cuda", "tensorrt"},
                 faults=self.faults,
                 trt_cache_dir=s.trt_cache_dir,
             )

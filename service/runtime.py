@@ -158,7 +158,7 @@ class Runtime:
         providers: Sequence[str],
         instances: int,
         intra_op_threads: int,
-        require_cuda: bool = False,
+        require_gpu: bool = False,
         faults: FaultInjector | None = None,
         trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR,
     ) -> None:
@@ -172,7 +172,7 @@ class Runtime:
         ]
         self.provider: str = self.sessions[0].get_providers()[0]
         if providers[0] != self.provider:
-            if require_cuda and self.provider not in GPU_PROVIDERS:
+            if require_gpu and self.provider not in GPU_PROVIDERS:
                 raise RepositoryError(
                     f"a GPU provider was required ({providers[0]}) but the session runs on "
                     f"{self.provider}: check the CUDA/cuDNN/TensorRT libraries and the GPU"

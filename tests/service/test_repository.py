@@ -122,5 +122,5 @@ def test_forced_cuda_without_a_gpu_refuses_the_model(repo: Path) -> None:
             providers=[CUDA, "CPUExecutionProvider"],
             instances=1,
             intra_op_threads=1,
-            require_cuda=True,
+            require_gpu=True,
         )
