@@ -186,6 +186,8 @@ def resize_size(width: int, height: int, size: int) -> tuple[int, int]:
 def center_crop(image: Image.Image, crop: int) -> Image.Image:
     """torchvision CenterCrop(crop): zero padding first where the image is smaller."""
     width, height = image.size
+    if width == crop and height == crop:  # already the crop: skip the copy
+        return image
     if crop > width or crop > height:
         padded = Image.new(image.mode, (max(width, crop), max(height, crop)))
         padded.paste(image, ((max(crop - width, 0)) // 2, (max(crop - height, 0)) // 2))

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import check_api_key, request_deadline
+from service.api.direct import DirectRoute
 from service.api.inputs import read_images
 from service.api.params import classify_options, openapi_parameters, timeout_ms, version_param
 from service.classify import Classifier
@@ -14,8 +15,9 @@ from service.schemas import ClassifyResponse, JsonImages
 from service.settings import Settings
 
 # No FastAPI dependencies or declared parameters: solving them per request cost more than the
-# tiny model (service/api/params.py reads and documents them instead).
-router = APIRouter(prefix="/v1", tags=["classify"])
+# tiny model (service/api/params.py reads and documents them instead; DirectRoute calls the
+# endpoints as they are).
+router = APIRouter(prefix="/v1", tags=["classify"], route_class=DirectRoute)
 JSON_MEDIA_TYPE = "application/json"
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
