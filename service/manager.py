@@ -91,6 +91,15 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return sorted({m for (m, _) in self.loaded})
 
+    def knows(self, model: str) -> bool:
+        """Loaded, failed to load, or configured: a name that may label metrics (a name a
+        client made up must not mint a series)."""
+        return (
+            any(m == model for (m, _) in self.loaded)
+            or any(m == model for (m, _) in self.errors)
+            or model in self.settings.model_names
+        )
+
     def configured_models(self) -> list[str]:
         """Models that must be loaded for readiness: the configured list, else every one seen."""
         if self.settings.model_names:

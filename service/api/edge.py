@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
+from service.api.labels import model_label
 from service.api.params import TIMEOUT_HEADER, finite_number
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
 from service.looplag import LoopLag
@@ -146,7 +147,7 @@ class EdgeMiddleware:
         except Exception:  # noqa: BLE001 - the last line of defence: a 500, never a traceback
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             status = 500
-            _metrics(scope).failures.labels(_model(scope), "internal").inc()
+            _metrics(scope).failures.labels(model_label(scope), "internal").inc()
             if not response_started:
                 await error_response(500, "internal", "internal server error")(
                     scope, receive, edge_send
@@ -210,17 +211,11 @@ def _metrics(scope: Scope) -> Metrics:
     return metrics
 
 
-def _model(scope: Scope) -> str:
-    state: dict[str, Any] = scope.get("state") or {}
-    path_params: dict[str, Any] = scope.get("path_params") or {}
-    return str(state.get("model") or path_params.get("model") or "")
-
-
 def _observe(scope: Scope, status: int, duration_s: float) -> None:
     route = scope.get("route")
     template = str(getattr(route, "path", UNMATCHED_ROUTE))
     state: dict[str, Any] = scope.get("state") or {}
-    model = _model(scope)
+    model = model_label(scope)
     version = str(state.get("version", ""))
     metrics = _metrics(scope)
     metrics.requests.labels(model, version, template, str(status)).inc()

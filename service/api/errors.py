@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.labels import model_label
 from service.errors import ConvserveError
 from service.metrics import Metrics
 from service.schemas import ErrorBody, ErrorDetail
@@ -44,13 +45,9 @@ def count_failure(request: Request, model: str, reason: str) -> None:
         metrics.failures.labels(model, reason).inc()
 
 
-def _model_of(request: Request, known: str = "") -> str:
-    return known or getattr(request.state, "model", "") or str(request.path_params.get("model", ""))
-
-
 async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConvserveError)
-    model = _model_of(request, exc.model)
+    model = model_label(request.scope, exc.model)
     request.state.model = model
     if exc.status_code >= 500 and exc.code == "internal":
         logger.error("internal error: %s", exc.message)
@@ -61,7 +58,7 @@ async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = describe_validation(exc.errors())
-    count_failure(request, _model_of(request), "invalid_request")
+    count_failure(request, model_label(request.scope), "invalid_request")
     return error_response(422, "invalid_request", problems or "invalid request")
 
 
@@ -76,7 +73,7 @@ def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    count_failure(request, _model_of(request), code)
+    count_failure(request, model_label(request.scope), code)
     return error_response(exc.status_code, code, str(exc.detail))
 
 

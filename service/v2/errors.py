@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.errors import count_failure
+from service.api.labels import model_label
 from service.errors import ConvserveError
 
 logger = logging.getLogger(__name__)
@@ -35,13 +36,9 @@ def is_v2(request: Request) -> bool:
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
-def _model(request: Request, known: str = "") -> str:
-    return known or getattr(request.state, "model", "") or str(request.path_params.get("model", ""))
-
-
 def _v2_body(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, ConvserveError):
-        model = _model(request, exc.model)
+        model = model_label(request.scope, exc.model)
         request.state.model = model
         count_failure(request, model, exc.code)
         return v2_error(exc.status_code, exc.message, exc.retry_after_s)
@@ -50,10 +47,10 @@ def _v2_body(request: Request, exc: Exception) -> JSONResponse:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
             for e in exc.errors()
         )
-        count_failure(request, _model(request), "invalid_request")
+        count_failure(request, model_label(request.scope), "invalid_request")
         return v2_error(422, problems or "invalid request")
     assert isinstance(exc, StarletteHTTPException)
-    count_failure(request, _model(request), "http_error")
+    count_failure(request, model_label(request.scope), "http_error")
     return v2_error(exc.status_code, str(exc.detail))
 
 
@@ -86,7 +83,7 @@ class V2Route(APIRoute):
                 raise
             except Exception:  # noqa: BLE001 - the last line of defence for v2 bodies
                 logger.exception("unhandled error on %s %s", request.method, request.url.path)
-                count_failure(request, _model(request), "internal")
+                count_failure(request, model_label(request.scope), "internal")
                 return v2_error(500, "internal server error")
 
         return guarded
