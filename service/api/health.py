@@ -12,12 +12,15 @@ from service.schemas import Health
 router = APIRouter(tags=["health"])
 
 
+# HEAD as well, undocumented: load balancers often probe with it.
+@router.head("/health/live", include_in_schema=False)
 @router.get("/health/live")
 async def live() -> dict[str, str]:
     """The process is up and its event loop answers."""
     return {"status": "ok"}
 
 
+@router.head("/health/ready", include_in_schema=False)
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
 async def ready(manager: ManagerDep) -> JSONResponse:
     """200 only when every configured model is loaded and warmed up; 503 otherwise."""

@@ -66,6 +66,9 @@ def test_health(client: httpx.Client) -> None:
     assert ready.status_code == 200
     assert ready.json()["provider"] == "CPUExecutionProvider"
     assert ready.json()["models"] == {"tiny-cnn": [1], "tiny-rgb": [1]}
+    for path in ("/health/live", "/health/ready"):
+        head = client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
 
 
 def test_raw_png_top5_matches_offline_onnx(client: httpx.Client, tiny_cnn: TinyModel) -> None:
