@@ -7,8 +7,9 @@ lets the batch fill for at most `max_queue_delay_s`; an idle runtime runs at onc
 cancelled requests are dropped before compute. Each instance has its own thread (workers.py).
 
 A request whose deadline has passed is answered `DeadlineExceeded` (504) without queueing; one
-whose deadline the work ahead of it would outlast (`admit`) is refused at once with
-`Overloaded` (503, Retry-After) rather than queued to be dropped with a 504 at its deadline.
+that the work ahead of it (running batches, the queue, images still decoding) and its own compute
+would finish past its deadline (`admit`) is refused at once with `Overloaded` (503, Retry-After)
+rather than queued to be dropped with a 504 at its deadline, or answered after it.
 
 Faults: a batch whose `run` raises fails its own futures with `RuntimeFailure` (503); one that
 outlives the watchdog (`batch_timeout_s`) fails them with `RuntimeStalled` (504). Either way the
@@ -121,6 +122,7 @@ class Batcher:
         self._pending: deque[Item] = deque()
         self._wakeup = asyncio.Event()
         self._free = list(range(runner.instances))
+        self._busy_until: dict[int, float] = {}  # instance -> expected end of its batch
         self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._timeout_s = batch_timeout_s or None
@@ -152,26 +154,29 @@ class Batcher:
             reservation.release()
 
     def admit(self, count: int, deadline: float | None) -> None:
-        """Overloaded when the work ahead (queued and admitted images) would make `count` more
-        images wait past `deadline` (a monotonic time): they would only wait to be dropped (504)
-        there, so refuse them now, cheaply. Nothing ahead never refuses: that request is
-        computed at once, however tight its deadline."""
-        if (
-            deadline is not None
-            and (self._pending or self._reserved)
-            and time.monotonic() + self.expected_wait_s(count) > deadline
-        ):
+        """Overloaded when `count` more images would be computed only after `deadline` (a
+        monotonic time): they would wait to be dropped (504), or be answered after the client
+        stopped waiting, so refuse them now, cheaply. Nothing queued or decoding never refuses:
+        that request is next, and DESIGN §5 drops it (504) only if its deadline passes first."""
+        if deadline is None or not (self._pending or self._reserved):
+            return
+        if time.monotonic() + self.expected_wait_s(count) > deadline:
             raise Overloaded(
-                f"{self.model}: the queue ahead would outlast the request's deadline, retry later",
+                f"{self.model}: the work ahead would finish the request past its deadline, "
+                "retry later",
                 model=self.model,
             )
 
     def expected_wait_s(self, count: int) -> float:
-        """Seconds until `count` more images would be computed: the work ahead of them (queued,
-        and admitted but still decoding) and themselves, at the measured seconds per image
-        (moving average), over the instances in service."""
+        """Seconds until `count` more images would be computed, at the measured seconds per
+        image (moving average): the rest of the running batches and the work ahead (queued, and
+        admitted but still decoding), shared by the instances in service, then the images'
+        own compute."""
         in_service = max(1, len(self._threads) - len(self._recovering))
-        return (len(self._pending) + self._reserved + count) * self._image_s / in_service
+        now = time.monotonic()
+        running = sum(max(0.0, end - now) for end in self._busy_until.values())
+        ahead = (len(self._pending) + self._reserved) * self._image_s
+        return (running + ahead) / in_service + count * self._image_s
 
     @property
     def available(self) -> bool:
@@ -298,6 +303,7 @@ class Batcher:
             if not ready:
                 continue
             instance = self._free.pop()
+            self._busy_until[instance] = time.monotonic() + len(ready) * self._image_s
             task = asyncio.get_running_loop().create_task(self._run(instance, ready))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -330,15 +336,10 @@ class Batcher:
         try:
             result = await asyncio.wait_for(asyncio.shield(running), self._timeout_s)
         except TimeoutError:
-            logger.error(
-                "%s: batch of %d still running after %.1f s: session abandoned, recreating it",
-                self.model,
-                len(items),
-                self._timeout_s,
-            )
-            self._fail(
-                items, RuntimeStalled(f"{self.model}: inference timed out", model=self.model)
-            )
+            model = self.model
+            message = "%s: batch of %d still running after %.1f s: session abandoned, recreating"
+            logger.error(message, model, len(items), self._timeout_s)
+            self._fail(items, RuntimeStalled(f"{self.model}: inference timed out", model=model))
             running.add_done_callback(_ignore_outcome)  # whenever the stuck run() ends
             self._threads[instance].stop()  # its thread is stuck in run(); a new one replaces it
             self._threads[instance] = self._thread(instance)
@@ -346,7 +347,7 @@ class Batcher:
             return
         except Exception as err:  # noqa: BLE001 - a failed batch fails all its futures
             logger.exception(
-                "%s: batch of %d failed: recreating the session", self.model, len(items)
+                "%s: batch of %d failed: recreating its session", self.model, len(items)
             )
             failure = RuntimeFailure(f"{self.model}: inference failed: {err}", model=self.model)
             self._fail(items, failure)
@@ -374,11 +375,13 @@ class Batcher:
                 item.future.set_exception(error)
 
     def _release(self, instance: int) -> None:
+        self._busy_until.pop(instance, None)
         self._free.append(instance)
         self._slot_freed.set()
         self._wakeup.set()
 
     def _recover(self, instance: int) -> None:
+        self._busy_until.pop(instance, None)
         task = asyncio.get_running_loop().create_task(self._recreate(instance))
         self._recovering[instance] = task
 

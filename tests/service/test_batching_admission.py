@@ -1,5 +1,5 @@
-"""Deadline-aware admission: a request the queue ahead would make miss its deadline is refused
-at once (503), not queued to be dropped at its deadline (504)."""
+"""Deadline-aware admission: a request the work ahead would make miss its deadline is refused at
+once (503), not queued to be dropped at its deadline (504) or answered after it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.errors import Overloaded
+from service.errors import DeadlineExceeded, Overloaded
 from service.runtime import Runtime
 from tests.service.test_batching import GatedRuntime, images, make, runtime, wait_started
 
@@ -49,6 +49,35 @@ async def test_idle_batcher_admits_a_request_with_a_short_deadline(runtime: Runt
     batcher = make(gated)
     (item,) = batcher.submit(images(1), frozenset(), time.monotonic() + 5)
     await item.future  # no measurement yet, nothing queued: admitted and answered
+    await batcher.close()
+
+
+async def test_running_batches_and_own_compute_count(runtime: Runtime) -> None:
+    """Every instance busy and nothing queued: the estimate holds the image's own compute
+    (not shared by the instances), yet the request is admitted, being next: DESIGN §5 drops
+    it with 504 only once its deadline passes before compute."""
+    gated = GatedRuntime(runtime)
+    batcher = make(gated, max_batch_size=1)
+    gated.gate.clear()
+    (first,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    await asyncio.sleep(SLOW_BATCH_S)
+    gated.gate.set()
+    await first.future  # measured: >= 50 ms per image
+
+    gated.started.clear()
+    gated.gate.clear()
+    busy = [batcher.submit(images(1), frozenset(), None)[0] for _ in range(runtime.instances)]
+    await wait_started(gated)
+    while batcher.depth:  # every image dispatched: the queue is empty, no instance is free
+        await asyncio.sleep(0.001)
+    assert batcher.expected_wait_s(1) >= SLOW_BATCH_S
+    (late,) = batcher.submit(images(1), frozenset(), time.monotonic() + SLOW_BATCH_S / 5)
+    await asyncio.sleep(SLOW_BATCH_S / 2)  # its deadline passes while the instances are busy
+    gated.gate.set()
+    await asyncio.gather(*(i.future for i in busy))
+    with pytest.raises(DeadlineExceeded):
+        await late.future
     await batcher.close()
 
 
