@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import struct
 import warnings
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ DECODE_ERRORS = (
     TypeError,
     ZeroDivisionError,
 )
+BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")  # in the text of Pillow's DecompressionBomb errors
 # EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose).
 EXIF_ORIENTATION_TAG = 0x0112
 ORIENTATION_TRANSPOSE = {
@@ -118,7 +120,11 @@ def _decode_errors() -> Iterator[None]:
     except UnidentifiedImageError as err:
         raise InvalidImage(f"not a {'/'.join(ALLOWED_FORMATS)} image") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageTooLarge(str(err)) from err
+        # Pillow's text names twice the limit past 2x, and "DOS attack": say what was refused.
+        counted = BOMB_PIXELS.search(str(err))
+        size = f" ({counted[1]} pixels)" if counted else ""
+        limit = Image.MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"image{size} has more than the {limit} pixels allowed") from err
     except DECODE_ERRORS as err:  # truncated or corrupt image data
         raise InvalidImage(f"undecodable image: {err}") from err
 

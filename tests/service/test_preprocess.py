@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,14 @@ from PIL import Image, ImageOps
 
 from service.errors import ImageTooLarge, InvalidImage
 from service.metadata import ModelMetadata, Preprocessing
-from service.preprocess import decode, preprocess, resize_and_crop, resize_size, to_input
+from service.preprocess import (
+    configure_pillow,
+    decode,
+    preprocess,
+    resize_and_crop,
+    resize_size,
+    to_input,
+)
 from tests.conftest import REPO_ROOT
 from tests.service.tiny_model import TinyModel
 
@@ -76,6 +84,20 @@ def test_truncated_png_is_invalid() -> None:
 def test_pixel_limit() -> None:
     with pytest.raises(ImageTooLarge):
         decode(encode(gradient(100, 100), "PNG"), color_mode="RGB", max_pixels=9_999)
+
+
+def test_bomb_header_is_refused_with_the_configured_limit() -> None:
+    """Pillow's guard fires on open; the message names our limit, not Pillow's 2x of it."""
+    data = bytearray(encode(gradient(28, 28), "PNG"))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = (100_000).to_bytes(4, "big") * 2
+    data[ihdr + 17 : ihdr + 21] = zlib.crc32(bytes(data[ihdr : ihdr + 17])).to_bytes(4, "big")
+    configure_pillow(40_000_000)
+    with pytest.raises(ImageTooLarge) as refused:
+        decode(bytes(data), color_mode="RGB", max_pixels=40_000_000)
+    assert refused.value.message == (
+        "image (10000000000 pixels) has more than the 40000000 pixels allowed"
+    )
 
 
 def test_exif_orientation_is_applied() -> None:
