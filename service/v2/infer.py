@@ -87,7 +87,7 @@ def plan_outputs(meta: ModelMetadata, request: InferRequest) -> list[OutputPlan]
 
 def _batch_rows(
     parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int
-) -> tuple[npt.NDArray[np.float32] | None, list[bytes] | None]:
+) -> npt.NDArray[np.float32] | list[bytes]:
     """The FP32 tensor (N, C, H, W), or the encoded images of the BYTES `image` input."""
     request = parsed.request
     expected = (
@@ -103,18 +103,16 @@ def _batch_rows(
                 f"input {tensor.name!r} has shape {tensor.shape}, expected "
                 f"[N, {', '.join(map(str, meta.input.shape))}]"
             )
-        rows, images = fp32_tensor(tensor, raw), None
-        count = tensor.shape[0]
+        rows: npt.NDArray[np.float32] | list[bytes] = fp32_tensor(tensor, raw)
     elif tensor.name == IMAGE_INPUT:
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise BadRequest(f"input {IMAGE_INPUT!r} has shape {tensor.shape}, expected [N]")
-        rows, images = None, bytes_elements(tensor, raw)
-        count = len(images)
+        rows = bytes_elements(tensor, raw)
     else:
         raise BadRequest(f"{meta.name} has no input {tensor.name!r}: send {expected}")
-    if not 1 <= count <= max_batch_size:
-        raise BadRequest(f"batch size {count} is outside 1..{max_batch_size} (max_batch_size)")
-    return rows, images
+    if not 1 <= len(rows) <= max_batch_size:
+        raise BadRequest(f"batch size {len(rows)} is outside 1..{max_batch_size} (max_batch_size)")
+    return rows
 
 
 def _deadline(request: InferRequest, deadline: float | None) -> float | None:
@@ -200,14 +198,12 @@ async def _run(
     wait_disconnect: WaitDisconnect | None,
 ) -> list[Outputs]:
     meta = loaded.metadata
-    rows, images = _batch_rows(parsed, meta, loaded.batcher.max_batch_size)
-    count = len(images) if images is not None else len(rows if rows is not None else ())
+    rows = _batch_rows(parsed, meta, loaded.batcher.max_batch_size)
     maps = frozenset(p.name for p in plans if p.name != meta.output.name)
-    with loaded.batcher.admission(count, deadline) as reservation:
-        if images is not None:
-            tensors = await classifier.preprocess(loaded, images)
+    with loaded.batcher.admission(len(rows), deadline) as reservation:
+        if isinstance(rows, list):  # encoded images
+            tensors = await classifier.preprocess(loaded, rows)
         else:
-            assert rows is not None
             tensors = list(rows)
         items = await classifier.run(
             loaded,
