@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from service.batching import Batcher
 from service.errors import DeadlineExceeded, Overloaded
 from service.runtime import Runtime
 from tests.service.test_batching import GatedRuntime, images, make, runtime, wait_started
@@ -17,17 +18,24 @@ __all__ = ["runtime"]  # the module-scoped fixture, shared with test_batching
 SLOW_BATCH_S = 0.05
 
 
-async def test_request_that_would_outlast_its_deadline_is_refused_at_once(
-    runtime: Runtime,
-) -> None:
+async def measured_slow(runtime: Runtime) -> tuple[GatedRuntime, Batcher]:
+    """A batcher of one image per batch that has measured one batch of >= 50 ms per image,
+    its queue empty and its instances free."""
     gated = GatedRuntime(runtime)
     batcher = make(gated, max_batch_size=1)
     gated.gate.clear()
     (first,) = batcher.submit(images(1), frozenset(), None)
     await wait_started(gated)
-    await asyncio.sleep(SLOW_BATCH_S)  # one measured batch: >= 50 ms per image
+    await asyncio.sleep(SLOW_BATCH_S)
     gated.gate.set()
     await first.future
+    return gated, batcher
+
+
+async def test_request_that_would_outlast_its_deadline_is_refused_at_once(
+    runtime: Runtime,
+) -> None:
+    gated, batcher = await measured_slow(runtime)
     assert batcher.expected_wait_s(1) >= SLOW_BATCH_S
 
     gated.started.clear()
@@ -56,14 +64,7 @@ async def test_running_batches_and_own_compute_count(runtime: Runtime) -> None:
     """Every instance busy and nothing queued: the estimate holds the image's own compute
     (not shared by the instances), yet the request is admitted, being next: DESIGN §5 drops
     it with 504 only once its deadline passes before compute."""
-    gated = GatedRuntime(runtime)
-    batcher = make(gated, max_batch_size=1)
-    gated.gate.clear()
-    (first,) = batcher.submit(images(1), frozenset(), None)
-    await wait_started(gated)
-    await asyncio.sleep(SLOW_BATCH_S)
-    gated.gate.set()
-    await first.future  # measured: >= 50 ms per image
+    gated, batcher = await measured_slow(runtime)
 
     gated.started.clear()
     gated.gate.clear()
@@ -82,14 +83,7 @@ async def test_running_batches_and_own_compute_count(runtime: Runtime) -> None:
 
 
 async def test_images_still_decoding_count_as_work_ahead(runtime: Runtime) -> None:
-    gated = GatedRuntime(runtime)
-    batcher = make(gated, max_batch_size=1)
-    gated.gate.clear()
-    (first,) = batcher.submit(images(1), frozenset(), None)
-    await wait_started(gated)
-    await asyncio.sleep(SLOW_BATCH_S)
-    gated.gate.set()
-    await first.future  # measured: >= 50 ms per image; now the queue is empty
+    gated, batcher = await measured_slow(runtime)
     assert batcher.depth == 0
 
     tight = time.monotonic() + SLOW_BATCH_S / 5
