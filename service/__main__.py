@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import uvicorn
 
 from service import logs
 from service.app import create_app
+from service.processes import run_workers
 from service.settings import Settings, is_loopback, settings_from_args
 
 logger = logging.getLogger("service")
@@ -19,15 +21,18 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_format, settings.log_level)
     logger.info("settings: %s", json.dumps(settings.masked(), sort_keys=True))
     warn_if_exposed(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # nothing here reads the client address; parsing it cost 6 %
-        timeout_graceful_shutdown=settings.shutdown_timeout_s or None,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,  # nothing here reads the client address; parsing it cost 6 %
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s or None,
+    }
+    if settings.workers > 1:
+        run_workers(settings, options)
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 def warn_if_exposed(settings: Settings) -> None:

@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await _drain(manager, settings.shutdown_timeout_s)
             classifier.close()
+            metrics.close()
 
     app = FastAPI(
         title="convserve",

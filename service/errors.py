@@ -83,6 +83,13 @@ class RequestTimeout(ConvserveError):
     code = "request_timeout"
 
 
+class Conflict(ConvserveError):
+    """The request contradicts how the server runs (e.g. repository control with workers)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ConvserveError):
     status_code = 413
     code = "payload_too_large"

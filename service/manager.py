@@ -200,14 +200,12 @@ class ModelManager:
             self.errors[key] = (fp, message)
             logger.error("skipping %s", message)
             if current is None:  # a broken change keeps the old session serving (and ready)
-                self.metrics.model_ready.labels(ref.model, str(ref.version), self.providers[0]).set(
-                    0
-                )
+                self.metrics.set_ready(ref.model, ref.version, self.providers[0], ready=False)
             return
         self.errors.pop(key, None)
         self._forget_failed(key)
         self.loaded[key] = fresh
-        self.metrics.model_ready.labels(ref.model, str(ref.version), fresh.runtime.provider).set(1)
+        self.metrics.set_ready(ref.model, ref.version, fresh.runtime.provider, ready=True)
         logger.info(
             "loaded %s version %d (%s, %s, %d classes, feature maps: %s)",
             ref.model,
@@ -264,15 +262,11 @@ class ModelManager:
 
     def _forget_failed(self, key: tuple[str, int]) -> None:
         """Drop the 0 that `convserve_model_ready` shows for a version that failed to load."""
-        with contextlib.suppress(KeyError):
-            self.metrics.model_ready.remove(key[0], str(key[1]), self.providers[0])
+        self.metrics.forget_ready(key[0], key[1], self.providers[0])
 
     def _retire(self, old: LoadedVersion, *, keep_ready_metric: bool = False) -> None:
         if not keep_ready_metric:
-            with contextlib.suppress(KeyError):
-                self.metrics.model_ready.remove(
-                    old.ref.model, str(old.ref.version), old.runtime.provider
-                )
+            self.metrics.forget_ready(old.ref.model, old.ref.version, old.runtime.provider)
         task = asyncio.get_running_loop().create_task(self._close_when_idle(old))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "convserve_"
+# Set for the workers when CONVSERVE_WORKERS > 1 (service/processes.py): prometheus_client then
+# keeps every series in files there, and the exposition sums them over the workers.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # 0.25 ms .. 20 s: resolves a ~1 ms LeNet and a ~500 ms ResNet-50 batch on CPU alike.
 LATENCY_BUCKETS_S = (
     0.00025,
@@ -82,7 +94,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            f"{PREFIX}queue_depth", "Images waiting in the batcher.", ["model"], registry=r
+            f"{PREFIX}queue_depth",
+            "Images waiting in the batcher.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",  # several workers: their queues together
         )
         self.failures = Counter(
             f"{PREFIX}failures_total",
@@ -95,11 +111,47 @@ class Metrics:
             "1 while a model version is loaded, warmed and serving.",
             ["model", "version", "provider"],
             registry=r,
+            multiprocess_mode="livemin",  # several workers: 1 only when every one serves it
         )
-        if gpu:
-            collector = NvmlCollector.create()
-            if collector is not None:
-                r.register(collector)
+        self._gpu = NvmlCollector.create() if gpu else None
+        if self._gpu is not None:
+            r.register(self._gpu)
+
+    def set_ready(self, model: str, version: int, provider: str, ready: bool) -> None:
+        self.model_ready.labels(model, str(version), provider).set(1 if ready else 0)
+
+    def forget_ready(self, model: str, version: int, provider: str) -> None:
+        """Drop a version's `model_ready` series. With several workers prometheus_client cannot
+        remove a series, so a series this worker had set shows 0 there instead."""
+        labels = (model, str(version), provider)
+        if not os.environ.get(MULTIPROCESS_ENV):
+            with contextlib.suppress(KeyError):
+                self.model_ready.remove(*labels)
+        elif labels in self._ready_series():
+            self.model_ready.labels(*labels).set(0)
+
+    def _ready_series(self) -> set[tuple[str, ...]]:
+        return {
+            (s.labels["model"], s.labels["version"], s.labels["provider"])
+            for family in self.model_ready.collect()
+            for s in family.samples
+        }
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format; with several workers, the series of all of them (summed
+        counters and histograms, gauges as their `multiprocess_mode` says)."""
+        if not os.environ.get(MULTIPROCESS_ENV):
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        if self._gpu is not None:
+            merged.register(self._gpu)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """At a worker's exit: its live gauges leave the sums (counters and histograms stay)."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 class NvmlCollector(Collector):

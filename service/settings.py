@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="Inference requests in progress (reading, decoding, queued, computing) "
         "before 503 at once, unread.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing the port, each with its own models, batchers and "
+        "event loop (>1: for small models on many cores; the repository load/unload routes "
+        "are then refused, use MODEL_POLL_SECONDS).",
+    )
     instances: int = Field(2, ge=1, description="ORT sessions per model version running at once.")
     intra_op_threads: int = Field(
         0, ge=0, description="ORT intra-op threads per session (0: cores; idle threads sleep)."
@@ -226,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
             help_text = argparse.SUPPRESS
         parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
     return parser
+
+
+def settings_env(settings: Settings) -> dict[str, str | None]:
+    """Every setting as its CONVSERVE_* variable (None: unset), so that processes started
+    from this one (the workers) build the same Settings from their environment."""
+    env: dict[str, str | None] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[env_name(name)] = None if value is None else str(value)
+    return env
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ManagerDep, MetricsDep
 from service.schemas import Health
@@ -41,4 +41,4 @@ async def ready(manager: ManagerDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 async def metrics(registry: MetricsDep) -> Response:
     """Prometheus text exposition (shared/DESIGN.md §7)."""
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

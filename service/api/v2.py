@@ -21,7 +21,7 @@ from service.api.deps import (
     require_api_key,
 )
 from service.api.inputs import read_body
-from service.errors import BadRequest
+from service.errors import BadRequest, Conflict
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
@@ -178,9 +178,22 @@ async def repository_index(request: Request, manager: ManagerDep) -> list[dict[s
     return await v2_models.repository_index(manager, ready_only=options.ready)
 
 
+def _single_process(settings: Settings, action: str) -> None:
+    """Conflict for a repository change that would reach one worker process of several."""
+    if settings.workers > 1:
+        raise Conflict(
+            f"{action} would reach one of {settings.workers} worker processes "
+            "(CONVSERVE_WORKERS): change the repository folder and let "
+            "CONVSERVE_MODEL_POLL_SECONDS reload every worker, or run one worker"
+        )
+
+
 @admin.post("/models/{model}/load")
-async def load_model(request: Request, model: str, manager: ManagerDep) -> dict[str, Any]:
+async def load_model(
+    request: Request, model: str, manager: ManagerDep, settings: SettingsDep
+) -> dict[str, Any]:
     """(Re)scan and load every version of `model`; it rejoins the readiness set."""
+    _single_process(settings, f"loading {model!r}")
     body = await read_body(request, MAX_ADMIN_BODY_BYTES)
     try:
         options = RepositoryLoadRequest.model_validate_json(body or b"{}")
@@ -196,7 +209,8 @@ async def load_model(request: Request, model: str, manager: ManagerDep) -> dict[
 
 
 @admin.post("/models/{model}/unload")
-async def unload_model(model: str, manager: ManagerDep) -> dict[str, Any]:
+async def unload_model(model: str, manager: ManagerDep, settings: SettingsDep) -> dict[str, Any]:
     """Stop serving `model` (in-flight requests finish); readiness no longer waits for it."""
+    _single_process(settings, f"unloading {model!r}")
     await manager.unload_model(model)
     return {}

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import HIDDEN_SETTINGS, Settings, build_parser, env_name, settings_from_args
+from service.settings import (
+    HIDDEN_SETTINGS,
+    Settings,
+    build_parser,
+    env_name,
+    settings_env,
+    settings_from_args,
+)
 from tests.service.server import REPO_ROOT
 
 
@@ -70,3 +77,26 @@ def test_help_lists_every_setting() -> None:
             continue
         assert "--" + name.replace("_", "-") in text
         assert env_name(name) in text
+
+
+def test_settings_env_rebuilds_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What worker processes (CONVSERVE_WORKERS > 1) rebuild from their environment."""
+    given = Settings(
+        api_key="s3cret",
+        workers=3,
+        port=0,
+        jpeg_draft=False,
+        max_queue_delay_ms=1.5,
+        model_repository=Path("/srv/models"),
+        log_format="json",
+    )
+    for name in Settings.model_fields:
+        monkeypatch.delenv(env_name(name), raising=False)
+    for name, value in settings_env(given).items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    assert settings_env(given)["CONVSERVE_ADMIN_KEY"] is None  # unset stays unset
+    rebuilt = Settings()
+    assert rebuilt == given
+    assert rebuilt.api_key is not None
+    assert rebuilt.api_key.get_secret_value() == "s3cret"
