@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONVSERVE_"
@@ -248,7 +248,21 @@ def settings_env(settings: Settings) -> dict[str, str | None]:
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
-    """Settings from the environment, overridden by the flags given on the command line."""
-    args = build_parser().parse_args(argv)
+    """Settings from the environment, overridden by the flags given on the command line; an
+    invalid value exits with status 2 and one line naming each problem, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(_describe(problem) for problem in err.errors())
+        parser.exit(2, f"{parser.prog}: invalid settings: {problems}\n")
+
+
+def _describe(problem: Any) -> str:
+    """`--flag / CONVSERVE_FLAG: message` for one pydantic problem (the value is not echoed:
+    it may be a secret)."""
+    name = str(problem["loc"][0]) if problem.get("loc") else ""
+    where = f"--{name.replace('_', '-')} / {env_name(name)}: " if name else ""
+    return f"{where}{problem['msg']}"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,26 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--providers", "tpu"])
+
+
+def test_invalid_setting_exits_with_one_line_not_a_traceback() -> None:
+    env = {**os.environ, "CONVSERVE_PORT": "99999", "CONVSERVE_API_KEY": "hunter2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--workers", "0"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "--workers / CONVSERVE_WORKERS: Input should be greater than or equal to 1" in (
+        result.stderr
+    )
+    assert "--port / CONVSERVE_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
 
 
 def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
