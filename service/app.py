@@ -54,10 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.manager = manager
         app.state.classifier = classifier
-        tasks = [
-            asyncio.create_task(_initial_load(manager), name="initial-load"),
-            asyncio.create_task(loop_lag.run(), name="loop-lag"),
-        ]
+        initial_load = asyncio.create_task(_initial_load(manager), name="initial-load")
+        tasks = [initial_load, asyncio.create_task(loop_lag.run(), name="loop-lag")]
+        if settings.workers > 1:
+            # One of several workers on a port takes connections only with its models loaded:
+            # the others answer meanwhile, instead of this one answering 503 not_ready to
+            # requests that a ready probe (reaching another worker) let through.
+            await initial_load
         if settings.model_poll_seconds > 0:
             poll = manager.poll(settings.model_poll_seconds)
             tasks.append(asyncio.create_task(poll, name="repository-poll"))

@@ -4,6 +4,7 @@ changes refused (they would reach one worker), and a clean SIGTERM."""
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
         admin_key=ADMIN_KEY,
     ) as service:
         base = service.base_url
+        deadline = time.monotonic() + 60
+        while len(set(READY_LINE.findall(service.log()))) < 2:  # both processes loaded
+            assert time.monotonic() < deadline, service.log()
+            time.sleep(0.05)
         assert httpx.get(f"{base}/health/ready").status_code == 200
         codes = _classify_many(f"{base}/v1/models/tiny-cnn/classify")
         assert codes == [200] * (CONNECTIONS * PER_CONNECTION)
@@ -71,5 +76,9 @@ def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
         assert service.process.wait(timeout=30) in (0, -15)
 
     log = service.log()
-    assert len(set(READY_LINE.findall(log))) == 2, log  # two processes, each loaded the model
+    pids = set(READY_LINE.findall(log))
+    assert len(pids) == 2, log  # two processes, each loaded the model
+    for pid in pids:  # and took connections only then: a loading worker would answer 503
+        ready = log.index(f"[{pid}] service.app: ready")
+        assert ready < log.index(f"[{pid}] uvicorn.error: Application startup complete"), log
     assert log.count("shut down: every accepted request answered") == 2, log
