@@ -6,9 +6,11 @@ all in one run, on one machine, on the same model files and the same images.
 Per model: (1) ceiling, `bench/ceiling.py` (ORT in-process, best batch and thread layout);
 (2) HTTP floor, `POST /noop` on the naive app (same FastAPI/uvicorn stack); (3) naive,
 `bench/servers/naive.py`; (4) LitServe and (5) PyTriton with their batching on; (6) convserve
-with its defaults. Closed loop at each concurrency after a warm-up, then an open-loop run at
-3x convserve's best measured throughput. Writes docs/bench/results.json, the table into
-docs/benchmarks.md (between the `results` markers) and docs/images/bench-<model>.png.
+with its defaults; for the HTTP-bound LeNet also "convserve-workers", the defaults with one
+worker process per core (`CONVSERVE_WORKERS`, not the default). Closed loop at each concurrency
+after a warm-up, then an open-loop run at 3x convserve's best measured throughput. Writes
+docs/bench/results.json, the table into docs/benchmarks.md (between the `results` markers) and
+docs/images/bench-<model>.png.
 Setup of the benchmark-only venv: docs/benchmarks.md.
 """
 
@@ -49,7 +51,7 @@ from bench.models import BENCH_REPOSITORY, LENET, ensure_models, image_for  # no
 
 RESULTS_JSON = REPO_ROOT / "docs" / "bench" / "results.json"
 OVERLOAD_FACTOR = 3.0
-SYSTEMS = ("floor", "naive", "litserve", "pytriton", "convserve")
+SYSTEMS = ("floor", "naive", "litserve", "pytriton", "convserve", "convserve-workers")
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,11 @@ class Plan:
     levels: tuple[int, ...]
     duration_s: float
     batches: str
+    workers_variant: bool = False  # also run convserve with CONVSERVE_WORKERS = cores
 
 
 PLANS = {
-    LENET: Plan(LENET, (1, 4, 16, 64), 5.0, "1,32"),
+    LENET: Plan(LENET, (1, 4, 16, 64), 5.0, "1,32", workers_variant=True),
     "resnet18": Plan("resnet18", (1, 4, 16, 64), 6.0, "1,4,8,16"),
     # ~100 ms per image on 2 cores: c=64 would need minutes per point to see the queue drain.
     "resnet50": Plan("resnet50", (1, 4, 16), 8.0, "1,4,8"),
@@ -218,7 +221,7 @@ def run_model(
     settings = service_settings()
     batch, delay_ms = settings["max_batch_size"], settings["max_queue_delay_ms"]
     for system in systems:
-        if system in ("floor", "convserve"):
+        if system in ("floor", "convserve", "convserve-workers"):
             continue
         with server(system, plan.model, repository, batch, delay_ms) as url:
             if system == "naive" and "floor" in systems:
@@ -226,12 +229,12 @@ def run_model(
             rows += sweep(system, target_for(system, url, plan.model, image), plan, None, log)
     overload: dict[str, Any] = {}
     first_s = float("nan")
+    env = {
+        "CONVSERVE_MODEL_REPOSITORY": str(repository),
+        "CONVSERVE_MODELS": plan.model,
+        "CONVSERVE_DEFAULT_MODEL": plan.model,
+    }
     if "convserve" in systems:
-        env = {
-            "CONVSERVE_MODEL_REPOSITORY": str(repository),
-            "CONVSERVE_MODELS": plan.model,
-            "CONVSERVE_DEFAULT_MODEL": plan.model,
-        }
         process, url, _ = start_service(env)
         try:
             target = target_for("convserve", url, plan.model, image)
@@ -256,6 +259,13 @@ def run_model(
                 f"{overload['p99_ms']:.1f} ms), {overload['overloaded_503']} x 503 (p99 "
                 f"{overload['overloaded_p99_ms']:.1f} ms), {overload['errors']} errors"
             )
+        finally:
+            stop(process)
+    if "convserve-workers" in systems and plan.workers_variant:
+        process, url, _ = start_service({**env, "CONVSERVE_WORKERS": str(os.cpu_count() or 1)})
+        try:
+            target = target_for("convserve", url, plan.model, image)
+            rows += sweep("convserve-workers", target, plan, url, log)
         finally:
             stop(process)
     overload["first_request_ms"] = first_s * 1000
@@ -295,7 +305,7 @@ def main() -> None:
     for name in args.models.split(","):
         plan = PLANS[name]
         if args.duration:
-            plan = Plan(plan.model, plan.levels, args.duration, plan.batches)
+            plan = dataclasses.replace(plan, duration_s=args.duration)
         models.append(run_model(plan, repository, systems, log))
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),

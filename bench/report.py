@@ -21,6 +21,7 @@ BENCHMARKS_MD = DOCS / "benchmarks.md"
 IMAGES = DOCS / "images"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RIVALS = ("naive", "litserve", "pytriton")
+WORKERS_SYSTEM = "convserve-workers"  # one worker process per core (bench/compare.py)
 # Throughput targets against the ceiling (ResNets) or the HTTP floor (LeNet), c >= 16.
 TARGETS = {"resnet50": ("ceiling", 0.95), "resnet18": ("ceiling", 0.85)}
 FLOOR_TARGET = 0.6
@@ -103,6 +104,15 @@ def verdicts(entry: dict[str, Any]) -> list[str]:
         out.append(
             f"- c={level}: throughput {ratio:.2f} × {base} (target ≥ {goal}): {mark(ratio >= goal)}"
         )
+    workers = by(rows, WORKERS_SYSTEM)
+    if workers and floor:
+        ratios = ", ".join(
+            f"c={c}: {workers[c]['rps'] / floor[c]['rps']:.2f} × HTTP floor, "
+            f"{workers[c]['rps'] / conv[c]['rps']:.2f} × one worker"
+            for c in sorted(workers)
+            if c in floor and c in conv and c >= 16
+        )
+        out.append(f"- {WORKERS_SYSTEM} (CONVSERVE_WORKERS = cores, not the default): {ratios}")
     for rival in RIVALS:
         other = by(rows, rival)
         if not other:
