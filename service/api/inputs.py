@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import AsyncGenerator
 
 from fastapi import Request
@@ -27,6 +28,7 @@ RAW_IMAGE_TYPES = frozenset(
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 FILE_FIELD = "file"
+DATA_URL_PREFIX = re.compile(r"^\s*data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -103,7 +105,15 @@ def _json_images(body: bytes) -> list[bytes]:
     images = []
     for index, text in enumerate(payload.images):
         try:
-            images.append(base64.b64decode(text, validate=True))
+            images.append(decode_base64(text))
         except (binascii.Error, ValueError) as err:
             raise InvalidImage(f"image {index}: invalid base64: {err}") from err
     return images
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard-alphabet base64 as clients write it: line breaks (`base64`, MIME), a
+    `data:image/...;base64,` prefix (a browser's FileReader) and missing padding are accepted;
+    any other character is refused."""
+    compact = "".join(DATA_URL_PREFIX.sub("", text, count=1).split())
+    return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)

@@ -129,6 +129,16 @@ def test_json_base64(client: httpx.Client) -> None:
     response = client.post("/v1/classify", json=body, params={"top_k": 2})
     assert response.status_code == 200
     assert [len(r["predictions"]) for r in response.json()["results"]] == [2, 2]
+    # As clients write it: wrapped lines (base64, MIME), a data URL, no padding.
+    encoded = base64.b64encode(images[0]).decode()
+    for written in (
+        base64.encodebytes(images[0]).decode(),
+        f"data:image/png;base64,{encoded}",
+        encoded.rstrip("="),
+    ):
+        same = client.post("/v1/classify", json={"images": [written]}, params={"top_k": 2})
+        assert same.status_code == 200, same.text
+        assert same.json()["results"][0] == response.json()["results"][0]
     assert_error(client.post("/v1/classify", json={"images": ["***"]}), 400, "invalid_image")
     assert_error(client.post("/v1/classify", json={"pictures": []}), 422, "invalid_request")
 
