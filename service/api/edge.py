@@ -40,6 +40,7 @@ from service.api.params import TIMEOUT_HEADER, finite_number
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
 from service.looplag import LoopLag
 from service.metrics import Metrics
+from service.v2.errors import is_v2_path, v2_error
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +80,8 @@ def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
     metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
     if metrics is not None:
         metrics.failures.labels("", error.code).inc()
-    path = scope["path"]
-    if path == "/v2" or path.startswith("/v2/"):
-        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-        return JSONResponse({"error": error.message}, error.status_code, headers=headers)
+    if is_v2_path(scope["path"]):
+        return v2_error(error.status_code, error.message, error.retry_after_s)
     return error_response(error.status_code, error.code, error.message, error.retry_after_s)
 
 

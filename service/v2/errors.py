@@ -32,7 +32,10 @@ def v2_error(status: int, message: str, retry_after_s: int | None = None) -> JSO
 
 
 def is_v2(request: Request) -> bool:
-    path = request.url.path
+    return is_v2_path(request.url.path)
+
+
+def is_v2_path(path: str) -> bool:
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
