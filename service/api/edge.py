@@ -67,6 +67,14 @@ def declared_length(scope: Scope) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
+def declared_too_large(scope: Scope, limit: int) -> PayloadTooLarge | None:
+    """413 for a declared Content-Length above `limit`, before a byte of the body is read."""
+    declared = declared_length(scope)
+    if declared is None or declared <= limit:
+        return None
+    return PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+
+
 def _timeout_ms(scope: Scope) -> float:
     """X-Request-Timeout-Ms when it is a positive number, else 0 (the route reports bad ones)."""
     value = _header(scope, TIMEOUT_HEADER.lower().encode())
@@ -157,12 +165,9 @@ class EdgeMiddleware:
             _observe(scope, status, time.perf_counter() - started)
 
     def _refusal(self, scope: Scope, inference: bool) -> ConvserveError | None:
-        declared = declared_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            limit = self.max_body_bytes
-            return PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
-        if not inference:
-            return None
+        too_large = declared_too_large(scope, self.max_body_bytes)
+        if too_large is not None or not inference:
+            return too_large
         if self.inflight >= self.max_inflight:
             return Overloaded(
                 f"{self.inflight} inference requests in progress, the most allowed: retry later"

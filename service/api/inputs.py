@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from service.api.edge import declared_too_large
 from service.api.errors import describe_validation
 from service.errors import (
     BadRequest,
@@ -42,9 +43,9 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
 
 
 def _check_declared_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+    too_large = declared_too_large(request.scope, limit)
+    if too_large is not None:
+        raise too_large
 
 
 async def _read(request: Request, limit: int) -> bytes:
