@@ -86,13 +86,20 @@ def timeout_ms(request: Request) -> float | None:
     return value
 
 
+def positive_int(text: str) -> int | None:
+    """`text` as an integer >= 1 written in ASCII digits ("¹".isdigit() is True), else None."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        return None
+    return int(text)
+
+
 def version_param(request: Request) -> int:
     """The `{version}` path parameter, a positive integer."""
-    text = str(request.path_params["version"])
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    version = positive_int(str(request.path_params["version"]))
+    if version is None:
         error = {"type": "int_parsing", "loc": ("version",), "msg": "must be an integer >= 1"}
         raise _invalid("path", [error])
-    return int(text)
+    return version
 
 
 def _query_parameters() -> list[dict[str, Any]]:

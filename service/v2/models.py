@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from service import repository
+from service.api.params import positive_int
 from service.errors import VersionNotFound
 from service.manager import LoadedVersion, ModelManager
 from service.runtime import GPU_PROVIDERS
@@ -21,9 +22,10 @@ DYNAMIC = -1  # the batch axis in v2 metadata shapes
 
 def parse_version(text: str, model: str) -> int:
     """A path's version: a positive integer, else 404 (no such version can exist)."""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "¹".isdigit() is True
+    version = positive_int(text)
+    if version is None:
         raise VersionNotFound(f"model {model!r} has no version {text!r}", model=model)
-    return int(text)
+    return version
 
 
 def server_metadata(settings: Settings) -> dict[str, Any]:
