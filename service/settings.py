@@ -214,6 +214,10 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flag also reads from its environment variable; a flag wins over the variable.",
     )
     for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         default = field.default
         if isinstance(default, Path):
             default = str(default)
@@ -264,5 +268,5 @@ def _describe(problem: Any) -> str:
     """`--flag / CONVSERVE_FLAG: message` for one pydantic problem (the value is not echoed:
     it may be a secret)."""
     name = str(problem["loc"][0]) if problem.get("loc") else ""
-    where = f"--{name.replace('_', '-')} / {env_name(name)}: " if name else ""
+    where = f"{flag_name(name)} / {env_name(name)}: " if name else ""
     return f"{where}{problem['msg']}"
