@@ -51,6 +51,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, gpu: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
+        # prometheus_client chose its value store from this variable when it was imported.
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
         r = self.registry
         self.requests = Counter(
             f"{PREFIX}requests_total",
@@ -124,7 +126,7 @@ class Metrics:
         """Drop a version's `model_ready` series. With several workers prometheus_client cannot
         remove a series, so a series this worker had set shows 0 there instead."""
         labels = (model, str(version), provider)
-        if not os.environ.get(MULTIPROCESS_ENV):
+        if not self.multiprocess:
             with contextlib.suppress(KeyError):
                 self.model_ready.remove(*labels)
         elif labels in self._ready_series():
@@ -140,7 +142,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format; with several workers, the series of all of them (summed
         counters and histograms, gauges as their `multiprocess_mode` says)."""
-        if not os.environ.get(MULTIPROCESS_ENV):
+        if not self.multiprocess:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
@@ -150,7 +152,7 @@ class Metrics:
 
     def close(self) -> None:
         """At a worker's exit: its live gauges leave the sums (counters and histograms stay)."""
-        if os.environ.get(MULTIPROCESS_ENV):
+        if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
