@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -40,22 +39,9 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.runtime import Outputs
-from service.workers import InstanceThread
+from service.workers import BatchRunner, InstanceThread
 
 logger = logging.getLogger(__name__)
-
-
-class BatchRunner(Protocol):
-    """What the batcher runs: `runtime.Runtime` in the service."""
-
-    @property
-    def instances(self) -> int: ...
-
-    def run(
-        self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
-    ) -> Outputs: ...
-
-    def recreate(self, instance: int) -> None: ...
 
 
 RECOVERY_RETRY_S = 1.0

@@ -1,4 +1,5 @@
-"""One daemon thread per runtime instance, running that instance's batches in order.
+"""What the batcher runs (`BatchRunner`: a runtime's instances) and one daemon thread per
+instance, running that instance's batches in order.
 
 ONNX Runtime releases the GIL in `run`, so instances compute in parallel; a hung `run` cannot be
 interrupted, so its thread is abandoned (`stop` returns at once, the thread never blocks exit)
@@ -10,9 +11,27 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from service.runtime import Outputs
+
+
+class BatchRunner(Protocol):
+    """What the batcher runs: `runtime.Runtime` in the service."""
+
+    @property
+    def instances(self) -> int: ...
+
+    def run(
+        self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
+    ) -> Outputs: ...
+
+    def recreate(self, instance: int) -> None: ...
+
 
 Job = tuple[Callable[[], Outputs], "concurrent.futures.Future[Outputs]"]
 
