@@ -78,6 +78,18 @@ class Item:
     compute_s: float = 0.0
 
 
+def start_after(free_in: Sequence[float], work_s: float) -> float:
+    """When instances, free after `free_in` seconds each (sorted), have together computed
+    `work_s` seconds of queued work, sharing it as each comes free: the moment the next image
+    would start."""
+    for active in range(1, len(free_in)):
+        span = (free_in[active] - free_in[active - 1]) * active  # work done before one more frees
+        if work_s <= span:
+            return free_in[active - 1] + work_s / active
+        work_s -= span
+    return free_in[-1] + work_s / len(free_in)
+
+
 class Batcher:
     def __init__(
         self,
@@ -140,29 +152,42 @@ class Batcher:
             reservation.release()
 
     def admit(self, count: int, deadline: float | None) -> None:
-        """Overloaded when `count` more images would be computed only after `deadline` (a
-        monotonic time): they would wait to be dropped (504), or be answered after the client
-        stopped waiting, so refuse them now, cheaply. Nothing queued or decoding never refuses:
-        that request is next, and DESIGN §5 drops it (504) only if its deadline passes first."""
-        if deadline is None or not (self._pending or self._reserved):
+        """DeadlineExceeded (504) once `deadline` (a monotonic time) has passed: before compute,
+        as DESIGN §5 says. Overloaded (503) when the work ahead (running batches, queued images,
+        images still decoding) and the images' own compute would end past it: they would wait
+        to be dropped (504), or be answered after the client stopped waiting, so refuse them
+        now, cheaply. With nothing ahead (nothing queued or decoding, an instance idle) it never
+        refuses: that request runs next, and only the 504 applies."""
+        if deadline is None:
             return
-        if time.monotonic() + self.expected_wait_s(count) > deadline:
+        now = time.monotonic()
+        if now >= deadline:
+            raise DeadlineExceeded("deadline passed before compute", model=self.model)
+        if self._work_ahead() and now + self.expected_wait_s(count) > deadline:
             raise Overloaded(
                 f"{self.model}: the work ahead would finish the request past its deadline, "
                 "retry later",
                 model=self.model,
             )
 
+    def _in_service(self) -> list[int]:
+        return [i for i in range(len(self._threads)) if i not in self._recovering]
+
+    def _work_ahead(self) -> bool:
+        """Images queued or decoding, or every instance in service busy."""
+        return bool(self._pending or self._reserved) or len(self._busy_until) >= len(
+            self._in_service()
+        )
+
     def expected_wait_s(self, count: int) -> float:
         """Seconds until `count` more images would be computed, at the measured seconds per
-        image (moving average): the rest of the running batches and the work ahead (queued, and
-        admitted but still decoding), shared by the instances in service, then the images'
-        own compute."""
-        in_service = max(1, len(self._threads) - len(self._recovering))
+        image (moving average): the instances in service start on the work ahead (queued, and
+        admitted but still decoding) as each finishes its running batch, then the images' own
+        compute follows on the first instance to reach them."""
         now = time.monotonic()
-        running = sum(max(0.0, end - now) for end in self._busy_until.values())
+        free_in = sorted(max(0.0, self._busy_until.get(i, now) - now) for i in self._in_service())
         ahead = (len(self._pending) + self._reserved) * self._image_s
-        return (running + ahead) / in_service + count * self._image_s
+        return start_after(free_in or [0.0], ahead) + count * self._image_s
 
     @property
     def available(self) -> bool:
@@ -187,9 +212,6 @@ class Batcher:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
         if len(self._pending) + len(tensors) > self._max_queue:
             raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise DeadlineExceeded("deadline passed before compute", model=self.model)
         self.admit(len(tensors), deadline)
         loop = asyncio.get_running_loop()
         items = [Item(t, outputs, deadline, loop.create_future()) for t in tensors]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.batching import Batcher
+from service.batching import Batcher, start_after
 from service.errors import DeadlineExceeded, Overloaded
 from service.runtime import Runtime
 from tests.service.test_batching import GatedRuntime, images, make, runtime, wait_started
@@ -60,10 +60,10 @@ async def test_idle_batcher_admits_a_request_with_a_short_deadline(runtime: Runt
     await batcher.close()
 
 
-async def test_running_batches_and_own_compute_count(runtime: Runtime) -> None:
-    """Every instance busy and nothing queued: the estimate holds the image's own compute
-    (not shared by the instances), yet the request is admitted, being next: DESIGN §5 drops
-    it with 504 only once its deadline passes before compute."""
+async def test_running_batches_count_as_work_ahead(runtime: Runtime) -> None:
+    """Every instance busy and nothing queued: the request would start only when a running batch
+    ends and then take its own compute in full, so a deadline shorter than that is refused at
+    once; one instance free again, the same deadline is admitted (it runs next)."""
     gated, batcher = await measured_slow(runtime)
 
     gated.started.clear()
@@ -73,13 +73,24 @@ async def test_running_batches_and_own_compute_count(runtime: Runtime) -> None:
     while batcher.depth:  # every image dispatched: the queue is empty, no instance is free
         await asyncio.sleep(0.001)
     assert batcher.expected_wait_s(1) >= SLOW_BATCH_S
-    (late,) = batcher.submit(images(1), frozenset(), time.monotonic() + SLOW_BATCH_S / 5)
-    await asyncio.sleep(SLOW_BATCH_S / 2)  # its deadline passes while the instances are busy
+    depth = batcher.depth
+    with pytest.raises(Overloaded):
+        batcher.submit(images(1), frozenset(), time.monotonic() + SLOW_BATCH_S / 5)
+    assert batcher.depth == depth
     gated.gate.set()
     await asyncio.gather(*(i.future for i in busy))
-    with pytest.raises(DeadlineExceeded):
-        await late.future
+    (next_up,) = batcher.submit(images(1), frozenset(), time.monotonic() + SLOW_BATCH_S / 5)
+    await next_up.future  # nothing ahead: admitted however tight, and computed in time here
     await batcher.close()
+
+
+def test_start_after_shares_the_work_ahead_as_instances_free() -> None:
+    assert start_after([0.0], 0.0) == 0.0
+    assert start_after([0.0, 0.0], 0.1) == pytest.approx(0.05)  # two idle instances share it
+    assert start_after([0.02, 0.1], 0.0) == pytest.approx(0.02)  # first to free takes it
+    assert start_after([0.02, 0.1], 0.05) == pytest.approx(0.07)  # done before the second frees
+    assert start_after([0.02, 0.1], 0.1) == pytest.approx(0.11)  # 0.08 alone, then 0.02 / 2
+    assert start_after([0.0, 0.0, 0.3], 0.3) == pytest.approx(0.15)
 
 
 async def test_images_still_decoding_count_as_work_ahead(runtime: Runtime) -> None:
@@ -91,6 +102,8 @@ async def test_images_still_decoding_count_as_work_ahead(runtime: Runtime) -> No
         assert batcher.expected_wait_s(1) >= 9 * SLOW_BATCH_S / runtime.instances
         with pytest.raises(Overloaded), batcher.admission(1, tight):
             pass  # refused before its own decoding: the 8 are ahead of it
+        with pytest.raises(DeadlineExceeded), batcher.admission(1, time.monotonic()):
+            pass  # a deadline already passed is DESIGN §5's 504, whatever is ahead
         items = batcher.submit(images(8), frozenset(), None, decoding)  # their queue place now
         assert batcher.expected_wait_s(1) >= 9 * SLOW_BATCH_S / runtime.instances
     await asyncio.gather(*(i.future for i in items))
