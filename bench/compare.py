@@ -282,6 +282,7 @@ def service_settings() -> dict[str, Any]:
         "max_queue_size": settings.max_queue_size,
         "instances": settings.instances,
         "intra_op_threads": settings.effective_intra_op_threads,
+        "solo_threads": settings.solo_threads,
         "decode_threads": settings.effective_decode_threads,
     }
 

@@ -152,18 +152,15 @@ class Batcher:
             reservation.release()
 
     def admit(self, count: int, deadline: float | None) -> None:
-        """DeadlineExceeded (504) once `deadline` (a monotonic time) has passed: before compute,
-        as DESIGN §5 says. Overloaded (503) when the work ahead (running batches, queued images,
-        images still decoding) and the images' own compute would end past it: they would wait
-        to be dropped (504), or be answered after the client stopped waiting, so refuse them
-        now, cheaply. With nothing ahead (nothing queued or decoding, an instance idle) it never
-        refuses: that request runs next, and only the 504 applies."""
-        if deadline is None:
+        """Overloaded when `count` more images would be computed only after `deadline` (a
+        monotonic time) because of the work ahead (running batches, queued images, images still
+        decoding): they would wait to be dropped (504), or be answered after the client stopped
+        waiting, so refuse them now, cheaply. With nothing ahead (nothing queued or decoding, an
+        instance idle) it never refuses: that request runs next, and DESIGN §5 drops it (504)
+        only if its deadline passes first."""
+        if deadline is None or not self._work_ahead():
             return
-        now = time.monotonic()
-        if now >= deadline:
-            raise DeadlineExceeded("deadline passed before compute", model=self.model)
-        if self._work_ahead() and now + self.expected_wait_s(count) > deadline:
+        if time.monotonic() + self.expected_wait_s(count) > deadline:
             raise Overloaded(
                 f"{self.model}: the work ahead would finish the request past its deadline, "
                 "retry later",
@@ -212,6 +209,8 @@ class Batcher:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
         if len(self._pending) + len(tensors) > self._max_queue:
             raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed before compute", model=self.model)
         self.admit(len(tensors), deadline)
         loop = asyncio.get_running_loop()
         items = [Item(t, outputs, deadline, loop.create_future()) for t in tensors]
@@ -311,8 +310,9 @@ class Batcher:
             if not ready:
                 continue
             instance = self._free.pop()
+            solo = not self._busy_until  # no other batch running: the runtime's solo session
             self._busy_until[instance] = time.monotonic() + len(ready) * self._image_s
-            task = asyncio.get_running_loop().create_task(self._run(instance, ready))
+            task = asyncio.get_running_loop().create_task(self._run(instance, ready, solo))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -332,14 +332,16 @@ class Batcher:
             ready.append(item)
         return ready
 
-    async def _run(self, instance: int, items: list[Item]) -> None:
+    async def _run(self, instance: int, items: list[Item], solo: bool = False) -> None:
         outputs = sorted(set(self._required).union(*(i.outputs for i in items)))
         started = time.perf_counter()
         for item in items:
             item.queue_s = started - item.enqueued
             self._queue_seconds.observe(item.queue_s)
         batch = np.stack([item.tensor for item in items])
-        job = self._threads[instance].submit(lambda: self._runner.run(instance, batch, outputs))
+        job = self._threads[instance].submit(
+            lambda: self._runner.run(instance, batch, outputs, solo)
+        )
         running = asyncio.wrap_future(job)
         try:
             result = await asyncio.wait_for(asyncio.shield(running), self._timeout_s)
@@ -351,7 +353,7 @@ class Batcher:
             running.add_done_callback(_ignore_outcome)  # whenever the stuck run() ends
             self._threads[instance].stop()  # its thread is stuck in run(); a new one replaces it
             self._threads[instance] = self._thread(instance)
-            self._recover(instance)
+            self._recover(instance, solo)
             return
         except Exception as err:  # noqa: BLE001 - a failed batch fails all its futures
             logger.exception(
@@ -359,7 +361,7 @@ class Batcher:
             )
             failure = RuntimeFailure(f"{self.model}: inference failed: {err}", model=self.model)
             self._fail(items, failure)
-            self._recover(instance)
+            self._recover(instance, solo)
             return
         self._release(instance)
         compute_s = time.perf_counter() - started
@@ -388,17 +390,17 @@ class Batcher:
         self._slot_freed.set()
         self._wakeup.set()
 
-    def _recover(self, instance: int) -> None:
+    def _recover(self, instance: int, solo: bool) -> None:
         self._busy_until.pop(instance, None)
-        task = asyncio.get_running_loop().create_task(self._recreate(instance))
+        task = asyncio.get_running_loop().create_task(self._recreate(instance, solo))
         self._recovering[instance] = task
 
-    async def _recreate(self, instance: int) -> None:
+    async def _recreate(self, instance: int, solo: bool) -> None:
         """A fresh session for `instance`, retried until it works; then back in service."""
         try:
             while True:
                 try:
-                    await asyncio.to_thread(self._runner.recreate, instance)
+                    await asyncio.to_thread(self._runner.recreate, instance, solo)
                     break
                 except Exception:  # noqa: BLE001 - keep trying: the model stays unavailable
                     logger.exception("%s: recreating session %d failed", self.model, instance)

@@ -230,6 +230,7 @@ class ModelManager:
                 providers=self.providers,
                 instances=s.instances,
                 intra_op_threads=s.effective_intra_op_threads,
+                solo_threads=s.solo_threads,
                 require_gpu=s.providers in {"cuda", "tensorrt"},
                 faults=self.faults,
                 trt_cache_dir=s.trt_cache_dir,

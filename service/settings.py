@@ -93,7 +93,10 @@ class Settings(BaseSettings):
     )
     instances: int = Field(2, ge=1, description="ORT sessions per model version running at once.")
     intra_op_threads: int = Field(
-        0, ge=0, description="ORT intra-op threads per session (0: cores; idle threads sleep)."
+        0,
+        ge=0,
+        description="ORT intra-op threads per session (0: cores / instances each, plus a session "
+        "with every core for a batch running alone; idle threads sleep).",
     )
     decode_threads: int = Field(
         0, ge=0, description="Threads decoding and pre/post-processing images (0: cores)."
@@ -165,11 +168,18 @@ class Settings(BaseSettings):
 
     @property
     def effective_intra_op_threads(self) -> int:
-        if self.intra_op_threads:
-            return self.intra_op_threads
-        # Every session may use every core: a lone batch runs at full width, and when both
-        # instances are busy their sleeping (non-spinning) threads share the cores
-        # (docs/benchmarks.md, "Defaults").
+        """Intra-op threads of each instance's session: the setting, or by default the cores
+        shared out between the instances, so that batches side by side don't oversubscribe
+        them (docs/benchmarks.md, "Defaults")."""
+        return self.intra_op_threads or max(1, cpu_count() // self.instances)
+
+    @property
+    def solo_threads(self) -> int:
+        """Intra-op threads of the session a lone batch runs on (runtime.Runtime): by default
+        every core, so that a request alone is not held to its instance's share; 0 (none) when
+        the threads are set, or each instance already has every core."""
+        if self.intra_op_threads or self.effective_intra_op_threads >= cpu_count():
+            return 0
         return cpu_count()
 
     @property

@@ -27,10 +27,14 @@ class BatchRunner(Protocol):
     def instances(self) -> int: ...
 
     def run(
-        self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
+        self,
+        instance: int,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        solo: bool = False,
     ) -> Outputs: ...
 
-    def recreate(self, instance: int) -> None: ...
+    def recreate(self, instance: int, solo: bool = False) -> None: ...
 
 
 Job = tuple[Callable[[], Outputs], "concurrent.futures.Future[Outputs]"]

@@ -31,21 +31,29 @@ class GatedRuntime:
         self.gate.set()
         self.started = threading.Event()
         self.calls: list[tuple[int, tuple[str, ...]]] = []
+        self.solos: list[bool] = []
         self.inputs: list[npt.NDArray[np.float32]] = []
 
     @property
     def instances(self) -> int:
         return self.runtime.instances
 
-    def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
+    def run(
+        self,
+        instance: int,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        solo: bool = False,
+    ) -> Outputs:
         self.calls.append((len(batch), tuple(outputs)))
+        self.solos.append(solo)
         self.inputs.append(batch.copy())
         self.started.set()
         self.gate.wait(30)
-        return self.runtime.run(instance, batch, outputs)
+        return self.runtime.run(instance, batch, outputs, solo)
 
-    def recreate(self, instance: int) -> None:
-        self.runtime.recreate(instance)
+    def recreate(self, instance: int, solo: bool = False) -> None:
+        self.runtime.recreate(instance, solo)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,13 @@ class FaultyRunner:
     def instances(self) -> int:
         return 1
 
-    def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
+    def run(
+        self,
+        instance: int,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        solo: bool = False,
+    ) -> Outputs:
         self.runs += 1
         if self.runs == 1 and self.mode == "raise":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -44,7 +50,7 @@ class FaultyRunner:
             self.release_stall.wait(30)
         return {"logits": np.full((len(batch), 1), len(batch), dtype=np.float32)}
 
-    def recreate(self, instance: int) -> None:
+    def recreate(self, instance: int, solo: bool = False) -> None:
         self.allow_recreate.wait(30)
         self.recreated += 1
 

@@ -12,6 +12,7 @@ from service.settings import (
     HIDDEN_SETTINGS,
     Settings,
     build_parser,
+    cpu_count,
     env_name,
     settings_env,
     settings_from_args,
@@ -77,9 +78,15 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_intra_op_threads_split_cores() -> None:
-    s = Settings(instances=1, intra_op_threads=0)
-    assert s.effective_intra_op_threads >= 1
+    cores = cpu_count()
+    alone = Settings(instances=1, intra_op_threads=0)
+    assert alone.effective_intra_op_threads == cores
+    assert alone.solo_threads == 0  # the one instance already has every core
+    shared = Settings(instances=2, intra_op_threads=0)
+    assert shared.effective_intra_op_threads == max(1, cores // 2)
+    assert shared.solo_threads == (cores if cores > 1 else 0)
     assert Settings(intra_op_threads=3).effective_intra_op_threads == 3
+    assert Settings(intra_op_threads=3).solo_threads == 0  # set threads: no solo session
 
 
 def test_help_lists_every_setting() -> None:

@@ -54,15 +54,19 @@ class Gate:
 @pytest.fixture(scope="module")
 def gate() -> Iterator[Gate]:
     gate = Gate()
-    original: Callable[[Runtime, int, npt.NDArray[np.float32], Sequence[str]], Outputs]
+    original: Callable[[Runtime, int, npt.NDArray[np.float32], Sequence[str], bool], Outputs]
     original = Runtime.run
 
     def gated(
-        self: Runtime, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
+        self: Runtime,
+        instance: int,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        solo: bool = False,
     ) -> Outputs:
         gate.batches.append(len(batch))
         assert gate.open.wait(30)
-        return original(self, instance, batch, outputs)
+        return original(self, instance, batch, outputs, solo)
 
     submit = Batcher.submit
 

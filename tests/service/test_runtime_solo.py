@@ -1,0 +1,101 @@
+"""The solo session: a batch that starts while no other runs gets every core (runtime.Runtime),
+batches side by side run on the instances' own narrower sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import runtime as runtime_module
+from service.repository import VersionRef, load_version
+from service.runtime import Runtime
+from tests.service.test_batching import GatedRuntime, images, make, wait_started
+from tests.service.tiny_model import TinyModel
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+def build(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:
+    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
+    return Runtime(
+        files.onnx_bytes,
+        files.metadata,
+        providers=["CPUExecutionProvider"],
+        instances=2,
+        intra_op_threads=1,
+        solo_threads=2,
+    )
+
+
+@pytest.fixture
+def solo_runtime(tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """Kept whatever the timing (the tiny model gains nothing from a second thread)."""
+    monkeypatch.setattr(runtime_module, "SOLO_GAIN", float("inf"))
+    runtime = build(tiny_repo, tiny_cnn)
+    runtime.warm_up()
+    assert runtime.solo is not None
+    return runtime
+
+
+def test_solo_session_answers_as_the_instances_do(solo_runtime: Runtime) -> None:
+    batch = np.stack(images(3))
+    own = solo_runtime.run(0, batch, ["logits"])
+    alone = solo_runtime.run(0, batch, ["logits"], solo=True)
+    np.testing.assert_allclose(alone["logits"], own["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_solo_session_is_dropped_where_it_is_not_faster(
+    tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime_module, "SOLO_GAIN", 0.0)  # no session is infinitely faster
+    runtime = build(tiny_repo, tiny_cnn)
+    runtime.warm_up()
+    assert runtime.solo is None
+    batch = np.stack(images(2))
+    assert runtime.run(1, batch, ["logits"], solo=True)["logits"].shape[0] == 2  # own session
+
+
+def test_recreate_replaces_the_session_that_ran(solo_runtime: Runtime) -> None:
+    own, solo = list(solo_runtime.sessions), solo_runtime.solo
+    solo_runtime.recreate(1, solo=True)
+    assert solo_runtime.solo is not None and solo_runtime.solo is not solo
+    assert solo_runtime.sessions == own
+    solo_runtime.recreate(1)
+    assert solo_runtime.sessions[0] is own[0] and solo_runtime.sessions[1] is not own[1]
+
+
+def test_without_solo_threads_there_is_no_solo_session(
+    tiny_repo: Path, tiny_cnn: TinyModel
+) -> None:
+    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
+    runtime = Runtime(
+        files.onnx_bytes,
+        files.metadata,
+        providers=["CPUExecutionProvider"],
+        instances=1,
+        intra_op_threads=2,
+    )
+    assert runtime.solo is None
+
+
+@pytest.mark.anyio
+async def test_batcher_runs_a_lone_batch_solo_and_side_by_side_ones_not(
+    solo_runtime: Runtime,
+) -> None:
+    gated = GatedRuntime(solo_runtime)
+    batcher = make(gated, max_batch_size=1)
+    gated.gate.clear()
+    (first,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    gated.started.clear()
+    (second,) = batcher.submit(images(1, start=1), frozenset(), None)
+    await wait_started(gated)  # on the other instance, beside the first
+    gated.gate.set()
+    await asyncio.gather(first.future, second.future)
+    (third,) = batcher.submit(images(1, start=2), frozenset(), None)
+    await third.future
+    assert gated.solos == [True, False, True]
+    await batcher.close()
