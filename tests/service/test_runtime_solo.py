@@ -61,10 +61,12 @@ def test_solo_session_is_dropped_where_it_is_not_faster(
 def test_recreate_replaces_the_session_that_ran(solo_runtime: Runtime) -> None:
     own, solo = list(solo_runtime.sessions), solo_runtime.solo
     solo_runtime.recreate(1, solo=True)
-    assert solo_runtime.solo is not None and solo_runtime.solo is not solo
+    assert solo_runtime.solo is not None
+    assert solo_runtime.solo is not solo
     assert solo_runtime.sessions == own
     solo_runtime.recreate(1)
-    assert solo_runtime.sessions[0] is own[0] and solo_runtime.sessions[1] is not own[1]
+    assert solo_runtime.sessions[0] is own[0]
+    assert solo_runtime.sessions[1] is not own[1]
 
 
 def test_without_solo_threads_there_is_no_solo_session(
