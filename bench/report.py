@@ -150,11 +150,12 @@ def verdicts(entry: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     s = results["settings"]
+    solo = f" + a {s['solo_threads']}-thread solo session" if s.get("solo_threads") else ""
     lines = [
         f"Run of {results['date']}, {results['cores']} cores, {results['duration_s']} s in all. "
         f"convserve defaults: max batch {s['max_batch_size']}, queue delay "
         f"{s['max_queue_delay_ms']} ms, {s['instances']} instance(s) x {s['intra_op_threads']} "
-        f"intra-op thread(s), {s['decode_threads']} decode thread(s), queue "
+        f"intra-op thread(s){solo}, {s['decode_threads']} decode thread(s), queue "
         f"{s['max_queue_size']}.",
         "",
         "#### Targets",
