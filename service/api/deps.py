@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from pydantic import SecretStr
 
 from service.classify import Classifier
-from service.errors import Forbidden, InvalidOption, Unauthorized
+from service.errors import Forbidden, Unauthorized
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import Settings
@@ -80,8 +80,7 @@ async def require_admin_key(request: Request, settings: SettingsDep) -> None:
 
 
 def request_deadline(settings: Settings, timeout_ms: float | None) -> float | None:
-    """`time.monotonic()` deadline from X-Request-Timeout-Ms, else CONVSERVE_REQUEST_TIMEOUT_MS."""
-    if timeout_ms is not None and timeout_ms <= 0:
-        raise InvalidOption("X-Request-Timeout-Ms must be positive")
+    """`time.monotonic()` deadline from X-Request-Timeout-Ms (positive: `params.timeout_ms`),
+    else CONVSERVE_REQUEST_TIMEOUT_MS."""
     chosen = timeout_ms or settings.request_timeout_ms
     return time.monotonic() + chosen / 1000.0 if chosen else None

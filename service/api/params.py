@@ -75,13 +75,15 @@ def finite_number(text: str | bytes) -> float | None:
 
 
 def timeout_ms(request: Request) -> float | None:
-    """X-Request-Timeout-Ms as a finite number (its sign is checked with the deadline)."""
+    """X-Request-Timeout-Ms as a positive finite number; anything else is 422 (as a bad query
+    parameter is), whether it is no number or a number <= 0."""
     text = request.headers.get(TIMEOUT_HEADER)
     if text is None:
         return None
     value = finite_number(text)
-    if value is None:
-        error = {"type": "float_parsing", "loc": (TIMEOUT_HEADER,), "msg": "must be a number"}
+    if value is None or value <= 0:
+        message = "must be a positive number of milliseconds"
+        error = {"type": "float_parsing", "loc": (TIMEOUT_HEADER,), "msg": message}
         raise _invalid("header", [error])
     return value
 

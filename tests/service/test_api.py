@@ -438,3 +438,15 @@ def test_disconnected_client_is_dropped_before_compute(
         )
     )
     assert batches == [1]  # B never reached session.run
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf", ""])
+def test_bad_timeout_header_is_one_422(client: httpx.Client, value: str) -> None:
+    """Not a number, or a number <= 0: the same answer as a bad query parameter gets."""
+    response = client.post(
+        "/v1/classify",
+        content=random_png(3),
+        headers={"content-type": "image/png", "X-Request-Timeout-Ms": value},
+    )
+    assert_error(response, 422, "invalid_request")
+    assert "X-Request-Timeout-Ms" in response.json()["error"]["message"]
