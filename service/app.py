@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import classify, health, models, v2, web
+from service.api.direct import DirectLane
 from service.api.edge import EdgeMiddleware
 from service.api.errors import install_error_handlers
 from service.classify import Classifier
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # The innermost middleware: classify requests answered without the router's layers.
+    app.add_middleware(DirectLane, routes=classify.direct_routes())
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
             CORSMiddleware,

@@ -107,3 +107,8 @@ async def classify_version(request: Request) -> Response:
 async def classify_default(request: Request) -> Response:
     """Classify with the default model (CONVSERVE_DEFAULT_MODEL)."""
     return await _classify(request, request.app.state.settings.default_model, None)
+
+
+def direct_routes() -> list[DirectRoute]:
+    """The classify routes, for `direct.DirectLane`."""
+    return [route for route in router.routes if isinstance(route, DirectRoute)]
