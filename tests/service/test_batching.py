@@ -56,16 +56,16 @@ class GatedRuntime:
         self.runtime.recreate(instance, solo)
 
 
+def tiny_runtime(tiny_repo: Path, tiny_cnn: TinyModel, **layout: int) -> Runtime:
+    """A real CPU Runtime of the tiny CNN: one one-thread instance unless `layout` says more."""
+    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
+    options = {"instances": 1, "intra_op_threads": 1, **layout}
+    return Runtime(files.onnx_bytes, files.metadata, providers=["CPUExecutionProvider"], **options)
+
+
 @pytest.fixture(scope="module")
 def runtime(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:
-    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
-    return Runtime(
-        files.onnx_bytes,
-        files.metadata,
-        providers=["CPUExecutionProvider"],
-        instances=1,
-        intra_op_threads=1,
-    )
+    return tiny_runtime(tiny_repo, tiny_cnn)
 
 
 def images(count: int, start: int = 0) -> list[npt.NDArray[np.float32]]:

@@ -10,24 +10,21 @@ import numpy as np
 import pytest
 
 from service import runtime as runtime_module
-from service.repository import VersionRef, load_version
 from service.runtime import Runtime
-from tests.service.test_batching import GatedRuntime, images, make, wait_started
+from tests.service.test_batching import (
+    GatedRuntime,
+    images,
+    make,
+    tiny_runtime,
+    wait_started,
+)
 from tests.service.tiny_model import TinyModel
 
 pytestmark = [pytest.mark.timeout(60)]
 
 
 def build(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:
-    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
-    return Runtime(
-        files.onnx_bytes,
-        files.metadata,
-        providers=["CPUExecutionProvider"],
-        instances=2,
-        intra_op_threads=1,
-        solo_threads=2,
-    )
+    return tiny_runtime(tiny_repo, tiny_cnn, instances=2, solo_threads=2)
 
 
 @pytest.fixture
@@ -72,15 +69,7 @@ def test_recreate_replaces_the_session_that_ran(solo_runtime: Runtime) -> None:
 def test_without_solo_threads_there_is_no_solo_session(
     tiny_repo: Path, tiny_cnn: TinyModel
 ) -> None:
-    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
-    runtime = Runtime(
-        files.onnx_bytes,
-        files.metadata,
-        providers=["CPUExecutionProvider"],
-        instances=1,
-        intra_op_threads=2,
-    )
-    assert runtime.solo is None
+    assert tiny_runtime(tiny_repo, tiny_cnn, intra_op_threads=2).solo is None
 
 
 @pytest.mark.anyio
