@@ -124,7 +124,9 @@ class Batcher:
         self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._timeout_s = batch_timeout_s or None
-        self._image_s = 0.0  # compute seconds per image, moving average (admission estimate)
+        # Compute seconds per image, moving averages (admission estimate), kept apart for a batch
+        # that ran alone (solo) and one that ran beside another (on CPU it shares the cores).
+        self._image_s = {True: 0.0, False: 0.0}
         self._reserved = 0  # images admitted and being decoded, not queued yet
         self._threads = [self._thread(i) for i in range(runner.instances)]
         self._recovering: dict[int, asyncio.Task[None]] = {}
@@ -171,20 +173,25 @@ class Batcher:
         return [i for i in range(len(self._threads)) if i not in self._recovering]
 
     def _work_ahead(self) -> bool:
-        """Images queued or decoding, or every instance in service busy."""
-        return bool(self._pending or self._reserved) or len(self._busy_until) >= len(
-            self._in_service()
-        )
+        """Images queued or decoding, or a batch running (beside which the request's own batch
+        would run at part width, on its instance's own session: runtime.Runtime)."""
+        return bool(self._pending or self._reserved or self._busy_until)
 
     def expected_wait_s(self, count: int) -> float:
         """Seconds until `count` more images would be computed, at the measured seconds per
-        image (moving average): the instances in service start on the work ahead (queued, and
-        admitted but still decoding) as each finishes its running batch, then the images' own
-        compute follows on the first instance to reach them."""
+        image: the instances in service start on the work ahead (queued, and admitted but still
+        decoding) as each finishes its running batch, then the images' own compute follows on
+        the first instance to reach them, alone if nothing runs or waits, else beside others."""
         now = time.monotonic()
         free_in = sorted(max(0.0, self._busy_until.get(i, now) - now) for i in self._in_service())
-        ahead = (len(self._pending) + self._reserved) * self._image_s
-        return start_after(free_in or [0.0], ahead) + count * self._image_s
+        ahead = (len(self._pending) + self._reserved) * self.image_s(solo=False)
+        own = count * self.image_s(solo=not self._work_ahead())
+        return start_after(free_in or [0.0], ahead) + own
+
+    def image_s(self, *, solo: bool) -> float:
+        """Measured compute seconds per image of a batch running alone (`solo`) or beside
+        another; the other's figure until this one is measured (0 before any)."""
+        return self._image_s[solo] or self._image_s[not solo]
 
     @property
     def available(self) -> bool:
@@ -238,9 +245,10 @@ class Batcher:
         image would make a full batch outlast `max_batch_compute_s`. On CPU a large CNN computes
         no faster per image in a batch, and every image in it waits for the whole batch
         (docs/benchmarks.md), so it runs one at a time; a tiny model still batches fully."""
-        if not self._compute_budget_s or not self._image_s:
+        image_s = max(self._image_s.values())  # the slower: a batch may run beside another
+        if not self._compute_budget_s or not image_s:
             return self.max_batch_size
-        fits = int(self._compute_budget_s / self._image_s)
+        fits = int(self._compute_budget_s / image_s)
         return max(1, min(self.max_batch_size, fits))
 
     def _trim(self, batch: list[Item]) -> None:
@@ -311,7 +319,7 @@ class Batcher:
                 continue
             instance = self._free.pop()
             solo = not self._busy_until  # no other batch running: the runtime's solo session
-            self._busy_until[instance] = time.monotonic() + len(ready) * self._image_s
+            self._busy_until[instance] = time.monotonic() + len(ready) * self.image_s(solo=solo)
             task = asyncio.get_running_loop().create_task(self._run(instance, ready, solo))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -368,10 +376,11 @@ class Batcher:
         self._compute_seconds.observe(compute_s)
         self._batch_sizes.observe(len(items))
         per_image_s = compute_s / len(items)
-        self._image_s = (
+        previous = self._image_s[solo]
+        self._image_s[solo] = (
             per_image_s
-            if not self._image_s
-            else (IMAGE_S_SMOOTHING * per_image_s + (1 - IMAGE_S_SMOOTHING) * self._image_s)
+            if not previous
+            else IMAGE_S_SMOOTHING * per_image_s + (1 - IMAGE_S_SMOOTHING) * previous
         )
         for index, item in enumerate(items):
             item.compute_s = compute_s

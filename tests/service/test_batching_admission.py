@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from service.batching import Batcher, start_after
 from service.errors import Overloaded
 from service.runtime import Runtime
-from tests.service.test_batching import GatedRuntime, images, make, runtime, wait_started
+from tests.service.test_batching import (
+    GatedRuntime,
+    images,
+    make,
+    runtime,
+    tiny_runtime,
+    wait_started,
+)
+from tests.service.tiny_model import TinyModel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 __all__ = ["runtime"]  # the module-scoped fixture, shared with test_batching
@@ -108,4 +117,39 @@ async def test_images_still_decoding_count_as_work_ahead(runtime: Runtime) -> No
     with batcher.admission(1, tight):  # nothing ahead any more: admitted however tight
         pass
     assert batcher.expected_wait_s(0) == 0
+    await batcher.close()
+
+
+async def test_alone_and_side_by_side_are_measured_apart(
+    tiny_repo: Path, tiny_cnn: TinyModel
+) -> None:
+    """A batch beside another shares the cores: its seconds per image are kept apart from a lone
+    batch's, and a request that would run beside a busy instance is judged by them."""
+    gated = GatedRuntime(tiny_runtime(tiny_repo, tiny_cnn, instances=2))
+    batcher = make(gated, max_batch_size=1)
+    gated.gate.clear()
+    (alone,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    gated.started.clear()
+    (beside,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    await asyncio.sleep(2 * SLOW_BATCH_S)
+    gated.gate.set()
+    await asyncio.gather(alone.future, beside.future)
+    assert gated.solos == [True, False]
+    assert batcher.image_s(solo=False) >= 2 * SLOW_BATCH_S
+    beside_s = batcher.image_s(solo=False)
+    (quick,) = batcher.submit(images(1), frozenset(), None)  # alone, the gate open
+    await quick.future
+    assert gated.solos[-1] is True
+    assert batcher.image_s(solo=False) == beside_s  # untouched by a lone batch
+    assert batcher.image_s(solo=True) < beside_s
+
+    gated.gate.clear()
+    gated.started.clear()
+    (busy,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    assert batcher.expected_wait_s(1) >= batcher.image_s(solo=False)  # it would run beside
+    gated.gate.set()
+    await busy.future
     await batcher.close()
