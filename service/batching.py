@@ -157,8 +157,8 @@ class Batcher:
         """Overloaded when `count` more images would be computed only after `deadline` (a
         monotonic time) because of the work ahead (running batches, queued images, images still
         decoding): they would wait to be dropped (504), or be answered after the client stopped
-        waiting, so refuse them now, cheaply. With nothing ahead (nothing queued or decoding, an
-        instance idle) it never refuses: that request runs next, and DESIGN §5 drops it (504)
+        waiting, so refuse them now, cheaply. With nothing ahead (nothing queued, decoding or
+        running) it never refuses: that request runs next, alone, and DESIGN §5 drops it (504)
         only if its deadline passes first."""
         if deadline is None or not self._work_ahead():
             return
