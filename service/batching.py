@@ -7,14 +7,12 @@ lets the batch fill for at most `max_queue_delay_s`; an idle runtime runs at onc
 cancelled requests are dropped before compute. Each instance has its own thread (workers.py).
 
 A request whose deadline has passed is answered `DeadlineExceeded` (504) without queueing; one
-that the work ahead of it (running batches, the queue, images still decoding) and its own compute
-would finish past its deadline (`admit`) is refused at once with `Overloaded` (503, Retry-After)
-rather than queued to be dropped with a 504 at its deadline, or answered after it.
+that the work ahead of it and its own compute would finish past its deadline (`admit`) is
+refused at once with `Overloaded` (503, Retry-After) instead of being answered after it.
 
 Faults: a batch whose `run` raises fails its own futures with `RuntimeFailure` (503); one that
 outlives the watchdog (`batch_timeout_s`) fails them with `RuntimeStalled` (504). Either way the
-instance leaves service and its session is recreated in the background, then it rejoins; other
-instances keep serving meanwhile, and requests wait in the queue.
+session it ran on is recreated in the background while its instance is out of service.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.runtime import Outputs
-from service.workers import BatchRunner, InstanceThread
+from service.workers import BatchRunner, InstanceThread, start_after
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +74,6 @@ class Item:
     enqueued: float = field(default_factory=time.perf_counter)
     queue_s: float = 0.0
     compute_s: float = 0.0
-
-
-def start_after(free_in: Sequence[float], work_s: float) -> float:
-    """When instances, free after `free_in` seconds each (sorted), have together computed
-    `work_s` seconds of queued work, sharing it as each comes free: the moment the next image
-    would start."""
-    for active in range(1, len(free_in)):
-        span = (free_in[active] - free_in[active - 1]) * active  # work done before one more frees
-        if work_s <= span:
-            return free_in[active - 1] + work_s / active
-        work_s -= span
-    return free_in[-1] + work_s / len(free_in)
 
 
 class Batcher:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from service.batching import Batcher, start_after
+from service.batching import Batcher
 from service.errors import Overloaded
 from service.runtime import Runtime
+from service.workers import start_after
 from tests.service.test_batching import (
     GatedRuntime,
     images,
