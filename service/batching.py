@@ -35,15 +35,15 @@ from service.errors import (
     RuntimeFailure,
     RuntimeStalled,
 )
+from service.estimates import ImageTimes, start_after
 from service.metrics import Metrics
 from service.runtime import Outputs
-from service.workers import BatchRunner, InstanceThread, start_after
+from service.workers import BatchRunner, InstanceThread
 
 logger = logging.getLogger(__name__)
 
 
 RECOVERY_RETRY_S = 1.0
-IMAGE_S_SMOOTHING = 0.2  # weight of the newest batch in the seconds-per-image average
 
 
 def _ignore_outcome(future: asyncio.Future[Outputs]) -> None:
@@ -110,9 +110,7 @@ class Batcher:
         self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._timeout_s = batch_timeout_s or None
-        # Compute seconds per image, moving averages (admission estimate), kept apart for a batch
-        # that ran alone (solo) and one that ran beside another (on CPU it shares the cores).
-        self._image_s = {True: 0.0, False: 0.0}
+        self.times = ImageTimes()  # compute seconds per image, alone and beside another
         self._reserved = 0  # images admitted and being decoded, not queued yet
         self._threads = [self._thread(i) for i in range(runner.instances)]
         self._recovering: dict[int, asyncio.Task[None]] = {}
@@ -170,14 +168,9 @@ class Batcher:
         the first instance to reach them, alone if nothing runs or waits, else beside others."""
         now = time.monotonic()
         free_in = sorted(max(0.0, self._busy_until.get(i, now) - now) for i in self._in_service())
-        ahead = (len(self._pending) + self._reserved) * self.image_s(solo=False)
-        own = count * self.image_s(solo=not self._work_ahead())
+        ahead = (len(self._pending) + self._reserved) * self.times.per_image(solo=False)
+        own = count * self.times.per_image(solo=not self._work_ahead())
         return start_after(free_in or [0.0], ahead) + own
-
-    def image_s(self, *, solo: bool) -> float:
-        """Measured compute seconds per image of a batch running alone (`solo`) or beside
-        another; the other's figure until this one is measured (0 before any)."""
-        return self._image_s[solo] or self._image_s[not solo]
 
     @property
     def available(self) -> bool:
@@ -231,7 +224,7 @@ class Batcher:
         image would make a full batch outlast `max_batch_compute_s`. On CPU a large CNN computes
         no faster per image in a batch, and every image in it waits for the whole batch
         (docs/benchmarks.md), so it runs one at a time; a tiny model still batches fully."""
-        image_s = max(self._image_s.values())  # the slower: a batch may run beside another
+        image_s = self.times.slowest  # a batch may run beside another
         if not self._compute_budget_s or not image_s:
             return self.max_batch_size
         fits = int(self._compute_budget_s / image_s)
@@ -305,7 +298,9 @@ class Batcher:
                 continue
             instance = self._free.pop()
             solo = not self._busy_until  # no other batch running: the runtime's solo session
-            self._busy_until[instance] = time.monotonic() + len(ready) * self.image_s(solo=solo)
+            self._busy_until[instance] = time.monotonic() + len(ready) * self.times.per_image(
+                solo=solo
+            )
             task = asyncio.get_running_loop().create_task(self._run(instance, ready, solo))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -326,7 +321,7 @@ class Batcher:
             ready.append(item)
         return ready
 
-    async def _run(self, instance: int, items: list[Item], solo: bool = False) -> None:
+    async def _run(self, instance: int, items: list[Item], solo: bool) -> None:
         outputs = sorted(set(self._required).union(*(i.outputs for i in items)))
         started = time.perf_counter()
         for item in items:
@@ -361,13 +356,7 @@ class Batcher:
         compute_s = time.perf_counter() - started
         self._compute_seconds.observe(compute_s)
         self._batch_sizes.observe(len(items))
-        per_image_s = compute_s / len(items)
-        previous = self._image_s[solo]
-        self._image_s[solo] = (
-            per_image_s
-            if not previous
-            else IMAGE_S_SMOOTHING * per_image_s + (1 - IMAGE_S_SMOOTHING) * previous
-        )
+        self.times.record(solo=solo, per_image_s=compute_s / len(items))
         for index, item in enumerate(items):
             item.compute_s = compute_s
             if not item.future.done():

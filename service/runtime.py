@@ -178,9 +178,7 @@ class Runtime:
         self._onnx_bytes = onnx_bytes
         self._providers = [self._provider_entry(name, trt_cache_dir) for name in providers]
         self._intra_op_threads = intra_op_threads
-        self.sessions = [
-            self._session(onnx_bytes, self._providers, intra_op_threads) for _ in range(instances)
-        ]
+        self.sessions = [self._new_session(intra_op_threads) for _ in range(instances)]
         self.provider: str = self.sessions[0].get_providers()[0]
         if providers[0] != self.provider:
             if require_gpu and self.provider not in GPU_PROVIDERS:
@@ -199,9 +197,6 @@ class Runtime:
         self._solo_threads = solo_threads if self.provider == CPU else 0
         self.solo = self._new_session(self._solo_threads) if self._solo_threads else None
 
-    def _new_session(self, intra_op_threads: int) -> ort.InferenceSession:
-        return self._session(self._onnx_bytes, self._providers, intra_op_threads)
-
     def _provider_entry(self, name: str, trt_cache_dir: Path) -> ProviderEntry:
         if name != TENSORRT:
             return name
@@ -213,10 +208,7 @@ class Runtime:
             raise RepositoryError(f"cannot create the TensorRT cache {engines}: {err}") from err
         return name, options
 
-    @staticmethod
-    def _session(
-        onnx_bytes: bytes, providers: Sequence[ProviderEntry], intra_op_threads: int
-    ) -> ort.InferenceSession:
+    def _new_session(self, intra_op_threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -226,7 +218,9 @@ class Runtime:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             # Loaded from bytes: there is no model path, so ORT cannot open external data files.
-            return ort.InferenceSession(onnx_bytes, sess_options=options, providers=list(providers))
+            return ort.InferenceSession(
+                self._onnx_bytes, sess_options=options, providers=list(self._providers)
+            )
         except (RuntimeError, ValueError) as err:
             raise RepositoryError(f"ONNX Runtime refused the model: {err}") from err
 

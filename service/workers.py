@@ -1,6 +1,5 @@
-"""What the batcher runs (`BatchRunner`: a runtime's instances), one daemon thread per
-instance running that instance's batches in order, and when instances coming free reach queued
-work (`start_after`, for admission).
+"""What the batcher runs (`BatchRunner`: a runtime's instances) and one daemon thread per
+instance, running that instance's batches in order.
 
 ONNX Runtime releases the GIL in `run`, so instances compute in parallel; a hung `run` cannot be
 interrupted, so its thread is abandoned (`stop` returns at once, the thread never blocks exit)
@@ -67,15 +66,3 @@ class InstanceThread:
                 future.set_result(fn())
             except BaseException as err:  # noqa: BLE001 - handed to the awaiting batch
                 future.set_exception(err)
-
-
-def start_after(free_in: Sequence[float], work_s: float) -> float:
-    """When instances, free after `free_in` seconds each (sorted), have together computed
-    `work_s` seconds of queued work, sharing it as each comes free: the moment the next image
-    would start."""
-    for active in range(1, len(free_in)):
-        span = (free_in[active] - free_in[active - 1]) * active  # work done before one more frees
-        if work_s <= span:
-            return free_in[active - 1] + work_s / active
-        work_s -= span
-    return free_in[-1] + work_s / len(free_in)

@@ -11,8 +11,8 @@ import pytest
 
 from service.batching import Batcher
 from service.errors import Overloaded
+from service.estimates import start_after
 from service.runtime import Runtime
-from service.workers import start_after
 from tests.service.test_batching import (
     GatedRuntime,
     images,
@@ -138,19 +138,19 @@ async def test_alone_and_side_by_side_are_measured_apart(
     gated.gate.set()
     await asyncio.gather(alone.future, beside.future)
     assert gated.solos == [True, False]
-    assert batcher.image_s(solo=False) >= 2 * SLOW_BATCH_S
-    beside_s = batcher.image_s(solo=False)
+    assert batcher.times.per_image(solo=False) >= 2 * SLOW_BATCH_S
+    beside_s = batcher.times.per_image(solo=False)
     (quick,) = batcher.submit(images(1), frozenset(), None)  # alone, the gate open
     await quick.future
     assert gated.solos[-1] is True
-    assert batcher.image_s(solo=False) == beside_s  # untouched by a lone batch
-    assert batcher.image_s(solo=True) < beside_s
+    assert batcher.times.per_image(solo=False) == beside_s  # untouched by a lone batch
+    assert batcher.times.per_image(solo=True) < beside_s
 
     gated.gate.clear()
     gated.started.clear()
     (busy,) = batcher.submit(images(1), frozenset(), None)
     await wait_started(gated)
-    assert batcher.expected_wait_s(1) >= batcher.image_s(solo=False)  # it would run beside
+    assert batcher.expected_wait_s(1) >= batcher.times.per_image(solo=False)  # it would run beside
     gated.gate.set()
     await busy.future
     await batcher.close()
