@@ -29,6 +29,11 @@ RAW_IMAGE_TYPES = frozenset(
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 FILE_FIELD = "file"
+# A body with no media type, or with curl's default for `--data-binary`, is taken as a raw image
+# when its first bytes are one (`curl --data-binary @photo.jpg URL` works); anything else is 415.
+SNIFFED_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
+WEBP_SIGNATURE = (b"RIFF", b"WEBP")  # bytes 0-3 and 8-11
 DATA_URL_PREFIX = re.compile(r"^\s*data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -68,10 +73,20 @@ async def read_images(request: Request, *, max_body_bytes: int, max_images: int)
         return _json_images(await _read(request, max_body_bytes))
     if media in RAW_IMAGE_TYPES:
         return [await _read(request, max_body_bytes)]
+    if media in SNIFFED_TYPES:
+        body = await _read(request, max_body_bytes)
+        if is_image_signature(body):
+            return [body]
     raise UnsupportedMediaType(
         f"unsupported content type {media or '(none)'!r}: send image/jpeg, image/png, image/webp,"
         " multipart/form-data with 'file' parts, or application/json {'images': [base64]}"
     )
+
+
+def is_image_signature(data: bytes) -> bool:
+    """True when `data` starts as a JPEG, PNG or WebP file does."""
+    riff, webp = WEBP_SIGNATURE
+    return data.startswith(IMAGE_SIGNATURES) or (data.startswith(riff) and data[8:12] == webp)
 
 
 async def _multipart(request: Request, limit: int, max_images: int) -> list[bytes]:

@@ -228,6 +228,27 @@ def test_client_errors(
     assert_error(response, status, code)
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_untyped_image_is_recognised_by_its_bytes(
+    client: httpx.Client, content_type: str | None, fmt: str
+) -> None:
+    """`curl --data-binary @photo.jpg` sends curl's form type: the image is still classified,
+    as it is under its own type; a body that is no image stays 415."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(random_png(7))).save(buffer, format=fmt)
+    image = buffer.getvalue()
+    headers = {} if content_type is None else {"content-type": content_type}
+    untyped = client.post("/v1/classify", content=image, headers=headers)
+    typed = client.post(
+        "/v1/classify", content=image, headers={"content-type": f"image/{fmt.lower()}"}
+    )
+    assert untyped.status_code == 200, untyped.text
+    assert untyped.json()["results"] == typed.json()["results"]
+    refused = client.post("/v1/classify", content=b"a=1&b=2", headers=headers)
+    assert_error(refused, 415, "unsupported_media_type")
+
+
 def test_streamed_body_over_limit_is_413(client: httpx.Client) -> None:
     def chunks() -> Iterator[bytes]:  # no Content-Length: checked while streaming
         for _ in range(10):
