@@ -178,7 +178,12 @@ class Runtime:
         self._onnx_bytes = onnx_bytes
         self._providers = [self._provider_entry(name, trt_cache_dir) for name in providers]
         self._intra_op_threads = intra_op_threads
-        self.sessions = [self._new_session(intra_op_threads) for _ in range(instances)]
+        # A session that never runs beside another may spin (`_new_session`): the only
+        # instance, and the solo session.
+        self._lone_instance = instances == 1
+        self.sessions = [
+            self._new_session(intra_op_threads, spin=self._lone_instance) for _ in range(instances)
+        ]
         self.provider: str = self.sessions[0].get_providers()[0]
         if providers[0] != self.provider:
             if require_gpu and self.provider not in GPU_PROVIDERS:
@@ -195,7 +200,7 @@ class Runtime:
         self.device_id = int(options.get("device_id", 0))
         self._validate_io()
         self._solo_threads = solo_threads if self.provider == CPU else 0
-        self.solo = self._new_session(self._solo_threads) if self._solo_threads else None
+        self.solo = self._new_session(self._solo_threads, spin=True) if self._solo_threads else None
 
     def _provider_entry(self, name: str, trt_cache_dir: Path) -> ProviderEntry:
         if name != TENSORRT:
@@ -208,14 +213,19 @@ class Runtime:
             raise RepositoryError(f"cannot create the TensorRT cache {engines}: {err}") from err
         return name, options
 
-    def _new_session(self, intra_op_threads: int) -> ort.InferenceSession:
+    def _new_session(self, intra_op_threads: int, *, spin: bool) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads sleep instead of spinning: on a few shared cores, spinning
-        # threads starve HTTP handling and image decoding (measured in docs/service.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # `spin`: intra-op threads spin between the operators of a run (ResNet-18, one image on
+        # 2 threads: 13.0 -> 12.0 ms) and sleep as soon as it ends (ORT's default spins on after
+        # it: ~4 ms of CPU per 5 ms idle gap, taken from HTTP handling and decoding on a few
+        # shared cores). Only for the sessions that run alone, the only instance and the solo
+        # one (taken when no other batch runs): two spinning side by side would oversubscribe
+        # the cores. Elsewhere idle threads sleep (docs/benchmarks.md, item 19).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             # Loaded from bytes: there is no model path, so ORT cannot open external data files.
             return ort.InferenceSession(
@@ -262,11 +272,11 @@ class Runtime:
         one: lone batches use the instance's own session meanwhile) with a fresh, checked one."""
         if solo and self.solo is not None:
             self.solo = None
-            session = self._new_session(self._solo_threads)
+            session = self._new_session(self._solo_threads, spin=True)
             self._check_outputs(session)
             self.solo = session
             return
-        session = self._new_session(self._intra_op_threads)
+        session = self._new_session(self._intra_op_threads, spin=self._lone_instance)
         self._check_outputs(session)
         self.sessions[instance] = session
 

@@ -44,6 +44,29 @@ def test_solo_session_answers_as_the_instances_do(solo_runtime: Runtime) -> None
     np.testing.assert_allclose(alone["logits"], own["logits"], rtol=1e-5, atol=1e-6)
 
 
+def spins(session: object) -> str:
+    options = session.get_session_options()  # type: ignore[attr-defined]
+    return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+
+def test_only_sessions_that_run_alone_spin(
+    solo_runtime: Runtime, tiny_repo: Path, tiny_cnn: TinyModel
+) -> None:
+    """Spinning within a run, never after it (`session.force_spinning_stop`), and only where no
+    other session runs beside: the solo session and a lone instance, not side-by-side ones."""
+    assert [spins(s) for s in solo_runtime.sessions] == ["0", "0"]
+    assert spins(solo_runtime.solo) == "1"
+    solo_runtime.recreate(0, solo=True)
+    solo_runtime.recreate(1)
+    assert spins(solo_runtime.solo) == "1"
+    assert spins(solo_runtime.sessions[1]) == "0"
+    lone = tiny_runtime(tiny_repo, tiny_cnn, instances=1)
+    assert spins(lone.sessions[0]) == "1"
+    for session in (*solo_runtime.sessions, solo_runtime.solo, lone.sessions[0]):
+        options = session.get_session_options()  # type: ignore[union-attr]
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_solo_session_is_dropped_where_it_is_not_faster(
     tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
