@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,11 @@ from service.schemas import (
 )
 
 ALL_LAYERS = "all"
+# Up to this many classes, softmax and top-k run in plain Python: each numpy call costs
+# microseconds of dispatch, more than the arithmetic on a few values (LeNet-5: 250 -> 220 us of
+# event-loop time per request, docs/benchmarks.md item 20); more (ImageNet's 1000) in numpy.
+# Both give the same probabilities and break ties by the lower index.
+PYTHON_MAX_CLASSES = 128
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -28,13 +34,26 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return exp / exp.sum()  # type: ignore[no-any-return]
 
 
+def _softmax_list(values: list[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
 def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Prediction]:
     """The k most probable classes (k capped at the class count), most probable first."""
-    probabilities = softmax(logits)
-    order = np.argsort(-probabilities, kind="stable")[: min(k, len(labels))]
+    count = min(k, len(labels))
+    probabilities: list[float] | npt.NDArray[np.float64]
+    if len(logits) <= PYTHON_MAX_CLASSES:
+        probabilities = _softmax_list(logits.tolist())
+        ranked = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)
+        order = ranked[:count]
+    else:
+        probabilities = softmax(logits)
+        order = np.argsort(-probabilities, kind="stable")[:count].tolist()
     return [
-        Prediction(label=labels[i], index=int(i), probability=float(probabilities[i]))
-        for i in order
+        Prediction(label=labels[i], index=i, probability=float(probabilities[i])) for i in order
     ]
 
 

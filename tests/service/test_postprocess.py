@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import postprocess
 from service.errors import CamUnavailable, LayerNotFound
 from service.metadata import FeatureMap
 from service.postprocess import (
@@ -42,6 +43,26 @@ def test_top_k_sorted_labelled_and_capped() -> None:
     expected = np.exp(3.0) / np.exp(logits.astype(np.float64)).sum()
     assert preds[0].probability == pytest.approx(expected)
     assert len(top_k(logits, LABELS, 50)) == len(LABELS)
+
+
+@pytest.mark.parametrize("classes", [4, 10, 1000])
+def test_top_k_python_and_numpy_paths_agree(classes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few classes take plain Python, many numpy: same order (ties: lower index first) and the
+    same probabilities either way."""
+    rng = np.random.default_rng(classes)
+    logits = rng.standard_normal(classes).astype(np.float32) * 4
+    logits[classes // 2] = logits[classes // 3] = logits.max()  # a tie at the top
+    labels = [f"class {i}" for i in range(classes)]
+    results = []
+    for limit in (10_000, 0):  # every count in Python, then every count in numpy
+        monkeypatch.setattr(postprocess, "PYTHON_MAX_CLASSES", limit)
+        results.append(top_k(logits, labels, 7))
+    python, numpy = ([(p.index, p.label) for p in r] for r in results)
+    assert python == numpy
+    assert python[0][0] == classes // 3 < python[1][0] == classes // 2
+    np.testing.assert_allclose(
+        [p.probability for p in results[0]], [p.probability for p in results[1]], rtol=1e-12
+    )
 
 
 def test_most_active_channels_first() -> None:
