@@ -311,12 +311,15 @@ def _content_types() -> list[BadInput]:
         "image/png; q=0.5",
     ]
     # A correct image under an upper-case or parameterised media type may be served, and so may
-    # one sent with none or as curl's default form type (recognised by its first bytes).
-    sniffed = (None, "", "application/x-www-form-urlencoded")
+    # one sent with no media type or as curl's default form type (recognised by its first bytes).
+    sniffed = ("", "application/x-www-form-urlencoded")
+
+    def may_succeed(content_type: str | None) -> bool:
+        media = (content_type or "").split(";")[0].strip().lower()
+        return media in sniffed or "png" in media
+
     return [
-        BadInput(
-            f"content-type-{i}-{t!r}", t, png, may_succeed=t in sniffed or "png" in str(t).lower()
-        )
+        BadInput(f"content-type-{i}-{t!r}", t, png, may_succeed=may_succeed(t))
         for i, t in enumerate(types)
     ]
 
