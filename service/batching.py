@@ -46,9 +46,13 @@ logger = logging.getLogger(__name__)
 RECOVERY_RETRY_S = 1.0
 
 
-def _ignore_outcome(future: asyncio.Future[Outputs]) -> None:
-    if not future.cancelled():
-        future.exception()
+class _WatchdogExpired(Exception):
+    """A batch outlived `batch_timeout_s`."""
+
+
+def _expire(running: asyncio.Future[Outputs]) -> None:
+    if not running.done():
+        running.set_exception(_WatchdogExpired())
 
 
 class Reservation:
@@ -328,18 +332,20 @@ class Batcher:
             item.queue_s = started - item.enqueued
             self._queue_seconds.observe(item.queue_s)
         batch = np.stack([item.tensor for item in items])
-        job = self._threads[instance].submit(
+        running = self._threads[instance].submit(
             lambda: self._runner.run(instance, batch, outputs, solo)
         )
-        running = asyncio.wrap_future(job)
+        loop = asyncio.get_running_loop()
+        watchdog = (
+            None if self._timeout_s is None else loop.call_later(self._timeout_s, _expire, running)
+        )
         try:
-            result = await asyncio.wait_for(asyncio.shield(running), self._timeout_s)
-        except TimeoutError:
+            result = await running
+        except _WatchdogExpired:
             model = self.model
             message = "%s: batch of %d still running after %.1f s: session abandoned, recreating"
             logger.error(message, model, len(items), self._timeout_s)
             self._fail(items, RuntimeStalled(f"{self.model}: inference timed out", model=model))
-            running.add_done_callback(_ignore_outcome)  # whenever the stuck run() ends
             self._threads[instance].stop()  # its thread is stuck in run(); a new one replaces it
             self._threads[instance] = self._thread(instance)
             self._recover(instance, solo)
@@ -352,6 +358,9 @@ class Batcher:
             self._fail(items, failure)
             self._recover(instance, solo)
             return
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         self._release(instance)
         compute_s = time.perf_counter() - started
         self._compute_seconds.observe(compute_s)
