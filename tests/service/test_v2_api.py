@@ -99,6 +99,9 @@ def base_url(tiny_repo: Path, gate: Gate) -> Iterator[str]:
         max_queue_delay_ms=0,
         # One ORT instance: the gated-runtime tests hold it busy to make a queue.
         instances=1,
+        # No cap from measured compute time: a batch held at the gate would measure as slow
+        # and cap the next batches at one image (the tests count batch sizes).
+        max_batch_compute_ms=0,
     )
     with threaded_server(settings) as url:
         yield url
