@@ -51,6 +51,9 @@ from bench.models import BENCH_REPOSITORY, LENET, ensure_models, image_for  # no
 
 RESULTS_JSON = REPO_ROOT / "docs" / "bench" / "results.json"
 OVERLOAD_FACTOR = 3.0
+GROUP_EXIT_S = 30  # a stopped server's children get this long to exit before SIGKILL
+SETTLE_MAX_S = 15  # then the machine this long to fall below SETTLED_BUSY_CORES
+SETTLED_BUSY_CORES = 0.25
 SYSTEMS = ("floor", "naive", "litserve", "pytriton", "convserve", "convserve-workers")
 
 
@@ -114,14 +117,61 @@ def server(name: str, model: str, repository: Path, batch: int, delay_ms: float)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (LitServe and Triton start children), then SIGKILL."""
+    """SIGTERM the server's process group (LitServe and Triton start children), then SIGKILL;
+    return once every process of the group is gone and the CPU has settled, so the next system
+    does not start beside a server still shutting down (Triton's takes seconds)."""
+    group = process.pid
     try:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(group, signal.SIGTERM)
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(group, signal.SIGKILL)
         process.wait()
     except ProcessLookupError:
+        pass
+    started = time.monotonic()
+    deadline = started + GROUP_EXIT_S
+    while group_alive(group):
+        if time.monotonic() > deadline:
+            os.killpg(group, signal.SIGKILL)
+            deadline = math.inf
+        time.sleep(0.1)
+    exited = time.monotonic()
+    settle()
+    print(
+        f"  stopped: group gone in {exited - started:.1f} s, "
+        f"machine settled {time.monotonic() - exited:.1f} s later",
+        flush=True,
+    )
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def busy_cores(window_s: float = 0.5) -> float:
+    """Cores' worth of CPU busy over `window_s` (from /proc/stat: every process, not only ours)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = sample()
+    time.sleep(window_s)
+    busy1, total1 = sample()
+    cores = os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(1, total1 - total0)
+
+
+def settle() -> None:
+    """Wait (up to SETTLE_MAX_S) until the machine is nearly idle before the next system."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while time.monotonic() < deadline and busy_cores() > SETTLED_BUSY_CORES:
         pass
 
 
