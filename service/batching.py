@@ -38,21 +38,12 @@ from service.errors import (
 from service.estimates import ImageTimes, start_after
 from service.metrics import Metrics
 from service.runtime import Outputs
-from service.workers import BatchRunner, InstanceThread
+from service.workers import BatchRunner, InstanceThread, Stalled
 
 logger = logging.getLogger(__name__)
 
 
 RECOVERY_RETRY_S = 1.0
-
-
-class _WatchdogExpired(Exception):
-    """A batch outlived `batch_timeout_s`."""
-
-
-def _expire(running: asyncio.Future[Outputs]) -> None:
-    if not running.done():
-        running.set_exception(_WatchdogExpired())
 
 
 class Reservation:
@@ -336,15 +327,11 @@ class Batcher:
         else:
             batch = np.stack([item.tensor for item in items])
         running = self._threads[instance].submit(
-            lambda: self._runner.run(instance, batch, outputs, solo)
-        )
-        loop = asyncio.get_running_loop()
-        watchdog = (
-            None if self._timeout_s is None else loop.call_later(self._timeout_s, _expire, running)
+            lambda: self._runner.run(instance, batch, outputs, solo), self._timeout_s
         )
         try:
             result = await running
-        except _WatchdogExpired:
+        except Stalled:
             model = self.model
             message = "%s: batch of %d still running after %.1f s: session abandoned, recreating"
             logger.error(message, model, len(items), self._timeout_s)
@@ -361,9 +348,6 @@ class Batcher:
             self._fail(items, failure)
             self._recover(instance, solo)
             return
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
         self._release(instance)
         compute_s = time.perf_counter() - started
         self._compute_seconds.observe(compute_s)

@@ -38,18 +38,38 @@ class BatchRunner(Protocol):
     def recreate(self, instance: int, solo: bool = False) -> None: ...
 
 
-Job = tuple[Callable[[], Outputs], "asyncio.Future[Outputs]", asyncio.AbstractEventLoop]
+# What to run, where its outcome goes (a future of that loop) and the watchdog on it, if any.
+Job = tuple[
+    Callable[[], Outputs],
+    "asyncio.Future[Outputs]",
+    asyncio.AbstractEventLoop,
+    asyncio.TimerHandle | None,
+]
+
+
+class Stalled(Exception):
+    """A job outlived the watchdog given to `InstanceThread.submit`."""
 
 
 def _settle(
-    future: asyncio.Future[Outputs], result: Outputs | None, error: BaseException | None
+    future: asyncio.Future[Outputs],
+    watchdog: asyncio.TimerHandle | None,
+    result: Outputs | None,
+    error: BaseException | None,
 ) -> None:
-    if future.done():  # given up on meanwhile (the batcher's watchdog)
+    if watchdog is not None:
+        watchdog.cancel()
+    if future.done():  # given up on meanwhile (the watchdog)
         return
     if error is not None:
         future.set_exception(error)
     else:
         future.set_result(result)  # type: ignore[arg-type]
+
+
+def _expire(future: asyncio.Future[Outputs]) -> None:
+    if not future.done():
+        future.set_exception(Stalled())
 
 
 class InstanceThread:
@@ -61,13 +81,17 @@ class InstanceThread:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], Outputs]) -> asyncio.Future[Outputs]:
+    def submit(
+        self, fn: Callable[[], Outputs], timeout_s: float | None = None
+    ) -> asyncio.Future[Outputs]:
         """Run `fn` on this thread; its outcome lands in the returned future of the calling
         event loop with one `call_soon_threadsafe` (a concurrent future wrapped for the loop
-        cost the loop ~12 us more per batch, docs/benchmarks.md item 20)."""
+        cost the loop ~12 us more per batch, docs/benchmarks.md item 20). Past `timeout_s` the
+        future fails with `Stalled` (the run itself cannot be interrupted)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._jobs.put((fn, future, loop))
+        watchdog = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
+        self._jobs.put((fn, future, loop, watchdog))
         return future
 
     def stop(self) -> None:
@@ -75,13 +99,12 @@ class InstanceThread:
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, future, loop = job
+            fn, future, loop, watchdog = job
             result, error = None, None
             try:
                 result = fn()
             except BaseException as err:  # noqa: BLE001 - handed to the awaiting batch
                 error = err
-            with contextlib.suppress(
-                RuntimeError
-            ):  # the loop closed while an abandoned run went on
-                loop.call_soon_threadsafe(_settle, future, result, error)
+            # The loop may have closed while an abandoned (hung) run went on.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, watchdog, result, error)
