@@ -38,13 +38,8 @@ class BatchRunner(Protocol):
     def recreate(self, instance: int, solo: bool = False) -> None: ...
 
 
-# What to run, where its outcome goes (a future of that loop) and the watchdog on it, if any.
-Job = tuple[
-    Callable[[], Outputs],
-    "asyncio.Future[Outputs]",
-    asyncio.AbstractEventLoop,
-    asyncio.TimerHandle | None,
-]
+# What to run, where its outcome goes (a future of the submitting loop) and its watchdog, if any.
+Job = tuple[Callable[[], Outputs], "asyncio.Future[Outputs]", asyncio.TimerHandle | None]
 
 
 class Stalled(Exception):
@@ -91,7 +86,7 @@ class InstanceThread:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         watchdog = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
-        self._jobs.put((fn, future, loop, watchdog))
+        self._jobs.put((fn, future, watchdog))
         return future
 
     def stop(self) -> None:
@@ -99,7 +94,7 @@ class InstanceThread:
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, future, loop, watchdog = job
+            fn, future, watchdog = job
             result, error = None, None
             try:
                 result = fn()
@@ -107,4 +102,4 @@ class InstanceThread:
                 error = err
             # The loop may have closed while an abandoned (hung) run went on.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, watchdog, result, error)
+                future.get_loop().call_soon_threadsafe(_settle, future, watchdog, result, error)

@@ -14,6 +14,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.edge import declared_too_large
 from service.api.errors import describe_validation
+from service.classify import PNG_SIGNATURE
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -32,7 +33,7 @@ FILE_FIELD = "file"
 # A body with no media type, or with curl's default for `--data-binary`, is taken as a raw image
 # when its first bytes are one (`curl --data-binary @photo.jpg URL` works); anything else is 415.
 SNIFFED_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", PNG_SIGNATURE)  # JPEG, PNG
 WEBP_SIGNATURE = (b"RIFF", b"WEBP")  # bytes 0-3 and 8-11
 DATA_URL_PREFIX = re.compile(r"^\s*data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
