@@ -4,6 +4,7 @@ batches side by side run on the instances' own narrower sessions."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,32 @@ def test_solo_session_is_dropped_where_it_is_not_faster(
     assert runtime.solo is None
     batch = np.stack(images(2))
     assert runtime.run(1, batch, ["logits"], solo=True)["logits"].shape[0] == 2  # own session
+
+
+def test_a_slow_start_of_the_timing_does_not_pick_the_solo_session(
+    tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first three timed runs are slowed (as the decoders' warm-up or another model loading
+    slows them at startup): timed one session after the other, that fell on the instance's own
+    session alone and kept a solo session that the tiny model gains nothing from; timed in
+    turn, the disturbance hits both and the faster runs decide."""
+    runtime = build(tiny_repo, tiny_cnn)
+    real_run = runtime._run
+    timed: list[object] = []
+
+    def disturbed(session: object, batch: np.ndarray, outputs: list[str]) -> object:
+        if batch.shape[0] == 1:  # the timing runs (the output checks run batches of two)
+            timed.append(session)
+            if len(timed) <= 3:
+                time.sleep(0.002)
+        return real_run(session, batch, outputs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime, "_run", disturbed)
+    runtime.warm_up()
+    assert runtime.solo is None
+    assert timed[:4] == [runtime.sessions[0], timed[1], runtime.sessions[0], timed[1]]
+    assert timed[1] is not runtime.sessions[0]
+    assert len(timed) >= 2 * runtime_module.SOLO_TRIALS
 
 
 def test_recreate_replaces_the_session_that_ran(solo_runtime: Runtime) -> None:
