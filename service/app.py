@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import classify, health, models, v2, web
 from service.api.direct import DirectLane
@@ -39,6 +40,46 @@ CORS_REQUEST_HEADERS = [
     "X-Request-Timeout-Ms",
     "Inference-Header-Content-Length",
 ]
+
+
+class ConvserveApp(FastAPI):
+    """FastAPI, with HTTP requests entering the middleware stack at the edge.
+
+    Above the edge (the outermost middleware of our own) sit FastAPI's and Starlette's layers:
+    the native OpenTelemetry entry, the 500 handler and its exception recorder, the app-wide body
+    limit. The edge catches every exception first and limits the body itself, so with FastAPI's
+    telemetry unconfigured (no OpenTelemetry SDK set up) those layers do nothing for an HTTP
+    request but cost it five coroutine frames, each resumed at every await (docs/benchmarks.md,
+    item 21). With telemetry configured, a root path set, or a middleware added outside the
+    edge, every request takes FastAPI's whole path."""
+
+    _edge: ASGIApp | None = None
+    _edge_searched = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._enters_at_edge():
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self  # as Starlette's entry sets it
+        await self._edge(scope, receive, send)  # type: ignore[misc]
+
+    def _enters_at_edge(self) -> bool:
+        if not self._edge_searched:
+            self._edge, self._edge_searched = self._outermost_edge(), True
+        return (
+            self._edge is not None and not self.root_path and not self._native_telemetry.enabled()
+        )
+
+    def _outermost_edge(self) -> EdgeMiddleware | None:
+        outermost: object = self.user_middleware[0].cls if self.user_middleware else None
+        if outermost is not EdgeMiddleware:
+            return None
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        layer: ASGIApp | None = self.middleware_stack
+        while layer is not None and not isinstance(layer, EdgeMiddleware):
+            layer = getattr(layer, "app", None)
+        return layer
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             classifier.close()
             metrics.close()
 
-    app = FastAPI(
+    app = ConvserveApp(
         title="convserve",
         description=DESCRIPTION,
         version="0.1.0",

@@ -172,9 +172,7 @@ class Classifier:
             tensors = work()
         else:
             tensors = await asyncio.get_running_loop().run_in_executor(self._pool, work)
-        self._metrics.preprocess_duration.labels(loaded.ref.model).observe(
-            time.perf_counter() - started
-        )
+        self._metrics.observe_preprocess(loaded.ref.model, time.perf_counter() - started)
         return tensors
 
     async def run(

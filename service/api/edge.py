@@ -221,6 +221,4 @@ def _observe(scope: Scope, status: int, duration_s: float) -> None:
     state: dict[str, Any] = scope.get("state") or {}
     model = model_label(scope)
     version = str(state.get("version", ""))
-    metrics = _metrics(scope)
-    metrics.requests.labels(model, version, template, str(status)).inc()
-    metrics.request_duration.labels(model, template).observe(duration_s)
+    _metrics(scope).observe_request(model, version, template, str(status), duration_s)
