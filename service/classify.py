@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from service.preprocess import ALLOWED_FORMATS, DECODE_ERRORS, decode, preproces
 from service.runtime import Outputs
 from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
 from service.settings import Settings
+from service.smallpng import png_size
 
 logger = logging.getLogger(__name__)
 WaitDisconnect = Callable[[], Awaitable[None]]
@@ -37,8 +37,6 @@ INLINE_MAX_BYTES = 4096
 INLINE_MAX_PIXELS = 64 * 64
 INLINE_MAX_IMAGES = 4
 WATCH_DISCONNECT_AFTER_S = 0.01
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_IHDR_END = 24  # signature (8), chunk length (4), "IHDR" (4), width (4), height (4)
 
 
 def decodes_inline(images: list[bytes]) -> bool:
@@ -52,14 +50,6 @@ def decodes_inline(images: list[bytes]) -> bool:
         if size is None or size[0] * size[1] > INLINE_MAX_PIXELS:
             return False  # undecodable or a bomb header: the pool path reports it
     return True
-
-
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG's IHDR chunk (the first chunk), without Pillow."""
-    if len(data) < PNG_IHDR_END or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", data[16:PNG_IHDR_END])
-    return int(width), int(height)
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

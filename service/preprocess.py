@@ -33,6 +33,7 @@ from service.errors import (
     UnsupportedImage,
 )
 from service.metadata import ModelMetadata, Preprocessing
+from service.smallpng import decode_plain
 
 # JPEG, PNG and WebP cover cameras, screenshots and the web; other Pillow plugins (TIFF, BMP,
 # PSD, EPS, ...) are attack surface without a use here. GIF is refused: animated, palette-only.
@@ -238,9 +239,12 @@ def _normalize_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> npt.ND
     return tables
 
 
-def to_input(image: Image.Image, spec: Preprocessing) -> npt.NDArray[np.float32]:
-    """(C, H, W) float32: ToTensor's /255 then Normalize's (x - mean) / std, in float32 (one
-    table lookup per pixel and channel, written straight into the channel-first array)."""
+def to_input(
+    image: Image.Image | npt.NDArray[np.uint8], spec: Preprocessing
+) -> npt.NDArray[np.float32]:
+    """(C, H, W) float32 from an image or its (H, W[, C]) bytes: ToTensor's /255 then
+    Normalize's (x - mean) / std, in float32 (one table lookup per pixel and channel, written
+    straight into the channel-first array)."""
     pixels = np.asarray(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -276,6 +280,14 @@ def preprocess(
     docstring (bit-exact with torchvision when False, or when the image is no JPEG large enough
     to draft)."""
     spec = metadata.preprocessing
+    pixels = decode_plain(data, metadata.input.color_mode)  # a small plain PNG, without Pillow
+    if pixels is not None:
+        height, width = pixels.shape[:2]
+        _check_size(width, height, max_pixels=max_pixels, min_side=min_side)
+        _check_resized(width, height, spec.resize, max_pixels)
+        if resize_size(width, height, spec.resize) == (width, height) == (spec.center_crop,) * 2:
+            return to_input(pixels, spec)  # already the model's input size
+        return to_input(resize_and_crop(Image.fromarray(pixels), spec), spec)
     with _decode_errors():
         opened = _open(data, max_pixels=max_pixels, min_side=min_side)
         _check_resized(*opened.size, spec.resize, max_pixels)

@@ -14,7 +14,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.edge import declared_too_large
 from service.api.errors import describe_validation
-from service.classify import PNG_SIGNATURE
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -23,6 +22,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.schemas import JsonImages
+from service.smallpng import PNG_SIGNATURE
 
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
