@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -182,17 +183,19 @@ class Classifier:
         return items
 
     @staticmethod
-    async def _wait(
-        items: list[Item], wait_disconnect: WaitDisconnect | None, model: str
-    ) -> list[Outputs]:
-        """All items' outputs; a client gone first cancels them (dropped before compute).
+    async def _wait(items: list[Item], wait_disconnect: WaitDisconnect | None, model: str) -> None:
+        """Until every item has its outputs; a client gone first cancels them (dropped before
+        compute). One image waits on its own future (a gather around one costs more).
 
         The disconnect watcher (a task reading the connection) starts only after
         `WATCH_DISCONNECT_AFTER_S`: most answers come sooner, and a task per request cost the
         tiny-model path more than its compute. A request still queued then is watched."""
-        gathered: asyncio.Future[list[Outputs]] = asyncio.gather(*(i.future for i in items))
+        gathered: asyncio.Future[Any] = (
+            items[0].future if len(items) == 1 else asyncio.gather(*(i.future for i in items))
+        )
         if wait_disconnect is None:
-            return list(await gathered)
+            await gathered
+            return
         loop = asyncio.get_running_loop()
         watchers: list[asyncio.Future[None]] = []
         disconnected = False
@@ -210,7 +213,7 @@ class Classifier:
 
         timer = loop.call_later(WATCH_DISCONNECT_AFTER_S, watch)
         try:
-            return list(await gathered)
+            await gathered
         except asyncio.CancelledError:
             if disconnected:
                 raise ClientDisconnected(
