@@ -51,7 +51,8 @@ class ConvserveApp(FastAPI):
     telemetry unconfigured (no OpenTelemetry SDK set up) those layers do nothing for an HTTP
     request but cost it five coroutine frames, each resumed at every await (docs/benchmarks.md,
     item 21). With telemetry configured, a root path set, or a middleware added outside the
-    edge, every request takes FastAPI's whole path."""
+    edge, every request takes FastAPI's whole path; telemetry is looked at once, at the first
+    request (OpenTelemetry set up later than that is not seen)."""
 
     _edge: ASGIApp | None = None
     _edge_searched = False
@@ -64,11 +65,14 @@ class ConvserveApp(FastAPI):
         await self._edge(scope, receive, send)  # type: ignore[misc]
 
     def _enters_at_edge(self) -> bool:
+        """Decided at the first HTTP request: FastAPI asks OpenTelemetry's providers on every
+        request whether they are configured (environment lookups included, ~3 µs warm and
+        ~10 µs cold), which an app set up at startup need not ask again."""
         if not self._edge_searched:
-            self._edge, self._edge_searched = self._outermost_edge(), True
-        return (
-            self._edge is not None and not self.root_path and not self._native_telemetry.enabled()
-        )
+            self._edge_searched = True
+            if not self.root_path and not self._native_telemetry.enabled():
+                self._edge = self._outermost_edge()
+        return self._edge is not None
 
     def _outermost_edge(self) -> EdgeMiddleware | None:
         outermost: object = self.user_middleware[0].cls if self.user_middleware else None

@@ -306,7 +306,7 @@ class Batcher:
         ready = []
         for item in batch:
             if item.future.done():  # cancelled: the client disconnected or gave up
-                self._metrics.failures.labels(self.model, "client_disconnected").inc()
+                self._metrics.count_failure(self.model, "client_disconnected")
                 continue
             if item.deadline is not None and now >= item.deadline:
                 item.future.set_exception(

@@ -120,6 +120,7 @@ class Metrics:
         # label sets are bounded (known models, route templates, status codes).
         self._request_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._preprocess_series: dict[str, Any] = {}
+        self._failure_series: dict[tuple[str, str], Any] = {}
         self._gpu = NvmlCollector.create() if gpu else None
         if self._gpu is not None:
             r.register(self._gpu)
@@ -135,6 +136,13 @@ class Metrics:
             self._request_series[key] = series
         series[0].inc()
         series[1].observe(duration_s)
+
+    def count_failure(self, model: str, reason: str) -> None:
+        """One request answered with an error (`reason`: its error code)."""
+        series = self._failure_series.get((model, reason))
+        if series is None:
+            series = self._failure_series[(model, reason)] = self.failures.labels(model, reason)
+        series.inc()
 
     def observe_preprocess(self, model: str, duration_s: float) -> None:
         series = self._preprocess_series.get(model)

@@ -87,7 +87,7 @@ def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
     counted in convserve_failures_total as the exception handlers count theirs."""
     metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
     if metrics is not None:
-        metrics.failures.labels("", error.code).inc()
+        metrics.count_failure("", error.code)
     if is_v2_path(scope["path"]):
         return v2_error(error.status_code, error.message, error.retry_after_s)
     return error_response(error.status_code, error.code, error.message, error.retry_after_s)
@@ -154,7 +154,7 @@ class EdgeMiddleware:
         except Exception:  # noqa: BLE001 - the last line of defence: a 500, never a traceback
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             status = 500
-            _metrics(scope).failures.labels(model_label(scope), "internal").inc()
+            _metrics(scope).count_failure(model_label(scope), "internal")
             if not response_started:
                 await error_response(500, "internal", "internal server error")(
                     scope, receive, edge_send

@@ -14,7 +14,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api.labels import model_label
 from service.errors import ConvserveError
 from service.metrics import Metrics
-from service.schemas import ErrorBody, ErrorDetail
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +33,17 @@ HTTP_CODES = {
 def error_response(
     status: int, code: str, message: str, retry_after_s: int | None = None
 ) -> JSONResponse:
+    """The DESIGN §6 body (schemas.ErrorBody's shape, built as a dict: a refusal under overload
+    should cost little)."""
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    body = ErrorBody(error=ErrorDetail(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def count_failure(request: Request, model: str, reason: str) -> None:
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is not None:
-        metrics.failures.labels(model, reason).inc()
+        metrics.count_failure(model, reason)
 
 
 async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
