@@ -9,24 +9,11 @@ import httpx
 import pytest
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.edge import EdgeMiddleware
 from service.app import ConvserveApp
 from service.metrics import Metrics
-
-
-class Outer:
-    """A middleware added after the edge, so outside it: counts the requests it sees."""
-
-    def __init__(self, app: ASGIApp, seen: list[str]) -> None:
-        self.app = app
-        self.seen = seen
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.seen.append(scope["path"])
-        await self.app(scope, receive, send)
+from tests.service.test_direct_route import Recorder
 
 
 def edge_app(outer: list[str] | None = None) -> ConvserveApp:
@@ -43,7 +30,7 @@ def edge_app(outer: list[str] | None = None) -> ConvserveApp:
 
     app.add_middleware(EdgeMiddleware, max_body_bytes=8, body_timeout_s=5, max_inflight_requests=4)
     if outer is not None:
-        app.add_middleware(Outer, seen=outer)
+        app.add_middleware(Recorder, reached=outer)  # added after the edge: outside it
     return app
 
 
