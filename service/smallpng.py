@@ -55,7 +55,7 @@ def decode_plain(data: bytes, color_mode: str) -> npt.NDArray[np.uint8] | None:
         return None
     try:
         pixels: npt.NDArray[np.uint8] = pyspng.load(data)
-    except RuntimeError:
+    except (RuntimeError, ValueError, MemoryError):  # libspng's refusals, as pybind11 raises them
         return None
     return pixels
 
