@@ -75,9 +75,11 @@ def assert_same_outcome(data: bytes, meta: ModelMetadata, monkeypatch: pytest.Mo
 
 def with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
     """`data` with one more chunk right after IHDR."""
-    chunk = struct.pack(">I", len(body)) + kind + body
-    chunk += struct.pack(">I", zlib.crc32(kind + body))
-    return data[:33] + chunk + data[33:]
+    return data[:33] + chunk(kind, body) + data[33:]
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def chunk_offsets(data: bytes) -> list[tuple[int, int]]:
@@ -131,6 +133,27 @@ def test_text_and_colour_space_chunks_change_nothing(monkeypatch: pytest.MonkeyP
     data = with_chunk(data, b"gAMA", struct.pack(">I", 45455))
     assert decode_plain(data, "L") is not None
     assert_same_outcome(data, metadata("L"), monkeypatch)
+
+
+def test_image_data_split_over_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoders may split the zlib stream over IDAT chunks of any size, empty ones included;
+    an ancillary chunk between them (invalid) is left to Pillow."""
+    image = noise("L", (28, 28))
+    data = png(image)
+    (_, _), (idat, length), (iend, _) = chunk_offsets(data)
+    stream = data[idat + 8 : idat + 8 + length]
+    split = data[:idat] + b"".join(
+        chunk(b"IDAT", part) for part in (stream[:100], stream[100:101], b"", stream[101:])
+    )
+    split += data[iend:]
+    pixels = decode_plain(split, "L")
+    assert pixels is not None
+    assert np.array_equal(pixels, np.asarray(image))
+    assert_same_outcome(split, metadata("L"), monkeypatch)
+    interrupted = data[:idat] + chunk(b"IDAT", stream[:100]) + chunk(b"tEXt", b"a\0b")
+    interrupted += chunk(b"IDAT", stream[100:]) + data[iend:]
+    assert decode_plain(interrupted, "L") is None
+    assert_same_outcome(interrupted, metadata("L"), monkeypatch)
 
 
 def exif_rotated() -> bytes:
