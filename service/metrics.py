@@ -17,6 +17,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -115,40 +116,34 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",  # several workers: 1 only when every one serves it
         )
-        # Children looked up once per label set: `labels()` validates, converts and locks on
-        # every call (tens of microseconds per request on a cold cache). Never pruned: these
-        # label sets are bounded (known models, route templates, status codes).
-        self._request_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
-        self._preprocess_series: dict[str, Any] = {}
-        self._failure_series: dict[tuple[str, str], Any] = {}
+        # Children looked up once per label set (`_series`): `labels()` validates, converts and
+        # locks on every call (tens of microseconds per request on a cold cache). Never pruned:
+        # the label sets of the hot paths are bounded (known models, route templates, codes).
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         self._gpu = NvmlCollector.create() if gpu else None
         if self._gpu is not None:
             r.register(self._gpu)
+
+    def _series(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_request(
         self, model: str, version: str, route: str, code: str, duration_s: float
     ) -> None:
         """One answered HTTP request: requests_total and request_duration_seconds."""
-        key = (model, version, route, code)
-        series = self._request_series.get(key)
-        if series is None:
-            series = (self.requests.labels(*key), self.request_duration.labels(model, route))
-            self._request_series[key] = series
-        series[0].inc()
-        series[1].observe(duration_s)
+        self._series(self.requests, model, version, route, code).inc()
+        self._series(self.request_duration, model, route).observe(duration_s)
 
     def count_failure(self, model: str, reason: str) -> None:
         """One request answered with an error (`reason`: its error code)."""
-        series = self._failure_series.get((model, reason))
-        if series is None:
-            series = self._failure_series[(model, reason)] = self.failures.labels(model, reason)
-        series.inc()
+        self._series(self.failures, model, reason).inc()
 
     def observe_preprocess(self, model: str, duration_s: float) -> None:
-        series = self._preprocess_series.get(model)
-        if series is None:
-            series = self._preprocess_series[model] = self.preprocess_duration.labels(model)
-        series.observe(duration_s)
+        self._series(self.preprocess_duration, model).observe(duration_s)
 
     def set_ready(self, model: str, version: int, provider: str, ready: bool) -> None:
         self.model_ready.labels(model, str(version), provider).set(1 if ready else 0)

@@ -187,9 +187,8 @@ class Runtime:
         self._intra_op_threads = intra_op_threads
         # A session that never runs beside another may spin (`_new_session`): the only
         # instance, and the solo session.
-        self._lone_instance = instances == 1
         self.sessions = [
-            self._new_session(intra_op_threads, spin=self._lone_instance) for _ in range(instances)
+            self._new_session(intra_op_threads, spin=instances == 1) for _ in range(instances)
         ]
         self.provider: str = self.sessions[0].get_providers()[0]
         if providers[0] != self.provider:
@@ -283,7 +282,7 @@ class Runtime:
             self._check_outputs(session)
             self.solo = session
             return
-        session = self._new_session(self._intra_op_threads, spin=self._lone_instance)
+        session = self._new_session(self._intra_op_threads, spin=self.instances == 1)
         self._check_outputs(session)
         self.sessions[instance] = session
 

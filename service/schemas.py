@@ -141,12 +141,3 @@ class Health(BaseModel):
     models: dict[str, list[int]] = Field(default_factory=dict)
     missing: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail

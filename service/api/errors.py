@@ -33,8 +33,8 @@ HTTP_CODES = {
 def error_response(
     status: int, code: str, message: str, retry_after_s: int | None = None
 ) -> JSONResponse:
-    """The DESIGN §6 body (schemas.ErrorBody's shape, built as a dict: a refusal under overload
-    should cost little)."""
+    """The DESIGN §6 body `{"error": {"code", "message"}}`, built as a plain dict: a refusal
+    under overload should cost little."""
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
