@@ -21,6 +21,7 @@ from service.api.deps import (
     require_api_key,
 )
 from service.api.inputs import read_body
+from service.api.params import TIMEOUT_HEADER
 from service.errors import BadRequest, Conflict
 from service.settings import Settings
 from service.v2 import infer as v2_infer
@@ -43,7 +44,8 @@ admin = APIRouter(
     route_class=V2Route,
     dependencies=[Depends(require_admin_key)],
 )
-TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout-Ms")]
+# A positive finite number of milliseconds, as on the native routes (params.timeout_ms); else 422.
+TimeoutHeader = Annotated[float | None, Header(alias=TIMEOUT_HEADER, gt=0, allow_inf_nan=False)]
 
 
 @health.get("")

@@ -323,6 +323,17 @@ def queue_depth(client: httpx.Client) -> float:
     return metric_value(client.get("/metrics").text, "convserve_queue_depth", model=MODEL)
 
 
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf"])
+def test_bad_timeout_header_is_a_422_with_the_v2_body(client: httpx.Client, value: str) -> None:
+    """X-Request-Timeout-Ms is read as on the native routes: a positive finite number."""
+    response = client.post(
+        INFER, json=tensor_request(inputs(1)), headers={"X-Request-Timeout-Ms": value}
+    )
+    assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error"}
+    assert "X-Request-Timeout-Ms" in response.json()["error"]
+
+
 def test_v2_and_native_requests_share_a_batch(client: httpx.Client, gate: Gate) -> None:
     """With the runtime busy, a v2 request (2 rows) and a native one (1 image) run as one batch."""
     png = random_png(5)
