@@ -142,6 +142,15 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
 
+    @field_validator("api_key", "admin_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: object) -> object:
+        """An empty key is no key (docker-compose.yml passes `${CONVSERVE_API_KEY:-}`): taken as
+        set, it would lock every client out, since no header can carry an empty key."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("fault_injection")
     @classmethod
     def _fault_spec(cls, value: str) -> str:

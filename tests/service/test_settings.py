@@ -77,6 +77,16 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in repr(shown)
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_key_is_no_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """docker-compose.yml passes `${CONVSERVE_API_KEY:-}`: empty must leave inference open and
+    the repository routes disabled, not require a key no client can send."""
+    monkeypatch.setenv("CONVSERVE_API_KEY", value)
+    monkeypatch.setenv("CONVSERVE_ADMIN_KEY", value)
+    shown = Settings()
+    assert (shown.api_key, shown.admin_key) == (None, None)
+
+
 def test_intra_op_threads_split_cores() -> None:
     cores = cpu_count()
     alone = Settings(instances=1, intra_op_threads=0)
