@@ -58,10 +58,11 @@ def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Pr
 
 
 def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[FeatureMap]:
-    """Feature maps named in the options (validated before any work is done)."""
+    """Feature maps named in the options (validated before any work is done), each once
+    however often it is named: a repeated name must not multiply the response's size."""
     if ALL_LAYERS in options.feature_maps:
         return list(metadata.feature_maps)
-    maps = []
+    maps: list[FeatureMap] = []
     for layer in options.feature_maps:
         fm = metadata.feature_map(layer) or _by_last_part(metadata, layer)
         if fm is None:
@@ -70,7 +71,8 @@ def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[Fe
                 f"{metadata.name} has no feature-map layer {layer!r} (known: {known})",
                 model=metadata.name,
             )
-        maps.append(fm)
+        if fm not in maps:
+            maps.append(fm)
     return maps
 
 

@@ -123,6 +123,14 @@ def test_option_validation(tiny_cnn: TinyModel) -> None:
         required_outputs(flat, ClassifyOptions(cam=True))
 
 
+def test_a_layer_named_twice_is_answered_once(tiny_cnn: TinyModel) -> None:
+    """Short and full names of one layer, repeated: one map each, in first-named order (a
+    thousand repeats must not make a thousand-fold response)."""
+    named = ("conv1", "features.pool1", "features.conv1", "conv1") * 1000
+    maps = postprocess.requested_maps(tiny_cnn.metadata, ClassifyOptions(feature_maps=named))
+    assert [fm.layer for fm in maps] == ["features.conv1", "features.pool1"]
+
+
 def test_build_result_with_cam(tiny_cnn: TinyModel) -> None:
     meta = tiny_cnn.metadata
     rng = np.random.default_rng(2)
