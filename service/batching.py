@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from service.errors import (
     DeadlineExceeded,
+    InvalidOption,
     NotReady,
     Overloaded,
     RuntimeFailure,
@@ -124,6 +125,7 @@ class Batcher:
         and hold their place until `submit` queues them or the block ends: the images being
         decoded count as work ahead of later requests, so a flood is refused before it piles
         up in the decode pool."""
+        self._check_fits(count)
         self.admit(count, deadline)
         reservation = Reservation(self, count)
         self._reserved += count
@@ -131,6 +133,16 @@ class Batcher:
             yield reservation
         finally:
             reservation.release()
+
+    def _check_fits(self, count: int) -> None:
+        """InvalidOption (400) for a request larger than the whole queue: unlike a full queue's
+        503, no retry could help it."""
+        if count > self._max_queue:
+            raise InvalidOption(
+                f"{count} images in one request, more than the queue's {self._max_queue} "
+                "places (CONVSERVE_MAX_QUEUE_SIZE)",
+                model=self.model,
+            )
 
     def admit(self, count: int, deadline: float | None) -> None:
         """Overloaded when `count` more images would be computed only after `deadline` (a
@@ -188,6 +200,7 @@ class Batcher:
             reservation.release()
         if self._closing:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
+        self._check_fits(len(tensors))
         if len(self._pending) + len(tensors) > self._max_queue:
             raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
         if deadline is not None and time.monotonic() >= deadline:

@@ -250,7 +250,7 @@ class ModelManager:
             runtime,
             model=ref.model,
             required_outputs=[meta.output.name],
-            max_batch_size=min(s.max_batch_size, meta.max_batch_size),
+            max_batch_size=min(s.max_batch_size, meta.max_batch_size, s.max_queue_size),
             max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
             max_batch_compute_s=s.max_batch_compute_ms / 1000.0,
             max_queue_size=s.max_queue_size,

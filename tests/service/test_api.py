@@ -263,11 +263,14 @@ def test_multipart_without_file_part(client: httpx.Client) -> None:
     assert_error(response, 400, "bad_request")
 
 
-def test_queue_full_is_503_with_retry_after(client: httpx.Client) -> None:
+def test_more_images_than_the_queue_holds_is_a_400(client: httpx.Client) -> None:
+    """A full queue is a 503 worth retrying (test_v2_api, tests/e2e); a request larger than
+    the whole queue never fits, so it is a 400 that names the limit, not a 503 forever."""
     files = [("file", (f"{i}.png", random_png(i), "image/png")) for i in range(6)]
     response = client.post("/v1/classify", files=files)  # 6 images > max_queue_size 4
-    assert_error(response, 503, "queue_full")
-    assert response.headers["retry-after"] == "1"
+    assert_error(response, 400, "invalid_option")
+    assert "CONVSERVE_MAX_QUEUE_SIZE" in response.json()["error"]["message"]
+    assert "retry-after" not in response.headers
 
 
 def test_deadline_before_compute_is_504(client: httpx.Client) -> None:

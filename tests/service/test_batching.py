@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from service.batching import Batcher
-from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.errors import DeadlineExceeded, InvalidOption, NotReady, Overloaded
 from service.metrics import Metrics
 from service.repository import VersionRef, load_version
 from service.runtime import Outputs, Runtime
@@ -151,8 +151,12 @@ async def test_queue_full_is_overloaded(runtime: Runtime) -> None:
         await asyncio.sleep(0)
     assert refused > 0
     assert accepted <= 2 + 1  # the queue plus the one batch the worker holds
-    with pytest.raises(Overloaded):  # a request that cannot fit is refused whole
+    with pytest.raises(Overloaded):  # a request that cannot fit now is refused whole
+        batcher.submit(images(2), frozenset(), None)
+    with pytest.raises(InvalidOption):  # one that can never fit is a bad request, not a 503
         batcher.submit(images(3), frozenset(), None)
+    with pytest.raises(InvalidOption), batcher.admission(3, None):
+        pass
     gated.gate.set()
     await batcher.close()
 

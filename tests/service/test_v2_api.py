@@ -34,6 +34,7 @@ MODEL = "tiny-cnn"
 ADMIN_KEY = "admin-secret"
 API_KEY = "api-secret"
 INFER = f"/v2/models/{MODEL}/infer"
+MAX_QUEUE_SIZE = 3
 
 
 class Gate:
@@ -93,7 +94,7 @@ def base_url(tiny_repo: Path, gate: Gate) -> Iterator[str]:
         model_repository=tiny_repo,
         providers="cpu",
         admin_key=ADMIN_KEY,
-        max_queue_size=3,
+        max_queue_size=MAX_QUEUE_SIZE,
         # 0: a batch stops filling as soon as the runtime is busy, so what arrives next waits
         # in the queue (observable) until the gate opens.
         max_queue_delay_ms=0,
@@ -154,7 +155,8 @@ def test_model_metadata_and_config(client: httpx.Client, tiny_cnn: TinyModel) ->
     assert names == ["logits", *(fm.output for fm in tiny_cnn.metadata.feature_maps)]
     assert client.get(f"/v2/models/{MODEL}/versions/1").json() == meta
     config = client.get(f"/v2/models/{MODEL}/config").json()
-    assert config["max_batch_size"] == min(32, tiny_cnn.metadata.max_batch_size)
+    # A batch never exceeds the queue it is taken from.
+    assert config["max_batch_size"] == min(32, tiny_cnn.metadata.max_batch_size, MAX_QUEUE_SIZE)
     assert config["input"][0]["dims"] == [1, 16, 16]
     assert [i["name"] for i in config["input"]] == ["input"]
     assert "image" in config["parameters"]["image_input"]["string_value"]
@@ -269,7 +271,7 @@ TENSOR = {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": 
             INFER,
             {"inputs": [{**TENSOR, "shape": [40, 1, 16, 16], "data": [0.0] * 40 * 256}]},
             400,
-            "outside 1..32",
+            f"outside 1..{MAX_QUEUE_SIZE}",
         ),
         (
             INFER,
@@ -376,7 +378,7 @@ def test_full_queue_answers_503_with_the_v2_body(client: httpx.Client, gate: Gat
             # taken by the worker into the next batch, which waits for the busy runtime
             wait_for(lambda: gate.submitted == 2 and queue_depth(client) == 0)
             queued = pool.submit(client.post, INFER, json=tensor_request(inputs(3)))
-            wait_for(lambda: queue_depth(client) == 3)  # max_queue_size=3
+            wait_for(lambda: queue_depth(client) == MAX_QUEUE_SIZE)
             refused = client.post(INFER, json=tensor_request(inputs(1)))
         finally:
             gate.open.set()
