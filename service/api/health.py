@@ -7,9 +7,17 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ManagerDep, MetricsDep
+from service.errors import NotReady
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
+
+
+def readiness(body: dict[str, object], ready: bool) -> JSONResponse:
+    """200, or 503 with Retry-After as every not-ready answer carries (DESIGN §6)."""
+    if ready:
+        return JSONResponse(body)
+    return JSONResponse(body, 503, headers={"Retry-After": str(NotReady.retry_after_s)})
 
 
 # HEAD as well, undocumented: load balancers often probe with it.
@@ -35,7 +43,7 @@ async def ready(manager: ManagerDep) -> JSONResponse:
         missing=manager.missing_models(),
         errors=[message for _, message in manager.errors.values()] + manager.scan_problems,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
+    return readiness(body.model_dump(), status == "ok")
 
 
 @router.get("/metrics", response_class=Response)

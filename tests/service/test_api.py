@@ -393,8 +393,18 @@ def test_not_ready_until_configured_models_load(tiny_repo: Path) -> None:
                 break
             time.sleep(0.05)
         assert body.status_code == 503
+        assert body.headers["retry-after"] == "1"
         assert body.json()["missing"] == ["missing-model"]
+        v2 = c.get("/v2/health/ready")
+        assert (v2.status_code, v2.headers["retry-after"], v2.json()) == (
+            503,
+            "1",
+            {"ready": False},
+        )
+        assert c.head("/v2/health/ready").status_code == 503
         assert c.get("/health/live").status_code == 200
+        for path in ("/v2/health/live", "/v2/models/tiny-cnn/ready"):  # probes may use HEAD
+            assert c.head(path).status_code == 200, path
 
 
 def test_disconnected_client_is_dropped_before_compute(
