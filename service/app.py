@@ -86,6 +86,18 @@ class ConvserveApp(FastAPI):
         return layer
 
 
+# Every route, in the order the router tries them; v2 is the Open Inference Protocol (docs/v2.md).
+ROUTERS = (
+    classify.router,
+    models.router,
+    health.router,
+    v2.health,
+    v2.models,
+    v2.admin,
+    web.router,
+)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_pillow(settings.max_image_pixels)
@@ -144,15 +156,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_inflight_requests=settings.max_inflight_requests,
         request_timeout_ms=settings.request_timeout_ms,
         loop_lag=loop_lag,
+        routes=[route for router in ROUTERS for route in router.routes],
     )
     install_error_handlers(app)
     install_v2_error_handlers(app)  # after the native ones, which it wraps
-    app.include_router(classify.router)
-    app.include_router(models.router)
-    app.include_router(health.router)
-    for router in (v2.health, v2.models, v2.admin):  # Open Inference Protocol (docs/v2.md)
+    for router in ROUTERS:
         app.include_router(router)
-    app.include_router(web.router)
     return app
 
 

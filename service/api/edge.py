@@ -29,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
@@ -110,6 +112,7 @@ class EdgeMiddleware:
         max_inflight_requests: int,
         request_timeout_ms: float = 0,
         loop_lag: LoopLag | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
         self.default_timeout_ms = request_timeout_ms
@@ -118,6 +121,11 @@ class EdgeMiddleware:
         self.body_timeout_s = body_timeout_s or None
         self.max_inflight = max_inflight_requests
         self.inflight = 0
+        # The routes behind, to label a refusal answered here as the router would have.
+        self.routes = list(routes)
+        self.inference_routes = [
+            r for r in routes if str(getattr(r, "path", "")).endswith(INFERENCE_SUFFIXES)
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +148,7 @@ class EdgeMiddleware:
         try:
             refusal = self._refusal(scope, inference)
             if refusal is not None:
+                self._match_route(scope, inference)  # for its route and model labels
                 await error_answer(scope, refusal)(scope, receive, edge_send)
                 return
             if inference:
@@ -180,6 +189,18 @@ class EdgeMiddleware:
                 f"({budget_ms:g} ms): retry later"
             )
         return None
+
+    def _match_route(self, scope: Scope, inference: bool) -> None:
+        """Put the route the request would have taken, and its path parameters, in `scope`, as
+        the router does: a refusal answered here is counted under its route and model, not as
+        an unmatched request. Under a flood of refused inference requests only the few
+        inference routes are tried."""
+        for route in self.inference_routes if inference else self.routes:
+            match, child_scope = route.matches(scope)
+            if match == Match.FULL:
+                scope.update(child_scope)
+                scope.setdefault("route", route)
+                return
 
     def _limited(self, receive: Receive) -> Receive:
         """`receive`, counting the body against the limit and its arrival against the timeout

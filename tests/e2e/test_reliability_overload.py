@@ -21,11 +21,14 @@ CAPACITY_CLIENTS = 8
 CAPACITY_S = 2.0
 OVERLOAD_FACTOR = 3
 OVERLOAD_S = 4.0
-# The issue asks for p99 of rejections < 50 ms. Asserted on the server's own histogram of the
-# answers the in-flight limit gives before routing (route "unmatched"): client-side figures
-# on 2 shared cores measure the client and the neighbours as much as the server (seen: 7 ms
-# alone, 4 s beside a benchmark), so those are printed, not asserted.
-REJECTION_P99_LIMIT_S = 0.05
+# The issue asks for p99 of rejections < 50 ms. Asserted on the server's own histogram: client-
+# side figures on 2 shared cores measure the client and the neighbours as much as the server
+# (seen: 7 ms alone, 4 s beside a benchmark), so those are printed, not asserted. Refusals are
+# counted under the route they were sent to, beside the accepted requests (slow at 3x: their
+# batches of a slow model queue), so 99 % of the refusals fast means at least that many of the
+# route's answers in the histogram's buckets up to the limit (32 ms, the bucket below 50 ms).
+REJECTION_P99_LIMIT_S = 0.032
+ROUTE = "/v1/models/{model}/classify"
 # A real model heavy enough to be the bottleneck (about 0.6 G multiply-adds per image), so that
 # 3x its capacity stays within what one Python client can send.
 SLOW_SIZE, SLOW_CONV1, SLOW_CONV2 = 128, 64, 256
@@ -70,21 +73,6 @@ async def _open_loop(
     return results
 
 
-def histogram_quantile(text: str, name: str, q: float, **labels: str) -> float:
-    """Upper bound of the bucket holding quantile `q` of a Prometheus histogram's samples."""
-    buckets: list[tuple[float, float]] = []
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{") and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(bound), float(line.rpartition(" ")[2])))
-    buckets.sort()
-    total = buckets[-1][1]
-    assert total > 0, f"no {name} samples with {labels}"
-    return next(bound for bound, count in buckets if count >= q * total)
-
-
 def slow_service(tmp_path: Path, **settings: object) -> ServiceProcess:
     """`python -m service` serving slow-cnn on one single-threaded CPU instance."""
     repo = tmp_path / "models"
@@ -120,8 +108,12 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
 
         capacity, results = asyncio.run(scenario())
         metrics = httpx.get(service.base_url + "/metrics").text
-    server_p99 = histogram_quantile(
-        metrics, "convserve_request_duration_seconds", 0.99, route="unmatched"
+    fast_answers = metric_value(
+        metrics,
+        "convserve_request_duration_seconds_bucket",
+        model="slow-cnn",
+        route=ROUTE,
+        le=str(REJECTION_P99_LIMIT_S),
     )
     codes = {code for code, _, _ in results}
     accepted = [latency for code, latency, _ in results if code == 200]
@@ -138,9 +130,11 @@ def test_three_times_capacity_is_shed_fast(tmp_path: Path) -> None:
         f"\noverload: capacity {capacity:.0f} req/s, offered {OVERLOAD_FACTOR}x for {OVERLOAD_S} s:"
         f" {len(results)} sent, {len(accepted)} x 200 (p50 {accept_p50 * 1000:.0f} ms, p99 "
         f"{accept_p99 * 1000:.0f} ms), {len(rejected)} x 503 (p99 {reject_p99 * 1000:.1f} ms; "
-        f"server side <= {server_p99 * 1000:.2f} ms)"
+        f"server side: {fast_answers:.0f} answers within {REJECTION_P99_LIMIT_S * 1000:.0f} ms)"
     )
-    assert server_p99 <= REJECTION_P99_LIMIT_S
+    assert fast_answers >= 0.99 * len(rejected)
+    served = metric_value(metrics, "convserve_requests_total", model="slow-cnn", route=ROUTE)
+    assert served >= len(results)  # refusals at the edge counted under their model and route
 
 
 def test_deadline_default_and_header(tmp_path: Path) -> None:

@@ -67,6 +67,31 @@ def test_declared_length_over_limit_is_413_before_any_body(
     assert metric_value(metrics, "convserve_failures_total", reason="payload_too_large") > 0
 
 
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/v1/models/tiny-cnn/classify", "/v1/models/{model}/classify"),
+        ("/v2/models/tiny-cnn/infer", "/v2/models/{model}/infer"),
+    ],
+)
+def test_a_refusal_at_the_edge_is_counted_under_its_route_and_model(
+    base_url: str, path: str, route: str
+) -> None:
+    """Answered before routing, yet labelled as the router would have: dashboards and alerts
+    per model see it (not under route "unmatched", model "")."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+    labels = {"model": "tiny-cnn", "route": route, "code": "413"}
+    before = metric_value(
+        httpx.get(base_url + "/metrics").text, "convserve_requests_total", **labels
+    )
+    answer, _ = _raw_request(base_url, head)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    after = metric_value(
+        httpx.get(base_url + "/metrics").text, "convserve_requests_total", **labels
+    )
+    assert after == before + 1
+
+
 @pytest.mark.parametrize("path", ["/v1/classify", "/v2/models/tiny-cnn/infer"])
 def test_chunked_body_is_cut_when_it_passes_the_limit(base_url: str, path: str) -> None:
     sent = []
