@@ -18,6 +18,15 @@ class ConvserveError(Exception):
         self.model = model
 
 
+def answer_headers(status_code: int, retry_after_s: int | None) -> dict[str, str] | None:
+    """Headers an error answer carries: Retry-After when a retry may succeed, and the scheme a
+    401 asks for (RFC 9110: a 401 names its challenge)."""
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+    if status_code == Unauthorized.status_code:
+        headers["WWW-Authenticate"] = 'Bearer realm="convserve"'
+    return headers or None
+
+
 class BadRequest(ConvserveError):
     status_code = 400
     code = "bad_request"

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.labels import model_label
-from service.errors import ConvserveError
+from service.errors import ConvserveError, answer_headers
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,8 @@ def error_response(
 ) -> JSONResponse:
     """The DESIGN §6 body `{"error": {"code", "message"}}`, built as a plain dict: a refusal
     under overload should cost little."""
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
     body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=answer_headers(status, retry_after_s))
 
 
 def count_failure(request: Request, model: str, reason: str) -> None:

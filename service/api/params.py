@@ -66,7 +66,9 @@ def classify_options(request: Request) -> ClassifyOptions:
 
 
 def finite_number(text: str | bytes) -> float | None:
-    """`text` as a finite float, None when it is not one."""
+    """`text` as a finite float, None when it is not one (nor Python-only syntax: "1_000")."""
+    if ("_" in text) if isinstance(text, str) else (b"_" in text):
+        return None
     try:
         value = float(text)
     except ValueError:

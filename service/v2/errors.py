@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.errors import count_failure
 from service.api.labels import model_label
-from service.errors import ConvserveError
+from service.errors import ConvserveError, answer_headers
 
 logger = logging.getLogger(__name__)
 V2_PREFIX = "/v2"
@@ -27,8 +27,9 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def v2_error(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": message}, status_code=status, headers=answer_headers(status, retry_after_s)
+    )
 
 
 def is_v2(request: Request) -> bool:

@@ -53,7 +53,9 @@ def _call(c: httpx.Client, method: str, path: str, headers: dict[str, str]) -> h
 
 @pytest.mark.parametrize(("method", "path"), INFERENCE)
 def test_inference_routes_need_the_api_key(client: httpx.Client, method: str, path: str) -> None:
-    assert _call(client, method, path, {}).status_code == 401
+    missing = _call(client, method, path, {})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="convserve"'
     assert _call(client, method, path, {"X-API-Key": API_KEY + "x"}).status_code == 403
     assert _call(client, method, path, {"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 403
     assert _call(client, method, path, {"X-API-Key": API_KEY}).status_code == 200
