@@ -27,7 +27,7 @@ from service.errors import BadRequest, Conflict
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
-from service.v2.codec import decompress
+from service.v2.codec import decompress, problems
 from service.v2.errors import V2Route
 from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest, RepositoryLoadRequest
 
@@ -181,7 +181,7 @@ async def repository_index(request: Request, manager: ManagerDep) -> list[dict[s
     try:
         options = RepositoryIndexRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
-        raise BadRequest(f"invalid repository index request: {err}") from err
+        raise BadRequest(f"invalid repository index request: {problems(err)}") from err
     return await v2_models.repository_index(manager, ready_only=options.ready)
 
 
@@ -205,7 +205,7 @@ async def load_model(
     try:
         options = RepositoryLoadRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
-        raise BadRequest(f"invalid load request: {err}") from err
+        raise BadRequest(f"invalid load request: {problems(err)}") from err
     overrides = [k for k in options.parameters if k == "config" or k.startswith("file:")]
     if overrides:
         raise BadRequest(

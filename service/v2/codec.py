@@ -39,6 +39,13 @@ LENGTH_PREFIX = struct.Struct("<I")
 DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+def problems(err: ValidationError) -> str:
+    """A JSON body's validation errors, one line for a human (no pydantic URLs or inputs)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
+    )
+
+
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     """Undo `Content-Encoding` gzip / deflate (tritonclient's request compression), at most
     `limit` bytes out (413 above: a small body must not inflate without bound)."""
@@ -80,10 +87,7 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
     try:
         request = InferRequest.model_validate_json(head)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
-        )
-        raise BadRequest(f"invalid inference request: {problems}") from err
+        raise BadRequest(f"invalid inference request: {problems(err)}") from err
     binary: dict[int, bytes] = {}
     offset = 0
     for index, tensor in enumerate(request.inputs):

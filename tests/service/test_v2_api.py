@@ -446,6 +446,13 @@ def test_repository_extension_with_the_admin_key(client: httpx.Client) -> None:
     assert "not supported" in refused.json()["error"]
     missing = client.post("/v2/repository/models/nope/load", headers=admin)
     assert (missing.status_code, set(missing.json())) == (404, {"error"})
+    for path in ("/v2/repository/models/tiny-rgb/load", "/v2/repository/index"):
+        broken = client.post(
+            path, headers={**admin, "content-type": "application/json"}, content=b"{"
+        )
+        assert broken.status_code == 400, path
+        message = broken.json()["error"]
+        assert message.startswith("invalid ") and "pydantic" not in message  # no library dump
 
 
 def test_api_key_and_disabled_repository(tiny_repo: Path, gate: Gate) -> None:
