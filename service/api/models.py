@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
 from service.api.deps import ManagerDep, require_api_key
+from service.api.params import version_param
 from service.errors import LayerNotFound
 from service.manager import ModelManager
 from service.repository import inside
@@ -37,10 +36,10 @@ async def describe_model(model: str, manager: ManagerDep) -> ModelDetail:
 
 @router.get("/models/{model}/versions/{version}")
 async def describe_version(
-    model: str, version: Annotated[int, Path(ge=1)], manager: ManagerDep
+    request: Request, model: str, version: str, manager: ManagerDep
 ) -> ModelDetail:
-    """The same for one loaded version."""
-    return _detail(manager, model, version)
+    """The same for one loaded version (`version`: an integer >= 1, read as classify reads it)."""
+    return _detail(manager, model, version_param(request))
 
 
 def _detail(manager: ModelManager, model: str, version: int | None) -> ModelDetail:

@@ -316,6 +316,14 @@ def test_models_routes(client: httpx.Client, tiny_cnn: TinyModel) -> None:
     assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
     assert client.get("/v1/models/tiny-cnn/versions/1").json() == detail
     assert_error(client.get("/v1/models/tiny-cnn/versions/7"), 404, "version_not_found")
+    for odd in ("+1", "%201", "1.0", "0", "x"):  # read as the classify route reads it
+        assert_error(client.get(f"/v1/models/tiny-cnn/versions/{odd}"), 422, "invalid_request")
+        posted = client.post(
+            f"/v1/models/tiny-cnn/versions/{odd}/classify",
+            content=random_png(1),
+            headers={"content-type": "image/png"},
+        )
+        assert_error(posted, 422, "invalid_request")
 
 
 def test_root_docs_and_openapi(client: httpx.Client) -> None:
