@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -164,4 +164,22 @@ class ModelMetadata(_Strict):
         return len(self.labels)
 
     def feature_map(self, layer: str) -> FeatureMap | None:
-        return next((fm for fm in self.feature_maps if fm.layer == layer), None)
+        """The feature map of `layer`, by full name or unique last part (see `by_layer`)."""
+        return by_layer(self.feature_maps, layer)
+
+    def filter_image(self, layer: str) -> FilterImage | None:
+        """The filter image of `layer`, named as a feature map is (see `by_layer`)."""
+        return by_layer(self.filters, layer)
+
+
+Layered = TypeVar("Layered", FeatureMap, FilterImage)
+
+
+def by_layer(items: list[Layered], name: str) -> Layered | None:
+    """The item of layer `name`, else of the one layer whose last part is `name` (`conv1` for
+    `features.conv1`); None when there is none or several."""
+    exact = next((item for item in items if item.layer == name), None)
+    if exact is not None:
+        return exact
+    found = [item for item in items if item.layer.rsplit(".", 1)[-1] == name]
+    return found[0] if len(found) == 1 else None

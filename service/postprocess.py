@@ -64,7 +64,7 @@ def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[Fe
         return list(metadata.feature_maps)
     maps: list[FeatureMap] = []
     for layer in options.feature_maps:
-        fm = metadata.feature_map(layer) or _by_last_part(metadata, layer)
+        fm = metadata.feature_map(layer)
         if fm is None:
             known = ", ".join(m.layer for m in metadata.feature_maps) or "none"
             raise LayerNotFound(
@@ -74,12 +74,6 @@ def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[Fe
         if fm not in maps:
             maps.append(fm)
     return maps
-
-
-def _by_last_part(metadata: ModelMetadata, name: str) -> FeatureMap | None:
-    """`conv1` for `features.conv1`, when exactly one layer's name ends that way."""
-    found = [fm for fm in metadata.feature_maps if fm.layer.rsplit(".", 1)[-1] == name]
-    return found[0] if len(found) == 1 else None
 
 
 def required_outputs(metadata: ModelMetadata, options: ClassifyOptions) -> frozenset[str]:

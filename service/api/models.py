@@ -68,9 +68,10 @@ def _detail(manager: ModelManager, model: str, version: int | None) -> ModelDeta
     responses={200: {"content": {"image/png": {}}, "description": "PNG grid of conv weights"}},
 )
 async def filter_image(model: str, layer: str, manager: ManagerDep) -> FileResponse:
-    """PNG grid of a conv layer's weights, as written by the exporter."""
+    """PNG grid of a conv layer's weights, as written by the exporter (`layer`: full name, or
+    its last part when unique, as `feature_maps` takes it)."""
     loaded = manager.get(model)
-    image = next((f for f in loaded.metadata.filters if f.layer == layer), None)
+    image = loaded.metadata.filter_image(layer)
     if image is None:
         known = ", ".join(f.layer for f in loaded.metadata.filters) or "none"
         raise LayerNotFound(

@@ -312,6 +312,8 @@ def test_models_routes(client: httpx.Client, tiny_cnn: TinyModel) -> None:
     image = client.get("/v1/models/tiny-cnn/filters/features.conv1")
     assert image.headers["content-type"] == "image/png"
     assert image.content == (tiny_cnn.path / "filters" / "features.conv1.png").read_bytes()
+    short = client.get("/v1/models/tiny-cnn/filters/conv1")  # as feature_maps=conv1 names it
+    assert short.content == image.content
     assert_error(client.get("/v1/models/tiny-cnn/filters/nope"), 404, "layer_not_found")
     assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
     assert client.get("/v1/models/tiny-cnn/versions/1").json() == detail
