@@ -186,6 +186,12 @@ async def _initial_load(manager: ModelManager) -> None:
     logger.info("execution provider: %s; models loaded: %s", manager.provider, loaded)
     for message in [m for _, m in manager.errors.values()] + manager.scan_problems:
         logger.warning("not served: %s", message)
+    default = manager.settings.default_model
+    if default and default not in manager.model_names():
+        logger.warning(
+            "CONVSERVE_DEFAULT_MODEL %r is not loaded: POST /v1/classify answers 404 until it is",
+            default,
+        )
     if manager.is_ready():
         logger.info("ready")
     elif not manager.configured_models():

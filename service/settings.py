@@ -277,10 +277,19 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as err:
         problems = "; ".join(_describe(problem) for problem in err.errors())
         parser.exit(2, f"{parser.prog}: invalid settings: {problems}\n")
+    if not settings.model_repository.is_dir() and not settings.model_poll_seconds:
+        # Without polling nothing would ever be loaded: a server that can never be ready.
+        where = f"{flag_name('model_repository')} / {env_name('model_repository')}"
+        parser.exit(
+            2,
+            f"{parser.prog}: invalid settings: {where}: {settings.model_repository} is not a "
+            f"directory (or set {env_name('model_poll_seconds')} to wait for it)\n",
+        )
+    return settings
 
 
 def _describe(problem: Any) -> str:

@@ -88,3 +88,15 @@ async def test_a_version_missing_from_one_scan_keeps_serving(tmp_path: Path) -> 
     with pytest.raises(ModelNotFound):
         manager.get("tiny-cnn")
     await manager.close()
+
+
+def test_a_default_model_that_is_not_loaded_is_warned_about(
+    tiny_repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(model_repository=tiny_repo, default_model="no-such-model")
+    with caplog.at_level("WARNING"), threaded_server(settings) as url:
+        response = httpx.post(
+            url + "/v1/classify", content=random_png(1), headers={"content-type": "image/png"}
+        )
+    assert response.status_code == 404
+    assert any("CONVSERVE_DEFAULT_MODEL 'no-such-model'" in r.getMessage() for r in caplog.records)

@@ -69,6 +69,17 @@ def test_invalid_setting_exits_with_one_line_not_a_traceback() -> None:
     assert "hunter2" not in result.stderr
 
 
+def test_a_missing_repository_without_polling_exits_with_one_line(tmp_path: Path) -> None:
+    """Nothing could ever be loaded: refused at startup, not served unready for ever. With
+    polling on, the folder may appear later (a volume mounted after start): accepted."""
+    missing = tmp_path / "not-there"
+    with pytest.raises(SystemExit) as exited:
+        settings_from_args(["--model-repository", str(missing)])
+    assert exited.value.code == 2
+    polled = settings_from_args(["--model-repository", str(missing), "--model-poll-seconds", "5"])
+    assert polled.model_repository == missing
+
+
 def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVSERVE_API_KEY", "hunter2")
     shown = Settings().masked()
