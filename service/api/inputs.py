@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import zlib
 from collections.abc import AsyncGenerator
 
 from fastapi import Request
@@ -35,6 +36,8 @@ FILE_FIELD = "file"
 SNIFFED_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", PNG_SIGNATURE)  # JPEG, PNG
 WEBP_SIGNATURE = (b"RIFF", b"WEBP")  # bytes 0-3 and 8-11
+# zlib's wbits: gzip framing, and zlib framing (what HTTP calls "deflate").
+DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 DATA_URL_PREFIX = re.compile(r"^\s*data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -55,13 +58,36 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 
 async def _read(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in _limited(request, limit)])
+    """The body, at most `limit` bytes as sent and as its Content-Encoding inflates it."""
+    body = b"".join([chunk async for chunk in _limited(request, limit)])
+    encoding = request.headers.get("content-encoding")
+    return body if encoding is None else decompress(body, encoding, limit)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 past `limit` bytes (declared or streamed)."""
+    """The whole body, refused with 413 past `limit` bytes (declared, streamed or inflated)."""
     _check_declared_length(request, limit)
     return await _read(request, limit)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo `Content-Encoding` gzip / deflate (e.g. tritonclient's request compression), at
+    most `limit` bytes out (413 above: a small body must not inflate without bound)."""
+    name = encoding.strip().lower()
+    if name == "identity":
+        return body
+    if name not in DECODERS:
+        raise UnsupportedMediaType(f"Content-Encoding {name!r}: send gzip, deflate or identity")
+    decoder = zlib.decompressobj(DECODERS[name])
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise BadRequest(f"body is not valid {name} data: {err}") from err
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+    if not decoder.eof:
+        raise BadRequest(f"truncated {name} body")
+    return out
 
 
 async def read_images(request: Request, *, max_body_bytes: int, max_images: int) -> list[bytes]:
@@ -69,6 +95,9 @@ async def read_images(request: Request, *, max_body_bytes: int, max_images: int)
     _check_declared_length(request, max_body_bytes)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == MULTIPART:
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # the parts are parsed as they stream in
+            raise UnsupportedMediaType(f"Content-Encoding {encoding!r} on a multipart body")
         return await _multipart(request, max_body_bytes, max_images)
     if media == JSON:
         return _json_images(await _read(request, max_body_bytes))

@@ -27,7 +27,7 @@ from service.errors import BadRequest, Conflict
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
-from service.v2.codec import decompress, problems
+from service.v2.codec import problems
 from service.v2.errors import V2Route
 from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest, RepositoryLoadRequest
 
@@ -120,8 +120,7 @@ async def _infer(
 ) -> Response:
     request.state.model = model
     deadline = request_deadline(settings, timeout_ms)
-    body = await read_body(request, settings.max_body_bytes)
-    body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)  # gzip / deflate undone
 
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":

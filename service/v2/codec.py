@@ -13,7 +13,6 @@ import binascii
 import json
 import math
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest
 from service.v2.schemas import (
     BINARY_DATA_SIZE,
     BYTES,
@@ -35,35 +34,11 @@ FP32_BYTES = 4
 LENGTH_PREFIX = struct.Struct("<I")
 
 
-# zlib's wbits: gzip framing, and zlib framing (what HTTP calls "deflate").
-DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
 def problems(err: ValidationError) -> str:
     """A JSON body's validation errors, one line for a human (no pydantic URLs or inputs)."""
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
     )
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo `Content-Encoding` gzip / deflate (tritonclient's request compression), at most
-    `limit` bytes out (413 above: a small body must not inflate without bound)."""
-    name = (encoding or "identity").strip().lower()
-    if name == "identity":
-        return body
-    if name not in DECODERS:
-        raise UnsupportedMediaType(f"Content-Encoding {name!r}: send gzip, deflate or identity")
-    decoder = zlib.decompressobj(DECODERS[name])
-    try:
-        out = decoder.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise BadRequest(f"body is not valid {name} data: {err}") from err
-    if len(out) > limit or decoder.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
-    if not decoder.eof:
-        raise BadRequest(f"truncated {name} body")
-    return out
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import struct
-import zlib
 from typing import Any
 
 import numpy as np
 import pytest
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest
 from service.v2.codec import (
     OutputTensor,
     bytes_elements,
-    decompress,
     encode_response,
     fp32_tensor,
     join_bytes,
@@ -217,21 +214,3 @@ def test_response_mixes_json_and_binary_outputs() -> None:
     json_only, no_length = encode_response({}, [OutputTensor("l", [1, 2], fp32=logits)])
     assert no_length is None
     assert json.loads(json_only)["outputs"][0]["data"] == [0.5, -1.0]
-
-
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", None])
-def test_decompress_request_bodies(encoding: str | None) -> None:
-    body = b'{"inputs": []}' * 10
-    packed = {"gzip": gzip.compress, "deflate": zlib.compress, None: bytes}[encoding](body)
-    assert decompress(packed, encoding, limit=1000) == body
-
-
-def test_decompress_refuses_bombs_garbage_and_unknown_encodings() -> None:
-    with pytest.raises(PayloadTooLarge):
-        decompress(gzip.compress(b"\0" * 100_000), "gzip", limit=1000)
-    with pytest.raises(BadRequest, match="not valid gzip"):
-        decompress(b"plain text", "gzip", limit=1000)
-    with pytest.raises(BadRequest, match="truncated"):
-        decompress(gzip.compress(b"x" * 100)[:-12], "gzip", limit=1000)
-    with pytest.raises(UnsupportedMediaType):
-        decompress(b"", "br", limit=1000)
