@@ -17,7 +17,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist
+from training.data.idx import (
+    DEBIAN_FASHION_MNIST_DIR,
+    FASHION_MNIST_LABELS,
+    IdxFormatError,
+    load_fashion_mnist,
+)
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from training.errors import UserError
 
@@ -106,8 +111,11 @@ def _fashion_mnist(data_dir: Path | None, download: bool) -> DatasetBundle:
         test = load_fashion_mnist(directory, train=False)
     except FileNotFoundError as err:
         raise UserError(
-            f"Fashion-MNIST not found: {err} (apt-get install dataset-fashion-mnist)"
+            f"Fashion-MNIST not found: {err}; apt-get install dataset-fashion-mnist, "
+            "or pass --data-dir (or --download)"
         ) from err
+    except (IdxFormatError, OSError, EOFError) as err:  # truncated or not gzip/IDX at all
+        raise UserError(f"Fashion-MNIST files in {directory} are unreadable: {err}") from err
     return _array_bundle("fashion-mnist", train, test, FASHION_MNIST_LABELS, allow_flip=True)
 
 
@@ -155,15 +163,43 @@ def _cifar10(data_dir: Path | None, download: bool) -> DatasetBundle:
     try:
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:
+        folder = root / CIFAR10.base_folder
+        if not folder.is_dir():
+            raise UserError(
+                f"CIFAR-10 not found under {root} ({CIFAR10.base_folder}): "
+                "pass --data-dir or --download"
+            ) from err
         raise UserError(
-            f"CIFAR-10 not found under {root} (cifar-10-batches-py): pass --data-dir or --download"
+            f"CIFAR-10 files in {folder} are missing or unreadable "
+            f"({', '.join(_bad_cifar10_files(folder)) or err}): "
+            "replace the folder, or delete it and pass --download"
         ) from err
 
     def arrays(ds: Any) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
         return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
 
     return _array_bundle("cifar10", arrays(train), arrays(test), CIFAR10_LABELS, allow_flip=True)
+
+
+def _bad_cifar10_files(folder: Path) -> list[str]:
+    """The files of `cifar-10-batches-py` that are absent or fail torchvision's md5 check."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    expected = [
+        *CIFAR10.train_list,
+        *CIFAR10.test_list,
+        [CIFAR10.meta["filename"], CIFAR10.meta["md5"]],
+    ]
+    bad = []
+    for name, md5 in expected:
+        path = folder / name
+        if not path.is_file():
+            bad.append(f"{name} missing")
+        elif not check_integrity(str(path), md5):
+            bad.append(f"{name} corrupt")
+    return bad
 
 
 def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:

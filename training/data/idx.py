@@ -48,6 +48,8 @@ def read_idx(path: Path) -> npt.NDArray[np.generic]:
     dtype = np.dtype(_IDX_DTYPES[data[2]]).newbyteorder(">")
     ndim = data[3]
     header_end = 4 + 4 * ndim
+    if len(data) < header_end:
+        raise IdxFormatError(f"{path}: truncated header ({len(data)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header_end != expected:
@@ -74,7 +76,5 @@ def _find(data_dir: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (data_dir / name).is_file():
             return data_dir / name
-    raise FileNotFoundError(
-        f"{stem}[.gz] not found in {data_dir}: install Debian's dataset-fashion-mnist "
-        "or pass --data-dir (or --download)"
-    )
+    # Callers say how to get the files (training.data.datasets: apt-get, --data-dir, --download).
+    raise FileNotFoundError(f"{stem}[.gz] not found in {data_dir}")
