@@ -8,7 +8,6 @@ config. Values are tensors and plain Python types only: no numpy, dataclass or N
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from training.errors import UserError
 from training.registry import build_model
 
 CHECKPOINT_FORMAT = 1
+# Lines of torch.load's errors that advise rather than explain (e.g. to unpickle untrusted code).
+TORCH_ADVICE = ("Weights only load failed", "In PyTorch", "Please file an issue", "Re-running")
 REQUIRED_KEYS = ("format", "arch", "arch_kwargs", "labels", "preprocessing", "model", "epoch")
 
 
@@ -38,17 +39,32 @@ def save_checkpoint(path: Path, content: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        hint = " (pass its last.pt or best.pt)" if (path / "last.pt").is_file() else ""
+        raise UserError(f"checkpoint {path} is a folder, not a .pt file{hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise UserError(f"{path} is not a readable checkpoint: {err}") from err
+    except Exception as err:  # noqa: BLE001 - any file: the unpickler raises KeyError and more
+        raise UserError(
+            f"{path} is not a checkpoint written by training.train, or it is damaged "
+            f"({_reason(err)})"
+        ) from err
     if not isinstance(content, dict) or any(k not in content for k in REQUIRED_KEYS):
         raise UserError(f"{path} is not a convserve checkpoint (missing {REQUIRED_KEYS})")
     if content["format"] != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: checkpoint format {content['format']} is not supported")
     return content
+
+
+def _reason(err: Exception) -> str:
+    """One short line: the error's first line, not torch's advice to unpickle untrusted code."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    first = next((ln for ln in lines if not ln.startswith(TORCH_ADVICE)), "")
+    if not first:
+        return type(err).__name__
+    return f"{type(err).__name__}: {first[:160]}"
 
 
 def model_from_checkpoint(content: dict[str, Any]) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable
 
@@ -30,3 +31,14 @@ def run_cli(entry: Callable[[list[str] | None], object], argv: list[str] | None 
         logger.error("interrupted")
         return 130
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count, a size, a batch)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

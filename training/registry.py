@@ -70,6 +70,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def torchvision_names() -> frozenset[str]:
+    """The torchvision classifiers `build_model` takes by name besides the registered ones."""
+    from training.models.adapt import torchvision_classifiers
+
+    return torchvision_classifiers()
+
+
 def get_spec(name: str) -> ArchSpec:
     """The registry entry of `name`, or a generic entry for another torchvision classifier."""
     _load_builtin()
@@ -96,8 +103,26 @@ def build_model(
         return spec.build(
             num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
         )
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise UserError(f"bad options for {name!r}: {err}") from err
+
+
+def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
+    """UserError when `model` cannot take (in_channels, image_size, image_size) inputs (ViTs
+    want their own size, Inception at least 75 px): one forward pass of two blank images, so the
+    run fails before its first step, not in it."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, in_channels, image_size, image_size))
+    except (RuntimeError, AssertionError, ValueError) as err:
+        native = get_spec(name).native_size
+        raise UserError(
+            f"{name} cannot take {in_channels}x{image_size}x{image_size} inputs "
+            f"({str(err).splitlines()[0]}); try --image-size {native}"
+        ) from err
+    finally:
+        model.train(was_training)
 
 
 # Alias in the torchvision spelling.

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.cli import run_cli
+from training.cli import positive_int, run_cli
 from training.data.datasets import DatasetBundle, load_dataset, subset, with_transform
 from training.data.transforms import AUGMENT_PRESETS, eval_transform, train_transform
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.engine import StepTools, evaluate, train_one_epoch
 from training.errors import UserError
-from training.registry import build_model, list_models
+from training.registry import build_model, check_input_size, list_models, torchvision_names
 from training.seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,11 @@ def _parse_kwarg(text: str) -> tuple[str, Any]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, prog="python -m training.train")
     d = TrainConfig()
-    p.add_argument("--list-archs", action="store_true", help="print the registered names, exit")
+    p.add_argument(
+        "--list-archs",
+        action="store_true",
+        help="print the registered names and the torchvision classifiers, exit",
+    )
     p.add_argument("--arch", default=d.arch, help="registry name or any torchvision classifier")
     p.add_argument(
         "--arch-kwarg",
@@ -102,8 +107,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--dataset", default=d.dataset, help="fashion-mnist | digits | cifar10 | imagefolder:<path>"
     )
     p.add_argument("--data-dir", type=Path, help="dataset files (default: the Debian path)")
-    p.add_argument("--download", action="store_true", help="allow downloading (cifar10)")
-    p.add_argument("--image-size", type=int, help="input side (default: the dataset's own)")
+    p.add_argument(
+        "--download", action="store_true", help="allow downloading (fashion-mnist, cifar10)"
+    )
+    p.add_argument(
+        "--image-size", type=positive_int, help="input side (default: the dataset's own)"
+    )
     p.add_argument(
         "--color-mode",
         choices=("L", "RGB"),
@@ -111,8 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="imagefolder only: PIL mode images are converted to",
     )
     p.add_argument("--out", type=Path, default=d.out, help="folder for checkpoints and metrics")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--momentum", type=float, default=d.momentum, help="sgd only")
@@ -125,19 +134,62 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)"
     )
-    p.add_argument("--resume", type=Path, help="continue from this last.pt")
-    p.add_argument("--stop-after", type=int, help="end this run after N more epochs")
-    p.add_argument("--train-subset", type=int, help="train on a fixed random subset")
-    p.add_argument("--test-subset", type=int, help="evaluate on a fixed random subset")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="continue from this last.pt, with its settings unless given here (--epochs N "
+        "extends the run); its folder is the default --out",
+    )
+    p.add_argument("--stop-after", type=positive_int, help="end this run after N more epochs")
+    p.add_argument("--train-subset", type=positive_int, help="train on a fixed random subset")
+    p.add_argument("--test-subset", type=positive_int, help="evaluate on a fixed random subset")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
     return p
 
 
+# What a checkpoint's run was trained with, taken as the defaults when resuming it; the rest
+# (where the data is, threads, device, how many epochs this run may do) is this run's.
+RESUMED_SETTINGS = (
+    "arch", "dataset", "image_size", "color_mode", "epochs", "batch_size", "optimizer", "lr",
+    "momentum", "weight_decay", "schedule", "label_smoothing", "augment", "amp", "seed",
+    "deterministic", "train_subset", "test_subset",
+)  # fmt: skip
+# Settings a resumed run cannot change: they shape the weights or the optimizer's state.
+FIXED_ON_RESUME = ("arch", "dataset", "arch_kwargs", "optimizer")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k not in {"list_archs", "arch_kwarg"}}
+    values["dataset"] = absolute_dataset(values["dataset"])
     return TrainConfig(arch_kwargs=dict(args.arch_kwarg), **values)
+
+
+def absolute_dataset(spec: str) -> str:
+    """`imagefolder:<path>` with the path made absolute, so that the checkpoint (and export,
+    evaluate, a resume) find the tree from any working directory."""
+    kind, sep, path = spec.partition(":")
+    if kind != "imagefolder" or not sep or not path:
+        return spec
+    return f"{kind}:{Path(path).expanduser().resolve()}"
+
+
+def _resume_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments parsed with the checkpoint's settings as defaults, when `--resume` is given:
+    `--resume runs/x/last.pt` alone continues that run as it was configured, in its folder."""
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return args
+    state = load_checkpoint(args.resume)
+    saved: dict[str, Any] = state.get("config") or {}
+    parser.set_defaults(
+        out=args.resume.parent, **{k: saved[k] for k in RESUMED_SETTINGS if k in saved}
+    )
+    args = parser.parse_args(argv)
+    if not args.arch_kwarg:
+        args.arch_kwarg = list(state["arch_kwargs"].items())
+    return args
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -221,29 +273,62 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _check_resumable(cfg: TrainConfig, path: Path, state: dict[str, Any], pre: Any) -> None:
+    """UserError naming every setting that differs from the checkpoint's and cannot change."""
+    saved = {**(state.get("config") or {}), **{k: state[k] for k in ("arch", "dataset")}}
+    saved["arch_kwargs"] = state["arch_kwargs"]
+    given = {k: getattr(cfg, k) for k in FIXED_ON_RESUME}
+    differ = [f"{k} {given[k]!r} (checkpoint: {saved[k]!r})" for k in given if k in saved
+              and given[k] != saved[k]]  # fmt: skip
+    if state["preprocessing"] != pre.to_dict():
+        differ.append("input size or colour mode (--image-size, --color-mode)")
+    if differ:
+        raise UserError(
+            f"cannot resume {path} with other settings: {'; '.join(differ)}. Leave them out to "
+            "take the checkpoint's, or start a new run in another --out"
+        )
+
+
 def _resume(
     cfg: TrainConfig,
-    path: Path,
+    state: dict[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-) -> _Progress:
-    """Restore weights, optimizer, scheduler, scaler and RNG states from `path`."""
-    state = load_checkpoint(path)
-    if state["arch"] != cfg.arch or state["dataset"] != cfg.dataset:
-        raise UserError(
-            f"{path} is {state['arch']} on {state['dataset']}, not {cfg.arch} on {cfg.dataset}"
-        )
+    steps_per_epoch: int,
+) -> tuple[_Progress, torch.optim.lr_scheduler.LRScheduler]:
+    """Restore weights, optimizer, scaler and RNG states; the LR schedule as it was, or, when
+    this run's --epochs or batch size changes its length, a schedule over the new length,
+    advanced to the steps already taken."""
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
+    saved = state["scheduler"]
+    saved_total = saved.get("total_steps", saved.get("T_max"))
+    total = cfg.epochs * steps_per_epoch
+    respan = saved_total is not None and saved_total != total
+    if respan:
+        done = state["epoch"] * steps_per_epoch
+        with warnings.catch_warnings():  # stepping the schedule with no optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(min(done, total)):
+                scheduler.step()
+        logger.info(
+            "LR schedule (%s) now spans %d steps (%d epochs), was %d: continued at step %d",
+            cfg.schedule, total, cfg.epochs, saved_total, done,
+        )  # fmt: skip
+    optimizer.load_state_dict(state["optimizer"])  # moments, and the LR the run had reached
+    if respan:
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+    else:
+        scheduler.load_state_dict(saved)
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
-    logger.info("resumed from %s after epoch %d", path, state["epoch"])
-    return _Progress(
+    logger.info("resumed from %s after epoch %d", cfg.resume, state["epoch"])
+    progress = _Progress(
         state["epoch"], state["best_metric"], state["best_epoch"], list(state["history"])
     )
+    return progress, scheduler
 
 
 def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResult:
@@ -257,17 +342,23 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
         color_mode=cfg.color_mode,
     )
     pre = data.preprocessing
+    state = None if cfg.resume is None else load_checkpoint(cfg.resume)
+    if state is not None and cfg.resume is not None:
+        _check_resumable(cfg, cfg.resume, state, pre)
     model = build_model(
         cfg.arch, len(data.labels), pre.channels, pre.center_crop, **cfg.arch_kwargs
-    ).to(device)
+    )
+    check_input_size(model, cfg.arch, pre.channels, pre.center_crop)
+    model = model.to(device)
     train_loader, test_loader, sampler = _loaders(cfg, data, info)
     optimizer = _optimizer(cfg, model)
-    scheduler = _scheduler(cfg, optimizer, len(train_loader))
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     progress = _Progress()
-    if cfg.resume is not None:
-        progress = _resume(cfg, cfg.resume, model, optimizer, scheduler, scaler)
+    if state is None:
+        scheduler = _scheduler(cfg, optimizer, len(train_loader))
+    else:
+        progress, scheduler = _resume(cfg, state, model, optimizer, scaler, len(train_loader))
     start_epoch, best, best_epoch, history = (
         progress.epoch,
         progress.best,
@@ -292,12 +383,18 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
             cfg.arch,
             cfg.dataset,
             len(sampler.dataset),  # type: ignore[arg-type]
-            len(test_loader.dataset) * info.world_size,  # type: ignore[arg-type]
+            len(test_loader.dataset.dataset),  # type: ignore[attr-defined] # the unsharded set
             len(train_loader),
             device,
             info.world_size,
         )
     out = cfg.out
+    if start_epoch >= cfg.epochs and info.is_main:
+        logger.warning(
+            "%s has trained %d of %d epochs already: nothing to do (a larger --epochs "
+            "continues it)",
+            cfg.resume, start_epoch, cfg.epochs,
+        )  # fmt: skip
     for epoch in range(start_epoch, end_epoch):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -356,9 +453,11 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = _resume_defaults(get_args_parser(), argv)
     if args.list_archs:
+        others = sorted(torchvision_names() - set(list_models()))
         sys.stdout.write("\n".join(list_models()) + "\n")
+        sys.stdout.write("# any torchvision classifier as well:\n" + "\n".join(others) + "\n")
         return
     main(config_from_args(args))
 

@@ -65,7 +65,7 @@ def test_resume_is_exact(fashion_dir: Path, tmp_path: Path) -> None:
 def test_resume_refuses_other_arch(tiny_run: TrainResult, tmp_path: Path) -> None:
     from training.errors import UserError
 
-    with pytest.raises(UserError, match="lenet5 on fashion-mnist"):
+    with pytest.raises(UserError, match="arch 'resnet18' .checkpoint: 'lenet5'"):
         train_main(tiny_config(tmp_path, arch="resnet18", resume=tiny_run.last_checkpoint))
 
 

@@ -100,6 +100,10 @@ def small_mlp_head(model: nn.Module, in_features: int, num_classes: int, width: 
         setattr(classifier, name, nn.Linear(dims[i], dims[i + 1]))
 
 
+# torchvision classifiers whose auxiliary heads make training-mode outputs a tuple.
+AUX_HEAD_MODELS = ("googlenet", "inception_v3")
+
+
 @cache
 def torchvision_classifiers() -> frozenset[str]:
     return frozenset(torchvision.models.list_models(module=torchvision.models))
@@ -128,6 +132,8 @@ def torchvision_spec(name: str) -> ArchSpec:
     def build(
         num_classes: int, in_channels: int = 3, image_size: int = 224, **kwargs: Any
     ) -> nn.Module:
+        if name in AUX_HEAD_MODELS:  # training reads one output, not (logits, aux, ...)
+            kwargs.setdefault("aux_logits", False)
         model: nn.Module = torchvision.models.get_model(
             name, weights=None, num_classes=num_classes, **kwargs
         )

@@ -1,0 +1,111 @@
+"""Resuming a run from the command line: the checkpoint's settings and folder by default, a
+longer --epochs or another batch size re-spans the LR schedule, settings that shape the weights
+cannot change, and what cannot be resumed says so in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.errors import UserError
+from training.registry import build_model, check_input_size
+from training.train import METRICS_FILE, cli, config_from_args, get_args_parser
+
+# Real data that is always here (scikit-learn's digits), small enough for a second a run.
+BASE = ["--arch", "lenet5", "--dataset", "digits", "--train-subset", "256",
+        "--test-subset", "64", "--batch-size", "64", "--threads", "1"]  # fmt: skip
+
+
+def _rows(out: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_longer_run_continues_in_the_checkpoints_folder(tmp_path: Path, schedule: str) -> None:
+    out = tmp_path / "run"
+    cli([*BASE, "--schedule", schedule, "--epochs", "1", "--out", str(out)])
+    cli(["--resume", str(out / "last.pt"), "--epochs", "3"])  # nothing else: its settings
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    state = load_checkpoint(out / "last.pt")
+    assert (state["epoch"], state["config"]["schedule"]) == (3, schedule)
+    assert state["config"]["train_subset"] == 256  # taken from the checkpoint
+    lrs = [r["lr"] for r in rows]
+    if schedule == "cosine":  # one decay over the three epochs, not back up from zero
+        assert lrs[0] > lrs[1] > lrs[2] > 0
+    else:  # the one-cycle warm-up (first 30 %) now ends inside epoch 1 of 3
+        assert lrs[0] < lrs[1]
+        assert lrs[2] < lrs[1]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_another_batch_size_re_spans_the_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cli([*BASE, "--epochs", "2", "--stop-after", "1", "--out", str(out)])
+    cli(["--resume", str(out / "last.pt"), "--batch-size", "32"])
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2
+    assert state["scheduler"]["total_steps"] == 2 * 256 // 32
+
+
+def test_settings_that_shape_the_weights_cannot_change(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cli([*BASE, "--epochs", "2", "--stop-after", "1", "--out", str(out)])
+    other = ["--optimizer", "sgd", "--image-size", "32", "--arch-kwarg", "activation=tanh"]
+    with pytest.raises(UserError) as refused:
+        cli(["--resume", str(out / "last.pt"), *other])
+    message = str(refused.value)
+    for part in ("optimizer 'sgd'", "arch_kwargs", "--image-size", "another --out"):
+        assert part in message
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1  # untouched
+
+
+def test_a_finished_run_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "run"
+    cli([*BASE, "--epochs", "1", "--out", str(out)])
+    with caplog.at_level("WARNING"):
+        cli(["--resume", str(out / "last.pt")])
+    assert "trained 1 of 1 epochs already" in caplog.text
+    assert len(_rows(out)) == 1
+
+
+def test_what_is_not_a_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "last.pt").write_bytes(b"hello\n")
+    with pytest.raises(UserError, match="a folder, not a .pt file .pass its last.pt"):
+        cli(["--resume", str(tmp_path)])
+    with pytest.raises(UserError, match="not a checkpoint written by training.train") as bad:
+        cli(["--resume", str(tmp_path / "last.pt")])
+    assert "\n" not in str(bad.value)
+    assert "weights_only" not in str(bad.value)
+
+
+def test_an_image_folder_is_stored_with_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = get_args_parser().parse_args(["--dataset", "imagefolder:photos"])
+    assert config_from_args(args).dataset == f"imagefolder:{tmp_path / 'photos'}"
+
+
+def test_too_small_an_input_is_refused_before_training() -> None:
+    model = build_model("vit_b_16", num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(UserError, match="vit_b_16 cannot take 1x28x28 inputs.*--image-size 224"):
+        check_input_size(model, "vit_b_16", 1, 28)
+
+
+def test_googlenet_trains_on_its_main_output() -> None:
+    """Its auxiliary heads are off unless asked for: training reads one tensor."""
+    model = build_model("googlenet", num_classes=10, in_channels=1, image_size=32).train()
+    out = model(torch.zeros(2, 1, 32, 32))
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, 10)
+
+
+def test_list_archs_names_the_torchvision_classifiers(capsys: pytest.CaptureFixture[str]) -> None:
+    cli(["--list-archs"])
+    names = capsys.readouterr().out.split()
+    assert {"lenet5", "resnet18", "mobilenet_v3_small", "squeezenet1_0"} <= set(names)
