@@ -5,10 +5,58 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader
 
-from training.data.datasets import load_dataset
+from training.data.datasets import load_dataset, with_transform
+from training.data.transforms import eval_transform
 from training.errors import UserError
+
+IMAGE_SIDE = 12
+
+
+def write_tree(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
+    """`count` random RGB PNGs per class folder; each class has its own mean grey level."""
+    rng = np.random.default_rng(seed)
+    for level, (name, count) in enumerate(sorted(classes.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 32, (IMAGE_SIDE, IMAGE_SIDE, 3)) + 64 * level
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_val_labels_are_the_train_splits(tmp_path: Path) -> None:
+    """A val split lacking a train class keeps the train indices (flower is 1, not 0)."""
+    write_tree(tmp_path / "train", {"china": 2, "flower": 2, "gray": 2})
+    write_tree(tmp_path / "val", {"flower": 3, "gray": 1})
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=IMAGE_SIDE)
+    assert data.labels == ("china", "flower", "gray")
+    test = with_transform(data.test, eval_transform(data.preprocessing))
+    assert [test[i][1] for i in range(4)] == [1, 1, 1, 2]
+    assert data.test.classes == ["china", "flower", "gray"]  # type: ignore[attr-defined]
+
+
+def test_val_class_missing_from_train_is_named(tmp_path: Path) -> None:
+    write_tree(tmp_path / "train", {"china": 2, "flower": 2})
+    write_tree(tmp_path / "val", {"flower": 1, "zebra": 1})
+    with pytest.raises(UserError, match=r"zebra.*train split lacks.*china, flower"):
+        load_dataset(f"imagefolder:{tmp_path}", image_size=IMAGE_SIDE)
+
+
+def test_corrupt_image_is_a_user_error_naming_the_file(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"china": 4, "gray": 4})
+    bad = tmp_path / "china" / "zzz.jpg"
+    bad.write_text("hello\n")
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=IMAGE_SIDE)  # no pre-scan
+    transform = eval_transform(data.preprocessing)
+    both = ConcatDataset(
+        [with_transform(data.train, transform), with_transform(data.test, transform)]
+    )
+    with pytest.raises(UserError, match=r"cannot read image .*china/zzz\.jpg"):
+        list(DataLoader(both, batch_size=4))
 
 
 def test_corrupt_cifar10_says_which_files(tmp_path: Path) -> None:

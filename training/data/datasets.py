@@ -16,6 +16,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from training.data.idx import (
     DEBIAN_FASHION_MNIST_DIR,
@@ -202,19 +203,51 @@ def _bad_cifar10_files(folder: Path) -> list[str]:
     return bad
 
 
-def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
-    from torchvision.datasets import ImageFolder
+def load_image(path: str) -> Image.Image:
+    """ImageFolder's loader (PIL, RGB); an unreadable file is a `UserError` naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"imagefolder: cannot read image {path}: {err}") from err
 
+
+class _ImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision is untyped
+    """`ImageFolder` reading through `load_image`; with `class_to_idx` (the train split's), its
+    class folders take those indices, so a val split lacking a train class keeps the labels."""
+
+    def __init__(self, root: Path, class_to_idx: dict[str, int] | None = None) -> None:
+        self._train_class_to_idx = class_to_idx
+        super().__init__(str(root), loader=load_image)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes, found = super().find_classes(directory)
+        train = self._train_class_to_idx
+        if train is None:
+            return classes, found
+        unknown = [c for c in classes if c not in train]
+        if unknown:
+            raise UserError(
+                f"imagefolder: {directory} has class folder(s) {', '.join(unknown)} that the "
+                f"train split lacks (train classes: {', '.join(sorted(train))})"
+            )
+        return sorted(train, key=train.__getitem__), {c: train[c] for c in classes}
+
+
+def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
     if not path.is_dir():
         raise UserError(f"imagefolder: {path} is not a directory of class folders")
     splits = [path / s for s in ("train", "val", "test")]
     try:
         if splits[0].is_dir() and (splits[1].is_dir() or splits[2].is_dir()):
-            train: Dataset[Sample] = ImageFolder(str(splits[0]))
-            test: Dataset[Sample] = ImageFolder(str(splits[1] if splits[1].is_dir() else splits[2]))
-            classes = train.classes  # type: ignore[attr-defined]
+            train_folder = _ImageFolder(splits[0])
+            classes = train_folder.classes
+            train: Dataset[Sample] = train_folder
+            test: Dataset[Sample] = _ImageFolder(
+                splits[1] if splits[1].is_dir() else splits[2], train_folder.class_to_idx
+            )
         else:
-            full = ImageFolder(str(path))
+            full = _ImageFolder(path)
             classes = full.classes
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
             n_test = max(1, int(len(full) * IMAGEFOLDER_TEST_FRACTION))
