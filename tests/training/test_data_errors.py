@@ -59,6 +59,16 @@ def test_corrupt_image_is_a_user_error_naming_the_file(tmp_path: Path) -> None:
         list(DataLoader(both, batch_size=4))
 
 
+@pytest.mark.parametrize("spec", ["imagefolder:", "imagefolder:  "])
+def test_imagefolder_without_a_path(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(tmp_path, {"a": 1, "b": 1})
+    monkeypatch.chdir(tmp_path)  # a class tree in the cwd must not be picked up
+    with pytest.raises(UserError, match="imagefolder: needs a path"):
+        load_dataset(spec)
+
+
 def test_corrupt_cifar10_says_which_files(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

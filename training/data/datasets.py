@@ -33,6 +33,7 @@ DIGITS_MAX_VALUE = 16
 DIGITS_TEST_FRACTION = 0.2
 IMAGEFOLDER_TEST_FRACTION = 0.1
 SPLIT_SEED = 0
+IMAGEFOLDER_PREFIX = "imagefolder:"
 DEFAULT_CIFAR10_DIR = Path("data/cifar10")
 DEFAULT_DOWNLOAD_DIR = Path("data")
 CIFAR10_LABELS = (
@@ -277,8 +278,11 @@ def load_dataset(
         bundle = _digits()
     elif spec == "cifar10":
         bundle = _cifar10(data_dir, download)
-    elif spec.startswith("imagefolder:"):
-        return _imagefolder(Path(spec.partition(":")[2]), image_size or 224, color_mode)
+    elif spec.startswith(IMAGEFOLDER_PREFIX):
+        folder = spec.removeprefix(IMAGEFOLDER_PREFIX)
+        if not folder.strip():
+            raise UserError("imagefolder: needs a path (imagefolder:<directory of class folders>)")
+        return _imagefolder(Path(folder), image_size or 224, color_mode)
     else:
         raise UserError(f"unknown dataset {spec!r}; choose from {', '.join(DATASETS)}")
     if image_size is not None and image_size != bundle.preprocessing.center_crop:
