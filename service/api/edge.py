@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_SUFFIXES = ("/classify", "/infer")
 UNMATCHED_ROUTE = "unmatched"
+MATCHED_PATHS = 256  # refused paths whose route is remembered
 # Timer jitter is ~1 ms on an idle loop; a loop this far behind is saturated.
 SATURATED_LAG_MS = 10.0
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
@@ -123,6 +124,7 @@ class EdgeMiddleware:
         self.inflight = 0
         # The routes behind, to label a refusal answered here as the router would have.
         self.routes = list(routes)
+        self._matched: dict[tuple[str, str], dict[str, Any]] = {}  # (method, path) -> scope
         self.inference_routes = [
             r for r in routes if str(getattr(r, "path", "")).endswith(INFERENCE_SUFFIXES)
         ]
@@ -194,13 +196,21 @@ class EdgeMiddleware:
         """Put the route the request would have taken, and its path parameters, in `scope`, as
         the router does: a refusal answered here is counted under its route and model, not as
         an unmatched request. Under a flood of refused inference requests only the few
-        inference routes are tried."""
-        for route in self.inference_routes if inference else self.routes:
-            match, child_scope = route.matches(scope)
-            if match == Match.FULL:
-                scope.update(child_scope)
-                scope.setdefault("route", route)
-                return
+        inference routes are tried, and the answer for a path is remembered (a few hundred
+        paths: client-chosen names must not grow it without bound)."""
+        key = (scope["method"], scope["path"])
+        found = self._matched.get(key)
+        if found is None:
+            found = {}
+            for route in self.inference_routes if inference else self.routes:
+                match, child_scope = route.matches(scope)
+                if match == Match.FULL:
+                    found = {"route": route, **child_scope}
+                    break
+            if len(self._matched) >= MATCHED_PATHS:
+                self._matched.clear()
+            self._matched[key] = found
+        scope.update(found)
 
     def _limited(self, receive: Receive) -> Receive:
         """`receive`, counting the body against the limit and its arrival against the timeout
