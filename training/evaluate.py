@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
-from training.cli import run_cli
-from training.data.datasets import load_dataset, subset, with_transform
+from training.cli import positive_int, run_cli
+from training.data.datasets import (
+    IMAGEFOLDER_PREFIX,
+    DatasetBundle,
+    load_dataset,
+    subset,
+    with_transform,
+)
 from training.data.transforms import Preprocessing, eval_transform
 from training.distributed import DistInfo
 from training.engine import evaluate as evaluate_torch
@@ -48,15 +55,52 @@ class EvalConfig:
     threads: int | None = None
 
 
+def dataset_spec(recorded: str, override: str | None, origin: str) -> str:
+    """The dataset to read: `override` (--dataset) if given, else `recorded` (the one `origin`,
+    a checkpoint or metadata.json, was trained on).
+
+    A recorded `imagefolder:` path may be relative to the folder training ran in; when it is not
+    found from here, say so (and how to point at the data) instead of "not a directory".
+    """
+    if override is not None:
+        return override
+    folder = recorded.removeprefix(IMAGEFOLDER_PREFIX)
+    if recorded.startswith(IMAGEFOLDER_PREFIX) and folder.strip():
+        path = Path(folder)
+        if not path.is_absolute() and not path.is_dir():
+            raise UserError(
+                f"{origin} was trained on {recorded!r}, a relative path not found from "
+                f"{Path.cwd()} (tried {Path.cwd() / path}): run from the folder training ran "
+                f"in, or pass --dataset {IMAGEFOLDER_PREFIX}<path to the image tree>"
+            )
+    return recorded
+
+
+def load_matching_dataset(
+    spec: str, pre: Preprocessing, labels: Sequence[str], data_dir: Path | None = None
+) -> DatasetBundle:
+    """Dataset `spec` at the model's input size; its labels must be the model's `labels`."""
+    data = load_dataset(spec, data_dir, image_size=pre.center_crop, color_mode=pre.color_mode)
+    if list(data.labels) != list(labels):
+        raise UserError(
+            f"dataset {spec!r} has labels {_first_labels(data.labels)} but the model has "
+            f"{_first_labels(labels)}: evaluate it on the dataset it was trained for"
+        )
+    return data
+
+
+def _first_labels(labels: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(labels[:count]) + (", ..." if len(labels) > count else "")
+    return f"[{shown}] ({len(labels)})"
+
+
 def split_loader(
-    dataset: str,
+    data: DatasetBundle,
     pre: Preprocessing,
-    data_dir: Path | None = None,
     limit: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> DataLoader[Any]:
     """The test split (or a fixed subset) through the eval transform of `pre`, in order."""
-    data = load_dataset(dataset, data_dir, image_size=pre.center_crop, color_mode=pre.color_mode)
     test = subset(with_transform(data.test, eval_transform(pre)), limit)
     return DataLoader(test, batch_size=batch_size, shuffle=False)
 
@@ -104,34 +148,54 @@ def get_args_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a best.pt/last.pt (PyTorch)")
     source.add_argument("--model-dir", type=Path, help="models/<name>/<version> (ONNX Runtime)")
-    p.add_argument("--dataset", help="default: the one it was trained on")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--limit", type=int, help="evaluate a fixed random subset of this size")
+    p.add_argument(
+        "--dataset",
+        help="dataset spec replacing the recorded one (default: the one it was trained on), "
+        "e.g. imagefolder:<path> when the image tree moved; its labels must be the model's",
+    )
+    p.add_argument("--data-dir", type=Path, help="dataset files (fashion-mnist, cifar10)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--limit", type=positive_int, help="evaluate a fixed random subset of this size")
     p.add_argument("--json", dest="json_out", type=Path, help="also write the report as JSON")
-    p.add_argument("--threads", type=int, help="torch / ORT intra-op threads")
+    p.add_argument("--threads", type=positive_int, help="torch / ORT intra-op threads")
     return p
+
+
+def check_counts(cfg: EvalConfig) -> None:
+    """What argparse checks, for callers of `main` (tests, scripts)."""
+    for option, value in (
+        ("--batch-size", cfg.batch_size),
+        ("--limit", cfg.limit),
+        ("--threads", cfg.threads),
+    ):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be at least 1, got {value}")
 
 
 def main(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate; returns the JSON report (accuracy, per-class accuracy, confusion matrix)."""
+    check_counts(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.checkpoint is not None:
         content = load_checkpoint(cfg.checkpoint)
         pre, labels = preprocessing_of(content), list(content["labels"])
-        loader = split_loader(
-            cfg.dataset or content["dataset"], pre, cfg.data_dir, cfg.limit, cfg.batch_size
-        )
+        spec = dataset_spec(content["dataset"], cfg.dataset, f"checkpoint {cfg.checkpoint}")
+        data = load_matching_dataset(spec, pre, labels, cfg.data_dir)
+        loader = split_loader(data, pre, cfg.limit, cfg.batch_size)
         report = evaluate_module(model_from_checkpoint(content), loader, len(labels))
         source = {"checkpoint": str(cfg.checkpoint), "runtime": "pytorch"}
     elif cfg.model_dir is not None:
         meta = read_metadata(cfg.model_dir)
         pre, labels = preprocessing_from_metadata(meta), list(meta["labels"])
-        dataset = cfg.dataset or meta.get("training", {}).get("dataset")
-        if not dataset:
+        # export records where it evaluated when --dataset replaced the checkpoint's
+        trained = meta.get("training", {})
+        recorded = trained.get("evaluation_dataset") or trained.get("dataset")
+        if not recorded and cfg.dataset is None:
             raise UserError(f"{cfg.model_dir}: metadata names no dataset; pass --dataset")
-        loader = split_loader(dataset, pre, cfg.data_dir, cfg.limit, cfg.batch_size)
+        spec = dataset_spec(recorded or "", cfg.dataset, f"{cfg.model_dir / METADATA_FILE}")
+        data = load_matching_dataset(spec, pre, labels, cfg.data_dir)
+        loader = split_loader(data, pre, cfg.limit, cfg.batch_size)
         session = ort_session(cfg.model_dir / MODEL_FILE, cfg.threads)
         report = evaluate_onnx(session, loader, len(labels))
         source = {"model_dir": str(cfg.model_dir), "runtime": "onnxruntime"}

@@ -31,7 +31,13 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint, preproce
 from training.cli import run_cli
 from training.data.transforms import Preprocessing
 from training.errors import UserError
-from training.evaluate import evaluate_module, evaluate_onnx, split_loader
+from training.evaluate import (
+    dataset_spec,
+    evaluate_module,
+    evaluate_onnx,
+    load_matching_dataset,
+    split_loader,
+)
 from training.export_fp16 import FP16_PARITY_TOLERANCE, Precision, convert_to_float16
 from training.onnx_io import (
     INPUT_NAME,
@@ -232,6 +238,7 @@ class ExportConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     parity_samples: int = DEFAULT_PARITY_SAMPLES
     data_dir: Path | None = None
+    dataset: str | None = None
     evaluate: bool = True
     threads: int | None = None
     fp16: bool = False
@@ -252,7 +259,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     p.add_argument("--parity-samples", type=int, default=d.parity_samples)
-    p.add_argument("--data-dir", type=Path, help="dataset files for parity/evaluation")
+    p.add_argument(
+        "--dataset",
+        help="dataset spec replacing the checkpoint's for parity samples and evaluation, e.g. "
+        "imagefolder:<path> when the image tree moved; its labels must be the checkpoint's",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, help="dataset files for parity/evaluation (fashion-mnist, cifar10)"
+    )
     p.add_argument(
         "--no-evaluate",
         dest="evaluate",
@@ -282,21 +296,16 @@ def main(cfg: ExportConfig) -> Path:
     model = model_from_checkpoint(content)
     pre = preprocessing_of(content)
     labels = list(content["labels"])
-    loader = split_loader(content["dataset"], pre, cfg.data_dir)
+    dataset = dataset_spec(content["dataset"], cfg.dataset, f"checkpoint {cfg.checkpoint}")
+    data = load_matching_dataset(dataset, pre, labels, cfg.data_dir)
+    loader = split_loader(data, pre)
     samples = next(
-        iter(
-            split_loader(
-                content["dataset"],
-                pre,
-                cfg.data_dir,
-                limit=cfg.parity_samples,
-                batch_size=cfg.parity_samples,
-            )
-        )
+        iter(split_loader(data, pre, limit=cfg.parity_samples, batch_size=cfg.parity_samples))
     )[0]
     config = content.get("config", {})
     training = {
         "dataset": content["dataset"],
+        **({"evaluation_dataset": dataset} if dataset != content["dataset"] else {}),
         "epochs": content["epoch"],
         "best_epoch": content.get("best_epoch"),
         "arch_kwargs": content["arch_kwargs"],

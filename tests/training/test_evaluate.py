@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.errors import UserError
-from training.evaluate import EvalConfig
+from training.evaluate import EvalConfig, get_args_parser
 from training.evaluate import main as evaluate_main
 from training.metrics import ClassificationReport, confusion_matrix
 from training.train import TrainResult
@@ -39,3 +39,23 @@ def test_evaluate_checkpoint_writes_json(
 def test_evaluate_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a model version folder"):
         evaluate_main(EvalConfig(model_dir=tmp_path))
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--limit", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_counts_must_be_positive(option: str, value: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        get_args_parser().parse_args(["--checkpoint", "c.pt", option, value])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("changes", [{"batch_size": 0}, {"limit": 0}, {"limit": -3}])
+def test_main_refuses_counts_below_one(tiny_run: TrainResult, changes: dict[str, int]) -> None:
+    with pytest.raises(UserError, match="must be at least 1"):
+        evaluate_main(EvalConfig(checkpoint=tiny_run.best_checkpoint, **changes))  # type: ignore[arg-type]
+
+
+def test_fashion_model_on_digits_is_refused(tiny_run: TrainResult) -> None:
+    """10 labels each, but not the same ones: an accuracy would mean nothing."""
+    with pytest.raises(UserError, match=r"\[0, 1, 2, 3, 4, \.\.\.\].*\[T-shirt/top, Trouser"):
+        evaluate_main(EvalConfig(checkpoint=tiny_run.best_checkpoint, dataset="digits"))
