@@ -28,8 +28,9 @@ from torch import nn
 
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
-from training.cli import run_cli
-from training.data.transforms import Preprocessing
+from training.cli import positive_int, run_cli
+from training.data.datasets import DatasetBundle, subset, with_transform
+from training.data.transforms import Preprocessing, eval_transform
 from training.errors import UserError
 from training.evaluate import (
     dataset_spec,
@@ -44,6 +45,7 @@ from training.onnx_io import (
     LOGITS_NAME,
     PARITY_TOLERANCE,
     FeatureMapModel,
+    check_feature_map_shapes,
     check_layers,
     export_onnx,
     ort_session,
@@ -121,6 +123,7 @@ def write_version(
     (the caller discards the folder).
     """
     model = model.eval()
+    check_feature_map_shapes(model, spec.layers, samples)
     wrapper = FeatureMapModel(model, spec.layers)
     onnx_path = folder / MODEL_FILE
     opset = export_onnx(wrapper, samples, onnx_path)
@@ -203,28 +206,71 @@ def stage_and_publish(
     force: bool,
     after_write: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Path:
-    """Write the version in a hidden staging folder, then move it to <repo>/<name>/<version>."""
+    """Write the version in a hidden staging folder, then move it to <repo>/<name>/<version>.
+
+    On failure nothing new is left behind: the staging folder goes, and so do the model and
+    repository folders when this call created them (existing folders and versions stay).
+    """
     check_name(spec.name)
+    check_repository(repository, spec.name)
     model_root = repository / spec.name
     target = model_root / str(spec.version)
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it")
-    model_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.version}-", dir=model_root))
+    created = _missing_folders(model_root)
+    published = False
     try:
-        metadata = write_version(model, spec, samples, staging)
-        if after_write is not None:
-            after_write(staging, metadata)
-        staging.chmod(
-            PUBLISHED_DIR_MODE
-        )  # mkdtemp makes it 0700; the service may run as another user
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            model_root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # e.g. a file on the way, no permission
+            raise UserError(f"cannot create {model_root}: {err}") from err
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.version}-", dir=model_root))
+        try:
+            metadata = write_version(model, spec, samples, staging)
+            if after_write is not None:
+                after_write(staging, metadata)
+            # mkdtemp makes it 0700; the service may run as another user
+            staging.chmod(PUBLISHED_DIR_MODE)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            published = True
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        if not published:
+            _remove_if_empty(created)
     return target
+
+
+def check_repository(repository: Path, name: str) -> None:
+    """<repository>/<name> must be, or be creatable as, a folder (not a file on the way)."""
+    for path in (repository / name, *(repository / name).parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "--repository" if path == repository else "path"
+                raise UserError(f"{what} {path} is not a directory")
+            return
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this export created (deepest first) unless something else is in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another export wrote into it) or already gone
+            return
 
 
 @dataclass(frozen=True)
@@ -250,15 +296,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--name", required=True, help=f"model name, {NAME_PATTERN}")
     p.add_argument("--repository", type=Path, default=d.repository)
-    p.add_argument("--version", type=int, help="default: one above the highest existing")
+    p.add_argument("--version", type=positive_int, help="default: one above the highest existing")
     p.add_argument("--force", action="store_true", help="overwrite an existing version")
     p.add_argument(
         "--feature-maps",
         default=d.feature_maps,
         help="default | none | all | comma-separated module paths",
     )
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    p.add_argument("--parity-samples", type=int, default=d.parity_samples)
+    p.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=d.max_batch_size,
+        help="largest batch the service sends the model",
+    )
+    p.add_argument(
+        "--parity-samples",
+        type=positive_int,
+        default=d.parity_samples,
+        help="real images the ONNX-vs-PyTorch check runs on (at least 2)",
+    )
     p.add_argument(
         "--dataset",
         help="dataset spec replacing the checkpoint's for parity samples and evaluation, e.g. "
@@ -273,7 +329,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip measuring test accuracy through ONNX Runtime",
     )
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int, help="torch / ORT intra-op threads")
     p.add_argument(
         "--fp16",
         action="store_true",
@@ -290,8 +346,11 @@ def main(cfg: ExportConfig) -> Path:
     check_name(cfg.name)
     if cfg.version is not None and cfg.version < 1:
         raise UserError("--version must be at least 1")
+    if cfg.max_batch_size < 1:
+        raise UserError("--max-batch-size must be at least 1")
     if cfg.parity_samples < 2:
         raise UserError("--parity-samples must be at least 2")
+    check_repository(cfg.repository, cfg.name)
     content = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(content)
     pre = preprocessing_of(content)
@@ -299,9 +358,7 @@ def main(cfg: ExportConfig) -> Path:
     dataset = dataset_spec(content["dataset"], cfg.dataset, f"checkpoint {cfg.checkpoint}")
     data = load_matching_dataset(dataset, pre, labels, cfg.data_dir)
     loader = split_loader(data, pre)
-    samples = next(
-        iter(split_loader(data, pre, limit=cfg.parity_samples, batch_size=cfg.parity_samples))
-    )[0]
+    samples = parity_samples(data, pre, cfg.parity_samples)
     config = content.get("config", {})
     training = {
         "dataset": content["dataset"],
@@ -359,6 +416,23 @@ def main(cfg: ExportConfig) -> Path:
     target = stage_and_publish(model, spec, samples, cfg.repository, cfg.force, measure)
     logger.info("wrote %s", target)
     return target
+
+
+def parity_samples(data: DatasetBundle, pre: Preprocessing, count: int) -> torch.Tensor:
+    """(N, C, H, W) real images for the parity check: `count` from the test split, topped up
+    from the train split when the test split is smaller (a tiny image tree's 10% test split)."""
+    transform = eval_transform(pre)
+    test = subset(with_transform(data.test, transform), count)
+    images = [test[i][0] for i in range(len(test))]  # type: ignore[arg-type]
+    if len(images) < count:
+        train = subset(with_transform(data.train, transform), count - len(images))
+        images += [train[i][0] for i in range(len(train))]  # type: ignore[arg-type]
+    if len(images) < 2:
+        raise UserError(
+            f"dataset {data.name} has {len(images)} image(s); the ONNX parity check needs at "
+            "least 2"
+        )
+    return torch.stack(images)
 
 
 def cli(argv: list[str] | None = None) -> None:

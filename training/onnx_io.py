@@ -72,6 +72,47 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
         raise UserError("feature-map layers must be unique")
 
 
+def check_feature_map_shapes(model: nn.Module, layers: Sequence[str], sample: torch.Tensor) -> None:
+    """Every layer must output one (N, C, H, W) tensor (metadata `feature_maps` are (C, H, W)
+    maps of conv/pool blocks, DESIGN §2); runs `model` once on `sample[:1]` to see."""
+    if not layers:
+        return
+    outputs: dict[str, Any] = {}
+
+    def record(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            outputs.setdefault(name, output)
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(sample[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def is_map(output: Any) -> bool:
+        return isinstance(output, torch.Tensor) and output.ndim == 4
+
+    def described(layer: str) -> str:
+        output = outputs.get(layer)
+        if output is None:
+            return f"{layer} (not run by forward)"
+        if isinstance(output, torch.Tensor):
+            return f"{layer} (output {tuple(output.shape)})"
+        return f"{layer} (output {type(output).__name__})"
+
+    bad = [described(layer) for layer in layers if not is_map(outputs.get(layer))]
+    if bad:
+        valid = [n for n, o in outputs.items() if is_map(o)]
+        raise UserError(
+            f"feature-map layer(s) {', '.join(bad)} do not output (N, C, H, W) maps; layers "
+            f"that do include: {', '.join(valid[:40])}"
+        )
+
+
 def torch_outputs(wrapper: FeatureMapModel, images: torch.Tensor) -> Arrays:
     with torch.no_grad():
         outputs = wrapper(images)

@@ -104,7 +104,7 @@ def test_parity_failure_writes_nothing(tiny_run: TrainResult, tmp_path: Path) ->
     )
     with pytest.raises(UserError, match=r"parity check failed.*logits"):
         stage_and_publish(model, spec, fashion_samples(pre, 8), tmp_path, force=False)
-    assert list((tmp_path / "strict").iterdir()) == []
+    assert not (tmp_path / "strict").exists()  # nor the model folder this export created
     loose = stage_and_publish(
         model, replace(spec, tolerance=1e-4), fashion_samples(pre, 8), tmp_path, force=False
     )
