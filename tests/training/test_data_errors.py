@@ -100,3 +100,20 @@ def test_corrupt_fashion_mnist_is_unreadable_not_missing(tmp_path: Path) -> None
         (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00"))  # short
     with pytest.raises(UserError, match="unreadable"):
         load_dataset("fashion-mnist", tmp_path)
+
+
+def test_unreadable_image_in_a_worker_is_still_one_line(tmp_path: Path) -> None:
+    """DataLoader workers re-raise with the worker's traceback in the message; it is dropped."""
+    write_tree(tmp_path, {"china": 1, "gray": 1})
+    (tmp_path / "china" / "zzz.jpg").write_text("hello\n")
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=IMAGE_SIDE)
+    transform = eval_transform(data.preprocessing)
+    both = ConcatDataset(
+        [with_transform(data.train, transform), with_transform(data.test, transform)]
+    )
+    with pytest.raises(UserError) as info:
+        list(DataLoader(both, batch_size=4, num_workers=1))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("imagefolder: cannot read image ")
+    assert message.split(": ")[1].endswith("china/zzz.jpg")
