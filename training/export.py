@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +51,7 @@ from training.onnx_io import (
     run_onnx,
     torch_outputs,
 )
+from training.publish import check_repository, publishing
 from training.registry import get_spec
 
 logger = logging.getLogger(__name__)
@@ -64,7 +62,6 @@ METADATA_FILE = "metadata.json"
 CAM_FILE = "cam_weights.npy"
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PARITY_SAMPLES = 32
-PUBLISHED_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -206,71 +203,14 @@ def stage_and_publish(
     force: bool,
     after_write: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Path:
-    """Write the version in a hidden staging folder, then move it to <repo>/<name>/<version>.
-
-    On failure nothing new is left behind: the staging folder goes, and so do the model and
-    repository folders when this call created them (existing folders and versions stay).
-    """
+    """Write the version in a hidden staging folder, then move it to <repo>/<name>/<version>
+    (training/publish.py: on failure nothing new is left behind)."""
     check_name(spec.name)
-    check_repository(repository, spec.name)
-    model_root = repository / spec.name
-    target = model_root / str(spec.version)
-    if target.exists() and not force:
-        raise UserError(f"{target} already exists; pass --force to overwrite it")
-    created = _missing_folders(model_root)
-    published = False
-    try:
-        try:
-            model_root.mkdir(parents=True, exist_ok=True)
-        except OSError as err:  # e.g. a file on the way, no permission
-            raise UserError(f"cannot create {model_root}: {err}") from err
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.version}-", dir=model_root))
-        try:
-            metadata = write_version(model, spec, samples, staging)
-            if after_write is not None:
-                after_write(staging, metadata)
-            # mkdtemp makes it 0700; the service may run as another user
-            staging.chmod(PUBLISHED_DIR_MODE)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-            published = True
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-    finally:
-        if not published:
-            _remove_if_empty(created)
+    with publishing(repository, spec.name, spec.version, force) as (staging, target):
+        metadata = write_version(model, spec, samples, staging)
+        if after_write is not None:
+            after_write(staging, metadata)
     return target
-
-
-def check_repository(repository: Path, name: str) -> None:
-    """<repository>/<name> must be, or be creatable as, a folder (not a file on the way)."""
-    for path in (repository / name, *(repository / name).parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "--repository" if path == repository else "path"
-                raise UserError(f"{what} {path} is not a directory")
-            return
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """`path` and its ancestors that do not exist yet, deepest first."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing.append(folder)
-    return missing
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """Remove the folders this export created (deepest first) unless something else is in them."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (another export wrote into it) or already gone
-            return
 
 
 @dataclass(frozen=True)

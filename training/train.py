@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.engine import StepTools, evaluate, train_one_epoch
 from training.errors import UserError
 from training.registry import build_model, check_input_size, list_models, torchvision_names
+from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
 from training.seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -149,17 +149,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-# What a checkpoint's run was trained with, taken as the defaults when resuming it; the rest
-# (where the data is, threads, device, how many epochs this run may do) is this run's.
-RESUMED_SETTINGS = (
-    "arch", "dataset", "image_size", "color_mode", "epochs", "batch_size", "optimizer", "lr",
-    "momentum", "weight_decay", "schedule", "label_smoothing", "augment", "amp", "seed",
-    "deterministic", "train_subset", "test_subset",
-)  # fmt: skip
-# Settings a resumed run cannot change: they shape the weights or the optimizer's state.
-FIXED_ON_RESUME = ("arch", "dataset", "arch_kwargs", "optimizer")
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k not in {"list_archs", "arch_kwarg"}}
     values["dataset"] = absolute_dataset(values["dataset"])
@@ -173,23 +162,6 @@ def absolute_dataset(spec: str) -> str:
     if kind != "imagefolder" or not sep or not path:
         return spec
     return f"{kind}:{Path(path).expanduser().resolve()}"
-
-
-def _resume_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Arguments parsed with the checkpoint's settings as defaults, when `--resume` is given:
-    `--resume runs/x/last.pt` alone continues that run as it was configured, in its folder."""
-    args = parser.parse_args(argv)
-    if args.resume is None:
-        return args
-    state = load_checkpoint(args.resume)
-    saved: dict[str, Any] = state.get("config") or {}
-    parser.set_defaults(
-        out=args.resume.parent, **{k: saved[k] for k in RESUMED_SETTINGS if k in saved}
-    )
-    args = parser.parse_args(argv)
-    if not args.arch_kwarg:
-        args.arch_kwarg = list(state["arch_kwargs"].items())
-    return args
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -273,22 +245,6 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _check_resumable(cfg: TrainConfig, path: Path, state: dict[str, Any], pre: Any) -> None:
-    """UserError naming every setting that differs from the checkpoint's and cannot change."""
-    saved = {**(state.get("config") or {}), **{k: state[k] for k in ("arch", "dataset")}}
-    saved["arch_kwargs"] = state["arch_kwargs"]
-    given = {k: getattr(cfg, k) for k in FIXED_ON_RESUME}
-    differ = [f"{k} {given[k]!r} (checkpoint: {saved[k]!r})" for k in given if k in saved
-              and given[k] != saved[k]]  # fmt: skip
-    if state["preprocessing"] != pre.to_dict():
-        differ.append("input size or colour mode (--image-size, --color-mode)")
-    if differ:
-        raise UserError(
-            f"cannot resume {path} with other settings: {'; '.join(differ)}. Leave them out to "
-            "take the checkpoint's, or start a new run in another --out"
-        )
-
-
 def _resume(
     cfg: TrainConfig,
     state: dict[str, Any],
@@ -302,26 +258,7 @@ def _resume(
     advanced to the steps already taken."""
     model.load_state_dict(state["model"])
     scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
-    saved = state["scheduler"]
-    saved_total = saved.get("total_steps", saved.get("T_max"))
-    total = cfg.epochs * steps_per_epoch
-    respan = saved_total is not None and saved_total != total
-    if respan:
-        done = state["epoch"] * steps_per_epoch
-        with warnings.catch_warnings():  # stepping the schedule with no optimizer step
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(min(done, total)):
-                scheduler.step()
-        logger.info(
-            "LR schedule (%s) now spans %d steps (%d epochs), was %d: continued at step %d",
-            cfg.schedule, total, cfg.epochs, saved_total, done,
-        )  # fmt: skip
-    optimizer.load_state_dict(state["optimizer"])  # moments, and the LR the run had reached
-    if respan:
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr
-    else:
-        scheduler.load_state_dict(saved)
+    restore_schedule(scheduler, optimizer, state, cfg.epochs * steps_per_epoch, steps_per_epoch)
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     logger.info("resumed from %s after epoch %d", cfg.resume, state["epoch"])
@@ -344,7 +281,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
     pre = data.preprocessing
     state = None if cfg.resume is None else load_checkpoint(cfg.resume)
     if state is not None and cfg.resume is not None:
-        _check_resumable(cfg, cfg.resume, state, pre)
+        check_resumable({k: getattr(cfg, k) for k in FIXED_ON_RESUME}, cfg.resume, state, pre)
     model = build_model(
         cfg.arch, len(data.labels), pre.channels, pre.center_crop, **cfg.arch_kwargs
     )
@@ -453,7 +390,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = _resume_defaults(get_args_parser(), argv)
+    args = resume_defaults(get_args_parser(), argv)
     if args.list_archs:
         others = sorted(torchvision_names() - set(list_models()))
         sys.stdout.write("\n".join(list_models()) + "\n")

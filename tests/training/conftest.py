@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import require_system_part
 from training.data.idx import DEBIAN_FASHION_MNIST_DIR
@@ -61,3 +63,18 @@ def tiny_config(out: Path, **changes: object) -> TrainConfig:
 def tiny_run(fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """One epoch of LeNet-5 on 1024 Fashion-MNIST images (about two seconds)."""
     return train_main(tiny_config(tmp_path_factory.mktemp("tiny-run")))
+
+
+# Small image trees (class-per-folder PNGs) for the imagefolder tests.
+IMAGE_SIDE = 12
+
+
+def write_tree(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
+    """`count` random RGB PNGs per class folder; each class has its own mean grey level."""
+    rng = np.random.default_rng(seed)
+    for level, (name, count) in enumerate(sorted(classes.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 32, (IMAGE_SIDE, IMAGE_SIDE, 3)) + 64 * level
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

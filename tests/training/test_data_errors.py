@@ -5,27 +5,13 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 
+from tests.training.conftest import IMAGE_SIDE, write_tree
 from training.data.datasets import load_dataset, with_transform
 from training.data.transforms import eval_transform
 from training.errors import UserError
-
-IMAGE_SIDE = 12
-
-
-def write_tree(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
-    """`count` random RGB PNGs per class folder; each class has its own mean grey level."""
-    rng = np.random.default_rng(seed)
-    for level, (name, count) in enumerate(sorted(classes.items())):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            pixels = rng.integers(0, 32, (IMAGE_SIDE, IMAGE_SIDE, 3)) + 64 * level
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def test_val_labels_are_the_train_splits(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service import metadata as schema
-from tests.training.test_data_errors import IMAGE_SIDE, write_tree
+from tests.training.conftest import IMAGE_SIDE, write_tree
 from training.cli import run_cli
 from training.errors import UserError
 from training.evaluate import EvalConfig

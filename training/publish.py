@@ -1,0 +1,80 @@
+"""Publishing a version folder into the model repository: staged in a hidden folder beside
+it, moved into place only when complete, and on failure nothing new left behind (the staging
+folder goes, and so do the model and repository folders this export created; existing folders
+and versions stay)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from training.errors import UserError
+
+PUBLISHED_DIR_MODE = 0o755  # mkdtemp makes 0700; the service may run as another user
+
+
+@contextmanager
+def publishing(
+    repository: Path, name: str, version: int, force: bool
+) -> Iterator[tuple[Path, Path]]:
+    """(staging folder to fill, the version folder it becomes when the block ends cleanly);
+    an existing version is replaced only with `force`."""
+    check_repository(repository, name)
+    model_root = repository / name
+    target = model_root / str(version)
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists; pass --force to overwrite it")
+    created = _missing_folders(model_root)
+    published = False
+    try:
+        try:
+            model_root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # e.g. a file on the way, no permission
+            raise UserError(f"cannot create {model_root}: {err}") from err
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_root))
+        try:
+            yield staging, target
+            staging.chmod(PUBLISHED_DIR_MODE)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            published = True
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    finally:
+        if not published:
+            _remove_if_empty(created)
+
+
+def check_repository(repository: Path, name: str) -> None:
+    """<repository>/<name> must be, or be creatable as, a folder (not a file on the way)."""
+    for path in (repository / name, *(repository / name).parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "--repository" if path == repository else "path"
+                raise UserError(f"{what} {path} is not a directory")
+            return
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this export created (deepest first) unless something else is in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another export wrote into it) or already gone
+            return
