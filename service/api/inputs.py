@@ -18,6 +18,7 @@ from service.api.errors import describe_validation
 from service.errors import (
     BadRequest,
     InvalidImage,
+    InvalidOption,
     PayloadTooLarge,
     SchemaError,
     UnsupportedMediaType,
@@ -126,6 +127,10 @@ async def _multipart(request: Request, limit: int, max_images: int) -> list[byte
     try:
         form = await parser.parse()
     except MultiPartException as err:
+        if err.message.startswith("Too many files"):  # the same answer as a JSON body gets
+            raise InvalidOption(
+                f"more than {max_images} images, at most {max_images} per request"
+            ) from err
         raise BadRequest(f"malformed multipart body: {err.message}") from err
     try:
         parts = form.getlist(FILE_FIELD)

@@ -263,6 +263,19 @@ def test_multipart_without_file_part(client: httpx.Client) -> None:
     assert_error(response, 400, "bad_request")
 
 
+@pytest.mark.parametrize("body", ["multipart", "json"])
+def test_too_many_images_is_the_same_400_for_every_body(client: httpx.Client, body: str) -> None:
+    images = [random_png(i) for i in range(9)]  # max_images_per_request=8
+    if body == "multipart":
+        files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+        response = client.post("/v1/classify", files=files)
+    else:
+        encoded = [base64.b64encode(data).decode() for data in images]
+        response = client.post("/v1/classify", json={"images": encoded})
+    assert_error(response, 400, "invalid_option")
+    assert "at most 8 per request" in response.json()["error"]["message"]
+
+
 def test_more_images_than_the_queue_holds_is_a_400(client: httpx.Client) -> None:
     """A full queue is a 503 worth retrying (test_v2_api, tests/e2e); a request larger than
     the whole queue never fits, so it is a 400 that names the limit, not a 503 forever."""
