@@ -26,6 +26,7 @@ PREFIX = "convserve_"
 # Set for the workers when CONVSERVE_WORKERS > 1 (service/processes.py): prometheus_client then
 # keeps every series in files there, and the exposition sums them over the workers.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RETIRED = -1  # convserve_model_ready of a version retired by a reload (several workers only)
 # 0.25 ms .. 20 s: resolves a ~1 ms LeNet and a ~500 ms ResNet-50 batch on CPU alike.
 LATENCY_BUCKETS_S = (
     0.00025,
@@ -150,13 +151,14 @@ class Metrics:
 
     def forget_ready(self, model: str, version: int, provider: str) -> None:
         """Drop a version's `model_ready` series. With several workers prometheus_client cannot
-        remove a series, so a series this worker had set shows 0 there instead."""
+        remove a series, so a series this worker had set shows RETIRED (-1) there instead: not
+        the 0 of a failed load, which pages (deploy/prometheus/rules: `== 0`)."""
         labels = (model, str(version), provider)
         if not self.multiprocess:
             with contextlib.suppress(KeyError):
                 self.model_ready.remove(*labels)
         elif labels in self._ready_series():
-            self.model_ready.labels(*labels).set(0)
+            self.model_ready.labels(*labels).set(RETIRED)
 
     def _ready_series(self) -> set[tuple[str, ...]]:
         return {

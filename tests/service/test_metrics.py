@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from service.metrics import LATENCY_BUCKETS_S, Metrics, NvmlCollector
+from service.metrics import LATENCY_BUCKETS_S, MULTIPROCESS_ENV, RETIRED, Metrics, NvmlCollector
+from tests.conftest import REPO_ROOT
 
 
 class FakeNvml:
@@ -38,3 +43,27 @@ def test_registries_are_per_app() -> None:
     first, second = Metrics(gpu=False), Metrics(gpu=False)  # no duplicate-name error
     first.failures.labels("m", "queue_full").inc()
     assert b"queue_full" not in generate_latest(second.registry)
+
+
+RETIRE_SCRIPT = """
+from service.metrics import Metrics
+metrics = Metrics()
+metrics.set_ready("m", 1, "CPUExecutionProvider", ready=True)
+metrics.set_ready("m", 2, "CPUExecutionProvider", ready=True)
+metrics.forget_ready("m", 1, "CPUExecutionProvider")
+print(metrics.exposition().decode())
+"""
+
+
+def test_a_retired_version_does_not_read_as_a_failed_one_with_workers(tmp_path: Path) -> None:
+    """With several workers a series cannot be removed: a version retired by a reload reads -1
+    in the merged exposition, not the 0 that the ModelNotReady alert pages on. (A fresh
+    interpreter: prometheus_client picks its multiprocess values at import.)"""
+    env = {**os.environ, MULTIPROCESS_ENV: str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", RETIRE_SCRIPT],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    series = 'convserve_model_ready{model="m",provider="CPUExecutionProvider",version="%d"}'
+    assert f"{series % 1} {float(RETIRED)}" in result.stdout
+    assert f"{series % 2} 1.0" in result.stdout
