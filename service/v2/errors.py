@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.errors import count_failure
+from service.api.errors import HTTP_CODES, count_failure
 from service.api.labels import model_label
 from service.errors import ConvserveError, answer_headers
 
@@ -54,7 +54,9 @@ def _v2_body(request: Request, exc: Exception) -> JSONResponse:
         count_failure(request, model_label(request.scope), "invalid_request")
         return v2_error(422, problems or "invalid request")
     assert isinstance(exc, StarletteHTTPException)
-    count_failure(request, model_label(request.scope), "http_error")
+    count_failure(
+        request, model_label(request.scope), HTTP_CODES.get(exc.status_code, "http_error")
+    )
     return v2_error(exc.status_code, str(exc.detail))
 
 

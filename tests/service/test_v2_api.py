@@ -258,6 +258,18 @@ def test_bytes_image_input_matches_native(client: httpx.Client) -> None:
 TENSOR = {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [0.0] * 256}
 
 
+def test_an_unknown_v2_path_is_counted_as_a_native_one_is(client: httpx.Client) -> None:
+    """reason="not_found", as on /v1 (docs/v2.md), not a v2-only "http_error"."""
+    before = metric_value(
+        client.get("/metrics").text, "convserve_failures_total", reason="not_found"
+    )
+    assert client.get("/v2/no/such/route").status_code == 404
+    after = metric_value(
+        client.get("/metrics").text, "convserve_failures_total", reason="not_found"
+    )
+    assert after == before + 1
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "fragment"),
     [
