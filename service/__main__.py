@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import uvicorn
@@ -11,9 +14,11 @@ import uvicorn
 from service import logs
 from service.app import create_app
 from service.processes import run_workers
-from service.settings import Settings, is_loopback, settings_from_args
+from service.settings import ENV_PREFIX, Settings, env_name, is_loopback, settings_from_args
 
 logger = logging.getLogger("service")
+# Read by docker-compose.yml on the host (the published address and port), not by the service.
+HOST_SIDE = frozenset({"CONVSERVE_BIND", "CONVSERVE_HOST_PORT"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_format, settings.log_level)
     logger.info("settings: %s", json.dumps(settings.masked(), sort_keys=True))
     warn_if_exposed(settings)
+    warn_unknown_settings(os.environ)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -33,6 +39,18 @@ def main(argv: list[str] | None = None) -> None:
         run_workers(settings, options)
     else:
         uvicorn.run(create_app(settings), **options)
+
+
+def warn_unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """Warn about each CONVSERVE_* variable that is no setting (a typo is otherwise silently
+    ignored and its default used), naming the closest setting; returns the names."""
+    known = {env_name(name) for name in Settings.model_fields}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known | HOST_SIDE)
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        logger.warning("%s is not a setting and is ignored%s", name, hint)
+    return unknown
 
 
 def warn_if_exposed(settings: Settings) -> None:

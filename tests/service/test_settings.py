@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.__main__ import warn_unknown_settings
 from service.settings import (
     HIDDEN_SETTINGS,
     Settings,
@@ -175,3 +176,15 @@ def test_settings_env_rebuilds_the_same_settings(monkeypatch: pytest.MonkeyPatch
     assert rebuilt == given
     assert rebuilt.api_key is not None
     assert rebuilt.api_key.get_secret_value() == "s3cret"
+
+
+def test_a_misspelt_setting_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {
+        "CONVSERVE_MAX_BATCHSIZE": "4",  # the typo
+        "CONVSERVE_MAX_BATCH_SIZE": "8",
+        "CONVSERVE_HOST_PORT": "8080",  # docker-compose.yml's, on the host side
+        "PATH": "/usr/bin",
+    }
+    with caplog.at_level("WARNING"):
+        assert warn_unknown_settings(environ) == ["CONVSERVE_MAX_BATCHSIZE"]
+    assert "did you mean CONVSERVE_MAX_BATCH_SIZE?" in caplog.text
