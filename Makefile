@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # Every install (here, CI and the Dockerfile) pins versions through constraints.txt.
 PIP_INSTALL := $(PIP) install --quiet -c constraints.txt
 
-.PHONY: setup setup-service serve test lint fmt train-default lock clean
+.PHONY: help setup setup-service serve test lint fmt train-default lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(VENV)/.all-installed: pyproject.toml constraints.txt | $(PY)
 
 setup-service: $(VENV)/.service-installed
 setup: $(VENV)/.all-installed
+
+## help: list the targets
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
 
 ## serve: set up the service and serve ./models on 127.0.0.1:8000
 serve: setup-service
