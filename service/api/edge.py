@@ -246,9 +246,20 @@ def _metrics(scope: Scope) -> Metrics:
     return metrics
 
 
-def _observe(scope: Scope, status: int, duration_s: float) -> None:
+def _route_label(scope: Scope, status: int) -> str:
+    """The route template; for the plain routes FastAPI adds (/docs, /openapi.json) and the
+    page's static files, which leave no route in the scope, the path itself when answered
+    (a bounded set: those routes and files); "unmatched" for a path nothing serves."""
     route = scope.get("route")
-    template = str(getattr(route, "path", UNMATCHED_ROUTE))
+    if route is not None:
+        return str(getattr(route, "path", UNMATCHED_ROUTE))
+    if "endpoint" in scope and status < 400:
+        return str(scope["path"])
+    return UNMATCHED_ROUTE
+
+
+def _observe(scope: Scope, status: int, duration_s: float) -> None:
+    template = _route_label(scope, status)
     state: dict[str, Any] = scope.get("state") or {}
     model = model_label(scope)
     version = str(state.get("version", ""))

@@ -394,6 +394,21 @@ def test_metrics_exposition(client: httpx.Client) -> None:
     assert 'route="/v1/models/nope/classify"' not in text  # route templates, not raw paths
 
 
+def test_plain_routes_are_labelled_and_unknown_paths_are_not(client: httpx.Client) -> None:
+    """/openapi.json (a route FastAPI adds) under its path; a path nothing serves under
+    "unmatched", a missing static file under its route's template: clients cannot mint series
+    with made-up paths."""
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/no/such/page-123").status_code == 404
+    assert client.get("/static/no-such-file-123.js").status_code == 404
+    text = client.get("/metrics").text
+    assert metric_value(text, "convserve_requests_total", route="/openapi.json", code="200") >= 1
+    assert metric_value(text, "convserve_requests_total", route="unmatched", code="404") >= 1
+    static = metric_value(text, "convserve_requests_total", route="/static/{name:path}", code="404")
+    assert static >= 1
+    assert "no-such" not in text
+
+
 def test_api_key(tiny_repo: Path) -> None:
     settings = Settings(model_repository=tiny_repo, default_model="tiny-cnn", api_key="s3cret")
     with threaded_server(settings) as url, httpx.Client(base_url=url) as c:
