@@ -126,20 +126,25 @@ def generic_cam(model: nn.Module) -> CamSource:
     return CamSource("layer4", fc.weight.detach())
 
 
+def _defaults(name: str) -> dict[str, Any]:
+    """Builder options a torchvision classifier gets unless the user sets them: GoogLeNet and
+    Inception v3 without aux heads (training reads one output, not (logits, aux, ...)) and with
+    their own weight init said explicitly (torchvision warns when it is left implicit)."""
+    return {"aux_logits": False, "init_weights": True} if name in AUX_HEAD_MODELS else {}
+
+
 def torchvision_spec(name: str) -> ArchSpec:
     """Registry entry for any torchvision classifier: builder, channel adaptation only."""
 
     def build(
         num_classes: int, in_channels: int = 3, image_size: int = 224, **kwargs: Any
     ) -> nn.Module:
-        if name in AUX_HEAD_MODELS:  # training reads one output, not (logits, aux, ...)
-            kwargs.setdefault("aux_logits", False)
         model: nn.Module = torchvision.models.get_model(
-            name, weights=None, num_classes=num_classes, **kwargs
+            name, weights=None, num_classes=num_classes, **{**_defaults(name), **kwargs}
         )
         set_in_channels(model, in_channels)
         return model
 
-    probe = torchvision.models.get_model(name, weights=None)
+    probe = torchvision.models.get_model(name, weights=None, **_defaults(name))
     has_gap_fc = isinstance(getattr(probe, "fc", None), nn.Linear) and hasattr(probe, "layer4")
     return ArchSpec(name, build, generic_feature_layers, generic_cam if has_gap_fc else None)
