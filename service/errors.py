@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 
 class ConvserveError(Exception):
@@ -25,6 +26,14 @@ def answer_headers(status_code: int, retry_after_s: int | None) -> dict[str, str
     if status_code == Unauthorized.status_code:
         headers["WWW-Authenticate"] = 'Bearer realm="convserve"'
     return headers or None
+
+
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
+    """`loc: msg; ...` for a human, without pydantic's help URLs and input echoes."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', '')}"
+        for e in errors
+    )
 
 
 class BadRequest(ConvserveError):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.labels import model_label
-from service.errors import ConvserveError, answer_headers
+from service.errors import ConvserveError, answer_headers, describe_validation
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -60,14 +58,6 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     problems = describe_validation(exc.errors())
     count_failure(request, model_label(request.scope), "invalid_request")
     return error_response(422, "invalid_request", problems or "invalid request")
-
-
-def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
-    """`loc: msg; ...` for a human, without pydantic's help URLs and input echoes."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', '')}"
-        for e in errors
-    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

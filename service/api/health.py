@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ManagerDep, MetricsDep
-from service.errors import NotReady
+from service.errors import NotReady, answer_headers
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -17,7 +17,7 @@ def readiness(body: dict[str, object], ready: bool) -> JSONResponse:
     """200, or 503 with Retry-After as every not-ready answer carries (DESIGN §6)."""
     if ready:
         return JSONResponse(body)
-    return JSONResponse(body, 503, headers={"Retry-After": str(NotReady.retry_after_s)})
+    return JSONResponse(body, 503, headers=answer_headers(503, NotReady.retry_after_s))
 
 
 # HEAD as well, undocumented: load balancers often probe with it.

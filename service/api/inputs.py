@@ -14,7 +14,6 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.edge import declared_too_large
-from service.api.errors import describe_validation
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -22,6 +21,7 @@ from service.errors import (
     PayloadTooLarge,
     SchemaError,
     UnsupportedMediaType,
+    describe_validation,
 )
 from service.schemas import JsonImages
 from service.smallpng import PNG_SIGNATURE

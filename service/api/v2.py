@@ -23,11 +23,10 @@ from service.api.deps import (
 from service.api.health import readiness
 from service.api.inputs import read_body
 from service.api.params import TIMEOUT_HEADER
-from service.errors import BadRequest, Conflict
+from service.errors import BadRequest, Conflict, describe_validation
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
-from service.v2.codec import problems
 from service.v2.errors import V2Route
 from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest, RepositoryLoadRequest
 
@@ -180,7 +179,9 @@ async def repository_index(request: Request, manager: ManagerDep) -> list[dict[s
     try:
         options = RepositoryIndexRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
-        raise BadRequest(f"invalid repository index request: {problems(err)}") from err
+        raise BadRequest(
+            f"invalid repository index request: {describe_validation(err.errors())}"
+        ) from err
     return await v2_models.repository_index(manager, ready_only=options.ready)
 
 
@@ -204,7 +205,8 @@ async def load_model(
     try:
         options = RepositoryLoadRequest.model_validate_json(body or b"{}")
     except ValidationError as err:
-        raise BadRequest(f"invalid load request: {problems(err)}") from err
+        problems = describe_validation(err.errors())
+        raise BadRequest(f"invalid load request: {problems}") from err
     overrides = [k for k in options.parameters if k == "config" or k.startswith("file:")]
     if overrides:
         raise BadRequest(

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from service.errors import BadRequest
+from service.errors import BadRequest, describe_validation
 from service.v2.schemas import (
     BINARY_DATA_SIZE,
     BYTES,
@@ -32,13 +32,6 @@ from service.v2.schemas import (
 
 FP32_BYTES = 4
 LENGTH_PREFIX = struct.Struct("<I")
-
-
-def problems(err: ValidationError) -> str:
-    """A JSON body's validation errors, one line for a human (no pydantic URLs or inputs)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
-    )
 
 
 @dataclass(frozen=True)
@@ -62,7 +55,7 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
     try:
         request = InferRequest.model_validate_json(head)
     except ValidationError as err:
-        raise BadRequest(f"invalid inference request: {problems(err)}") from err
+        raise BadRequest(f"invalid inference request: {describe_validation(err.errors())}") from err
     binary: dict[int, bytes] = {}
     offset = 0
     for index, tensor in enumerate(request.inputs):

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.errors import HTTP_CODES, count_failure
 from service.api.labels import model_label
-from service.errors import ConvserveError, answer_headers
+from service.errors import ConvserveError, answer_headers, describe_validation
 
 logger = logging.getLogger(__name__)
 V2_PREFIX = "/v2"
@@ -47,10 +47,7 @@ def _v2_body(request: Request, exc: Exception) -> JSONResponse:
         count_failure(request, model, exc.code)
         return v2_error(exc.status_code, exc.message, exc.retry_after_s)
     if isinstance(exc, RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-            for e in exc.errors()
-        )
+        problems = describe_validation(exc.errors())
         count_failure(request, model_label(request.scope), "invalid_request")
         return v2_error(422, problems or "invalid request")
     assert isinstance(exc, StarletteHTTPException)
