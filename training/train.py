@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import positive_int, run_cli
-from training.data.datasets import DatasetBundle, load_dataset, subset, with_transform
+from training.data.datasets import (
+    DatasetBundle,
+    absolute_spec,
+    load_dataset,
+    subset,
+    with_transform,
+)
 from training.data.transforms import AUGMENT_PRESETS, eval_transform, train_transform
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.engine import StepTools, evaluate, train_one_epoch
@@ -151,17 +157,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k not in {"list_archs", "arch_kwarg"}}
-    values["dataset"] = absolute_dataset(values["dataset"])
+    values["dataset"] = absolute_spec(values["dataset"])
     return TrainConfig(arch_kwargs=dict(args.arch_kwarg), **values)
-
-
-def absolute_dataset(spec: str) -> str:
-    """`imagefolder:<path>` with the path made absolute, so that the checkpoint (and export,
-    evaluate, a resume) find the tree from any working directory."""
-    kind, sep, path = spec.partition(":")
-    if kind != "imagefolder" or not sep or not path:
-        return spec
-    return f"{kind}:{Path(path).expanduser().resolve()}"
 
 
 def _device(cfg: TrainConfig) -> torch.device:

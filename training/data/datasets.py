@@ -278,6 +278,15 @@ def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
     )
 
 
+def absolute_spec(spec: str) -> str:
+    """`imagefolder:<path>` with the path made absolute, so that a checkpoint (and export,
+    evaluate, a resume) finds the tree from any working directory; other specs as they are."""
+    folder = spec.removeprefix(IMAGEFOLDER_PREFIX)
+    if not spec.startswith(IMAGEFOLDER_PREFIX) or not folder:
+        return spec
+    return f"{IMAGEFOLDER_PREFIX}{Path(folder).expanduser().resolve()}"
+
+
 def load_dataset(
     spec: str,
     data_dir: Path | None = None,
