@@ -106,10 +106,24 @@ class CamSpec(_Strict):
         return check_relative_file(weights)
 
 
+class Source(_Strict):
+    kind: Literal["training", "weights", "onnx"] = Field(
+        description="training: a convserve training run's checkpoint; weights: a torchvision "
+        "state dict (pretrained weights); onnx: an ONNX classifier made elsewhere."
+    )
+    name: str | None = Field(
+        None, description="torchvision weights name, e.g. ResNet50_Weights.IMAGENET1K_V2."
+    )
+    file: str | None = Field(None, description="File name the weights or graph were read from.")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 of that file."
+    )
+
+
 class ExportInfo(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     opset: int
-    torch: str
+    torch: str | None = Field(None, description="torch version of the export; None: imported.")
     parity_max_abs_diff: float = Field(
         description="Largest per-output error max|onnx-torch|/max(1,max|torch|) on real samples."
     )
@@ -135,6 +149,9 @@ class ModelMetadata(_Strict):
     labels: list[str] = Field(min_length=2)
     max_batch_size: int = Field(ge=1)
     training: dict[str, Any] = Field(default_factory=dict)
+    source: Source | None = Field(
+        None, description="Where the weights came from; absent in older versions (training)."
+    )
     export: ExportInfo
 
     @model_validator(mode="after")
