@@ -115,9 +115,7 @@ class Source(_Strict):
         None, description="torchvision weights name, e.g. ResNet50_Weights.IMAGENET1K_V2."
     )
     file: str | None = Field(None, description="File name the weights or graph were read from.")
-    sha256: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$", description="sha256 of that file."
-    )
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of that file.")
 
 
 class ExportInfo(BaseModel):

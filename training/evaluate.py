@@ -35,12 +35,11 @@ from training.distributed import DistInfo
 from training.engine import evaluate as evaluate_torch
 from training.errors import UserError
 from training.metrics import ClassificationReport, confusion_matrix
-from training.onnx_io import LOGITS_NAME, ort_session, run_onnx
+from training.onnx_check import LOGITS_NAME, ort_session, run_onnx
+from training.publish import METADATA_FILE, MODEL_FILE
 
 logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 256
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
 
 
 @dataclass(frozen=True)

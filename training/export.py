@@ -11,9 +11,7 @@ graph computes in float16 (inputs and outputs stay float32) and the tolerance is
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,29 +35,36 @@ from training.evaluate import (
     split_loader,
 )
 from training.export_fp16 import FP16_PARITY_TOLERANCE, Precision, convert_to_float16
-from training.onnx_io import (
+from training.onnx_check import (
     INPUT_NAME,
     LOGITS_NAME,
     PARITY_TOLERANCE,
-    FeatureMapModel,
-    check_feature_map_shapes,
-    check_layers,
-    export_onnx,
     ort_session,
     output_name,
     parity_errors,
     run_onnx,
+)
+from training.onnx_io import (
+    FeatureMapModel,
+    check_feature_map_shapes,
+    check_layers,
+    export_onnx,
+    first_conv,
     torch_outputs,
 )
-from training.publish import check_repository, publishing
+from training.publish import (
+    CAM_FILE,
+    MODEL_FILE,
+    NAME_PATTERN,
+    check_name,
+    check_repository,
+    next_version,
+    publishing,
+    write_metadata,
+)
 from training.registry import get_spec
 
 logger = logging.getLogger(__name__)
-# The repository's name rule (service/metadata.py NAME_PATTERN; a test keeps the two equal).
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
-CAM_FILE = "cam_weights.npy"
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PARITY_SAMPLES = 32
 
@@ -84,16 +89,6 @@ class ExportSpec:
         if self.tolerance is not None:
             return self.tolerance
         return FP16_PARITY_TOLERANCE if self.precision == "float16" else PARITY_TOLERANCE
-
-
-def check_name(name: str) -> None:
-    if not re.fullmatch(NAME_PATTERN, name) or name in {".", ".."}:
-        raise UserError(f"bad model name {name!r}: must match {NAME_PATTERN}")
-
-
-def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
 
 
 def resolve_layers(model: nn.Module, arch: str, choice: str) -> list[str]:
@@ -165,7 +160,7 @@ def write_version(
             for layer in spec.layers
         ],
         "cam": None,
-        "filters": [write_filters(model, folder)],
+        "filters": [write_filters(*first_conv(model), folder)],
         "labels": list(spec.labels),
         "max_batch_size": spec.max_batch_size,
         "training": dict(spec.training),
@@ -184,15 +179,10 @@ def write_version(
     if cam is not None:
         source = cam(model)
         if source.layer in spec.layers:
-            write_cam_weights(source.weights, folder / CAM_FILE)
+            write_cam_weights(source.weights.detach().float().numpy(), folder / CAM_FILE)
             metadata["cam"] = {"feature_map": output_name(source.layer), "weights": CAM_FILE}
     write_metadata(folder, metadata)
     return metadata
-
-
-def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
-    text = json.dumps({k: v for k, v in metadata.items() if v is not None}, indent=2)
-    (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
 
 
 def stage_and_publish(

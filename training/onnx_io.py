@@ -15,24 +15,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from training.errors import UserError
+from training.onnx_check import INPUT_NAME, LOGITS_NAME, Arrays, output_name
 
 logger = logging.getLogger(__name__)
-INPUT_NAME = "input"
-LOGITS_NAME = "logits"
-FEATURE_MAP_PREFIX = "fm."
-PARITY_TOLERANCE = 1e-4
 # protobuf cannot serialise a single message of 2 GiB or more: such models need external data.
 MAX_ONNX_BYTES = 2**31 - 1
-Arrays = dict[str, npt.NDArray[np.float32]]
-
-
-def output_name(layer: str) -> str:
-    return f"{FEATURE_MAP_PREFIX}{layer}"
 
 
 class FeatureMapModel(nn.Module):
@@ -56,6 +47,14 @@ class FeatureMapModel(nn.Module):
         self._maps = {}
         logits = self.model(x)
         return (logits, *(self._maps[layer] for layer in self.layers))
+
+
+def first_conv(model: nn.Module) -> tuple[str, npt.NDArray[np.float32]]:
+    """The first Conv2d's module path and weights (out, in, kH, kW)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module.weight.detach().float().cpu().numpy()
+    raise ValueError(f"{type(model).__name__} has no Conv2d layer")
 
 
 def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
@@ -150,32 +149,3 @@ def export_onnx(wrapper: FeatureMapModel, sample: torch.Tensor, path: Path) -> i
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         raise UserError(f"{path} would need external data; refusing")
     return int(next(o.version for o in proto.opset_import if o.domain in {"", "ai.onnx"}))
-
-
-def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(
-    session: ort.InferenceSession, images: npt.NDArray[np.float32], outputs: list[str] | None = None
-) -> Arrays:
-    names = outputs or [o.name for o in session.get_outputs()]
-    results = session.run(names, {INPUT_NAME: images.astype(np.float32)})
-    return dict(zip(names, results, strict=True))
-
-
-def parity_errors(reference: Arrays, candidate: Arrays) -> dict[str, float]:
-    """Per output: max|candidate − reference| / max(1, max|reference|) (DESIGN §3)."""
-    errors = {}
-    for name, ref in reference.items():
-        got = candidate[name]
-        if got.shape != ref.shape:
-            errors[name] = float("inf")
-            continue
-        scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-        errors[name] = float(np.abs(got - ref).max(initial=0.0)) / scale
-    return errors

@@ -1,20 +1,43 @@
 """Publishing a version folder into the model repository: staged in a hidden folder beside
 it, moved into place only when complete, and on failure nothing new left behind (the staging
 folder goes, and so do the model and repository folders this export created; existing folders
-and versions stay)."""
+and versions stay). Also the folder's file names and metadata.json writing. No torch."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from training.errors import UserError
 
 PUBLISHED_DIR_MODE = 0o755  # mkdtemp makes 0700; the service may run as another user
+# The repository's name rule (service/metadata.py NAME_PATTERN; a test keeps the two equal).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+CAM_FILE = "cam_weights.npy"
+
+
+def check_name(name: str) -> None:
+    if not re.fullmatch(NAME_PATTERN, name) or name in {".", ".."}:
+        raise UserError(f"bad model name {name!r}: must match {NAME_PATTERN}")
+
+
+def next_version(model_root: Path) -> int:
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
+    text = json.dumps({k: v for k, v in metadata.items() if v is not None}, indent=2)
+    (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
 
 
 @contextmanager

@@ -11,8 +11,9 @@ import pytest
 from service import metadata as schema
 from tests.conftest import REPO_ROOT
 from training.errors import UserError
-from training.export import NAME_PATTERN, ExportConfig, stage_and_publish
+from training.export import ExportConfig, stage_and_publish
 from training.export import main as export_main
+from training.publish import NAME_PATTERN
 from training.train import TrainResult
 
 

@@ -13,7 +13,7 @@ from tests.training.test_registry import REQUIRED
 from training.data.idx import FASHION_MNIST_LABELS
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from training.export import ExportSpec, write_version
-from training.onnx_io import LOGITS_NAME, PARITY_TOLERANCE, ort_session, run_onnx
+from training.onnx_check import LOGITS_NAME, PARITY_TOLERANCE, ort_session, run_onnx
 from training.registry import build_model, get_spec
 
 GRAY_28 = Preprocessing("L", 28, 28, (0.286,), (0.353,))

@@ -20,14 +20,8 @@ from training.errors import UserError
 from training.export import ExportConfig, ExportSpec, stage_and_publish
 from training.export import main as export_main
 from training.export_fp16 import FP16_PARITY_TOLERANCE
-from training.onnx_io import (
-    PARITY_TOLERANCE,
-    FeatureMapModel,
-    ort_session,
-    parity_errors,
-    run_onnx,
-    torch_outputs,
-)
+from training.onnx_check import PARITY_TOLERANCE, ort_session, parity_errors, run_onnx
+from training.onnx_io import FeatureMapModel, torch_outputs
 from training.train import TrainResult
 
 SAMPLES = 64
