@@ -49,7 +49,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - any file: the unpickler raises KeyError and more
         raise UserError(
             f"{path} is not a checkpoint written by training.train, or it is damaged "
-            f"({_reason(err)})"
+            f"({describe_load_error(err)})"
         ) from err
     if not isinstance(content, dict) or any(k not in content for k in REQUIRED_KEYS):
         raise UserError(f"{path} is not a convserve checkpoint (missing {REQUIRED_KEYS})")
@@ -58,7 +58,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return content
 
 
-def _reason(err: Exception) -> str:
+def describe_load_error(err: Exception) -> str:
     """One short line: the error's first line, not torch's advice to unpickle untrusted code."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     first = next((ln for ln in lines if not ln.startswith(TORCH_ADVICE)), "")

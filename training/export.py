@@ -1,5 +1,9 @@
-"""`python -m training.export`: checkpoint → models/<name>/<version>/ (DESIGN §2).
+"""`python -m training.export`: a training checkpoint or pretrained torchvision weights →
+models/<name>/<version>/ (the repository format: docs/repository.md).
 
+`--checkpoint run/best.pt` exports a convserve training run; `--arch resnet50 --weights
+PATH_OR_NAME` exports torchvision's network with pretrained weights (training/pretrained.py:
+labels and preprocessing from the weights' own metadata, parity checked on real photos).
 Writes model.onnx (dynamic batch, `logits` plus `fm.<layer>` feature maps), metadata.json, the
 first conv layer's filter grid and, for GAP + linear heads, cam_weights.npy. It first checks ONNX
 Runtime against PyTorch on real test images and refuses to write when any output differs by more
@@ -25,6 +29,7 @@ from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
 from training.cli import positive_int, run_cli
 from training.data.datasets import DatasetBundle, subset, with_transform
+from training.data.photos import photo_views
 from training.data.transforms import Preprocessing, eval_transform
 from training.errors import UserError
 from training.evaluate import (
@@ -52,6 +57,7 @@ from training.onnx_io import (
     first_conv,
     torch_outputs,
 )
+from training.pretrained import build_pretrained, load_pretrained
 from training.publish import (
     CAM_FILE,
     MODEL_FILE,
@@ -83,6 +89,7 @@ class ExportSpec:
     training: dict[str, Any] = field(default_factory=dict)
     precision: Precision = "float32"
     tolerance: float | None = None  # None: the precision's (1e-4 float32, 1e-2 float16)
+    source: dict[str, Any] | None = None  # metadata `source`: where the weights came from
 
     @property
     def parity_tolerance(self) -> float:
@@ -164,6 +171,7 @@ def write_version(
         "labels": list(spec.labels),
         "max_batch_size": spec.max_batch_size,
         "training": dict(spec.training),
+        "source": spec.source,
         "export": {
             "opset": opset,
             "torch": torch.__version__.split("+")[0],
@@ -205,8 +213,12 @@ def stage_and_publish(
 
 @dataclass(frozen=True)
 class ExportConfig:
-    checkpoint: Path
     name: str
+    checkpoint: Path | None = None
+    weights: str | None = None
+    arch: str | None = None
+    labels: str | None = None
+    download: bool = False
     repository: Path = Path("models")
     version: int | None = None
     force: bool = False
@@ -222,8 +234,26 @@ class ExportConfig:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, prog="python -m training.export")
-    d = ExportConfig(Path(), "")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    d = ExportConfig("")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a training run's best.pt or last.pt")
+    source.add_argument(
+        "--weights",
+        help="pretrained torchvision weights (with --arch): a state-dict file as torchvision "
+        "publishes it, or a weights name such as ResNet50_Weights.IMAGENET1K_V2, IMAGENET1K_V2 "
+        "or DEFAULT, read from the torch hub cache",
+    )
+    p.add_argument("--arch", help="--weights only: the torchvision architecture, e.g. resnet50")
+    p.add_argument(
+        "--labels",
+        help="--weights only: imagenet | a file of one label per line (default: the weights' "
+        "own categories)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="--weights NAME only: download the file into the torch hub cache when missing",
+    )
     p.add_argument("--name", required=True, help=f"model name, {NAME_PATTERN}")
     p.add_argument("--repository", type=Path, default=d.repository)
     p.add_argument("--version", type=positive_int, help="default: one above the highest existing")
@@ -247,8 +277,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        help="dataset spec replacing the checkpoint's for parity samples and evaluation, e.g. "
-        "imagefolder:<path> when the image tree moved; its labels must be the checkpoint's",
+        help="--checkpoint only: dataset spec replacing the checkpoint's for parity samples and "
+        "evaluation, e.g. imagefolder:<path> when the image tree moved; its labels must be the "
+        "checkpoint's",
     )
     p.add_argument(
         "--data-dir", type=Path, help="dataset files for parity/evaluation (fashion-mnist, cifar10)"
@@ -269,11 +300,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(cfg: ExportConfig) -> Path:
-    """Export the checkpoint; returns the version folder written."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def check_config(cfg: ExportConfig) -> None:
     check_name(cfg.name)
+    if (cfg.checkpoint is None) == (cfg.weights is None):
+        raise UserError("pass one of --checkpoint and --weights")
+    if cfg.weights is not None and cfg.arch is None:
+        raise UserError("--weights needs --arch (the torchvision architecture, e.g. resnet50)")
+    if cfg.checkpoint is not None:
+        given = [f for f in ("arch", "labels") if getattr(cfg, f) is not None]
+        given += ["download"] if cfg.download else []
+        if given:
+            flags = ", ".join(f"--{f}" for f in given)
+            raise UserError(f"{flags} go with --weights; a checkpoint records its own")
+    if cfg.weights is not None and (cfg.dataset is not None or cfg.data_dir is not None):
+        raise UserError("--dataset and --data-dir go with --checkpoint")
     if cfg.version is not None and cfg.version < 1:
         raise UserError("--version must be at least 1")
     if cfg.max_batch_size < 1:
@@ -281,6 +321,16 @@ def main(cfg: ExportConfig) -> Path:
     if cfg.parity_samples < 2:
         raise UserError("--parity-samples must be at least 2")
     check_repository(cfg.repository, cfg.name)
+
+
+def main(cfg: ExportConfig) -> Path:
+    """Export the checkpoint or the pretrained weights; returns the version folder written."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    check_config(cfg)
+    if cfg.weights is not None:
+        return export_pretrained(cfg)
+    assert cfg.checkpoint is not None
     content = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(content)
     pre = preprocessing_of(content)
@@ -297,6 +347,7 @@ def main(cfg: ExportConfig) -> Path:
         "best_epoch": content.get("best_epoch"),
         "arch_kwargs": content["arch_kwargs"],
         "train_time_s": round(sum(row.get("time_s", 0.0) for row in content.get("history", []))),
+        **({"pretrained": content["pretrained"]} if "pretrained" in content else {}),
         **{
             k: config[k]
             for k in (
@@ -321,6 +372,11 @@ def main(cfg: ExportConfig) -> Path:
         max_batch_size=cfg.max_batch_size,
         training=training,
         precision="float16" if cfg.fp16 else "float32",
+        source={
+            "kind": "training",
+            "file": cfg.checkpoint.name,
+            "sha256": sha256_of(cfg.checkpoint),
+        },
     )
 
     def measure(folder: Path, metadata: dict[str, Any]) -> None:
@@ -344,6 +400,32 @@ def main(cfg: ExportConfig) -> Path:
         write_metadata(folder, metadata)
 
     target = stage_and_publish(model, spec, samples, cfg.repository, cfg.force, measure)
+    logger.info("wrote %s", target)
+    return target
+
+
+def export_pretrained(cfg: ExportConfig) -> Path:
+    """`--arch A --weights W`: torchvision's network with W, parity-checked on real photos."""
+    assert cfg.arch is not None
+    assert cfg.weights is not None
+    pretrained = load_pretrained(cfg.arch, cfg.weights, cfg.labels, cfg.download)
+    model = build_pretrained(pretrained)
+    pre = pretrained.preprocessing
+    transform = eval_transform(pre)
+    samples = torch.stack([transform(view) for view in photo_views(cfg.parity_samples)])
+    spec = ExportSpec(
+        name=cfg.name,
+        version=cfg.version or next_version(cfg.repository / cfg.name),
+        arch=cfg.arch,
+        labels=pretrained.labels,
+        preprocessing=pre,
+        layers=resolve_layers(model, cfg.arch, cfg.feature_maps),
+        max_batch_size=cfg.max_batch_size,
+        training={"arch_kwargs": pretrained.arch_kwargs} if pretrained.arch_kwargs else {},
+        precision="float16" if cfg.fp16 else "float32",
+        source=pretrained.source,
+    )
+    target = stage_and_publish(model, spec, samples, cfg.repository, cfg.force)
     logger.info("wrote %s", target)
     return target
 

@@ -21,10 +21,14 @@ logger = logging.getLogger(__name__)
 RESUMED_SETTINGS = (
     "arch", "dataset", "image_size", "color_mode", "epochs", "batch_size", "optimizer", "lr",
     "momentum", "weight_decay", "schedule", "label_smoothing", "augment", "amp", "seed",
-    "deterministic", "train_subset", "test_subset",
+    "deterministic", "train_subset", "test_subset", "weights", "freeze_backbone",
+    "trainable_layers",
 )  # fmt: skip
 # Settings a resumed run cannot change: they shape the weights or the optimizer's state.
-FIXED_ON_RESUME = ("arch", "dataset", "arch_kwargs", "optimizer")
+FIXED_ON_RESUME = (
+    "arch", "dataset", "arch_kwargs", "optimizer", "weights", "freeze_backbone",
+    "trainable_layers",
+)  # fmt: skip
 
 
 def resume_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, preprocessing_of, save_checkpoint
 from training.cli import positive_int, run_cli
 from training.data.datasets import (
     DatasetBundle,
@@ -29,10 +29,16 @@ from training.data.datasets import (
     subset,
     with_transform,
 )
-from training.data.transforms import AUGMENT_PRESETS, eval_transform, train_transform
+from training.data.transforms import (
+    AUGMENT_PRESETS,
+    Preprocessing,
+    eval_transform,
+    train_transform,
+)
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.engine import StepTools, evaluate, train_one_epoch
 from training.errors import UserError
+from training.pretrained import Pretrained, freeze, head_path, load_fitting, load_pretrained
 from training.registry import build_model, check_input_size, list_models, torchvision_names
 from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
 from training.seeding import rng_state, seed_everything, set_rng_state
@@ -72,6 +78,9 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None
     device: str = "auto"
+    weights: str | None = None
+    freeze_backbone: bool = False
+    trainable_layers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers")
     p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
+    tune = p.add_argument_group("fine-tuning from pretrained torchvision weights")
+    tune.add_argument(
+        "--weights",
+        help="start from these weights: a state-dict file as torchvision publishes it or a "
+        "weights name (ResNet18_Weights.IMAGENET1K_V1, DEFAULT) from the torch hub cache; the "
+        "head is replaced for the dataset's classes, input size and normalisation follow the "
+        "weights (--image-size overrides the size)",
+    )
+    frozen = tune.add_mutually_exclusive_group()
+    frozen.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
+    frozen.add_argument(
+        "--trainable-layers",
+        type=int,
+        metavar="N",
+        help="train the head and the last N backbone blocks (0: the head only)",
+    )
     return p
 
 
@@ -191,15 +216,16 @@ def _loaders(
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    parameters = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            parameters,
             lr=cfg.lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             nesterov=cfg.momentum > 0,
         )
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _scheduler(
@@ -221,6 +247,10 @@ def main(cfg: TrainConfig) -> TrainResult:
     """Train per `cfg`; returns the best test accuracy and the checkpoint paths."""
     if cfg.epochs < 1:
         raise UserError("--epochs must be at least 1")
+    if cfg.weights is None and (cfg.freeze_backbone or cfg.trainable_layers is not None):
+        raise UserError("--freeze-backbone and --trainable-layers go with --weights")
+    if cfg.trainable_layers is not None and cfg.trainable_layers < 0:
+        raise UserError("--trainable-layers must be 0 or more")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg)
@@ -275,14 +305,22 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
         image_size=cfg.image_size,
         color_mode=cfg.color_mode,
     )
-    pre = data.preprocessing
     state = None if cfg.resume is None else load_checkpoint(cfg.resume)
+    # Fine-tuning: the weights' preprocessing (a resumed run has it in its checkpoint).
+    pretrained = None
+    if cfg.weights is not None and state is None:
+        pretrained = load_pretrained(cfg.arch, cfg.weights, download=cfg.download)
+        data = replace(data, preprocessing=_pretrained_preprocessing(cfg, pretrained))
+    elif cfg.weights is not None and state is not None:
+        data = replace(data, preprocessing=preprocessing_of(state))
+    pre = data.preprocessing
     if state is not None and cfg.resume is not None:
         check_resumable({k: getattr(cfg, k) for k in FIXED_ON_RESUME}, cfg.resume, state, pre)
-    model = build_model(
-        cfg.arch, len(data.labels), pre.channels, pre.center_crop, **cfg.arch_kwargs
-    )
+    arch_kwargs = {**(pretrained.arch_kwargs if pretrained else {}), **cfg.arch_kwargs}
+    model = build_model(cfg.arch, len(data.labels), pre.channels, pre.center_crop, **arch_kwargs)
     check_input_size(model, cfg.arch, pre.channels, pre.center_crop)
+    if cfg.weights is not None:
+        _start_from_weights(cfg, model, pretrained, len(data.labels), info)
     model = model.to(device)
     train_loader, test_loader, sampler = _loaders(cfg, data, info)
     optimizer = _optimizer(cfg, model)
@@ -323,6 +361,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
             info.world_size,
         )
     out = cfg.out
+    pretrained_source = pretrained.source if pretrained else (state or {}).get("pretrained")
     if start_epoch >= cfg.epochs and info.is_main:
         logger.warning(
             "%s has trained %d of %d epochs already: nothing to do (a larger --epochs "
@@ -360,7 +399,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
             )
             content = {
                 "arch": cfg.arch,
-                "arch_kwargs": dict(cfg.arch_kwargs),
+                "arch_kwargs": arch_kwargs,
                 "dataset": cfg.dataset,
                 "labels": list(data.labels),
                 "preprocessing": pre.to_dict(),
@@ -376,6 +415,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
                 "rng": rng_state(),
                 "torch_version": str(torch.__version__),
                 "config": _plain_config(cfg),
+                **({"pretrained": pretrained_source} if pretrained_source else {}),
             }
             save_checkpoint(out / "last.pt", content)
             if improved:
@@ -384,6 +424,41 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
                 fh.write(json.dumps(row) + "\n")
         barrier(info)
     return TrainResult(best, out / "best.pt", out / "last.pt", history)
+
+
+def _pretrained_preprocessing(cfg: TrainConfig, pretrained: Pretrained) -> Preprocessing:
+    """The weights' preprocessing, at --image-size when given."""
+    pre = pretrained.preprocessing
+    if cfg.image_size is None or cfg.image_size == pre.center_crop:
+        return pre
+    return pre.for_size(cfg.image_size)
+
+
+def _start_from_weights(
+    cfg: TrainConfig,
+    model: nn.Module,
+    pretrained: Pretrained | None,
+    num_classes: int,
+    info: DistInfo,
+) -> None:
+    """Every weight but the head's from the file (a resumed run has them in its checkpoint),
+    then the freezing that --freeze-backbone / --trainable-layers ask for."""
+    head = head_path(model)
+    if pretrained is not None:
+        load_fitting(model, pretrained, head=head)
+    blocks = 0 if cfg.freeze_backbone else cfg.trainable_layers
+    trainable = freeze(model, head, blocks)
+    if info.is_main and pretrained is not None:
+        logger.info(
+            "fine-tuning %s from %s: head %s replaced for %d classes, %.1fM of %.1fM "
+            "parameters train",
+            cfg.arch,
+            pretrained.source["name"] or pretrained.source["file"],
+            head,
+            num_classes,
+            trainable / 1e6,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
 
 
 def cli(argv: list[str] | None = None) -> None:

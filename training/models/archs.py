@@ -60,8 +60,19 @@ def _mlp_net(
     return model
 
 
-def _pool_layers(model: nn.Module) -> list[str]:
-    return pool_positions(_features(model))
+def _block_layers(model: nn.Module) -> list[str]:
+    """Each conv block's last activation and its max pool (the pool alone where it became an
+    identity on a small input: the activation would be the same map twice)."""
+    features = _features(model)
+    layers = []
+    last_relu = None
+    for name, module in features.named_children():
+        if isinstance(module, nn.ReLU):
+            last_relu = f"features.{name}"
+        elif isinstance(module, nn.MaxPool2d) and last_relu is not None:
+            layers.append(last_relu)
+    pools = pool_positions(features)
+    return sorted(layers + pools, key=lambda path: int(path.rsplit(".", 1)[1]))
 
 
 def _register_mlp_net(name: str) -> None:
@@ -74,7 +85,7 @@ def _register_mlp_net(name: str) -> None:
     ) -> nn.Module:
         return _mlp_net(name, num_classes, in_channels, image_size, head_width, **kwargs)
 
-    register_model(name, feature_layers=_pool_layers)(build)
+    register_model(name, feature_layers=_block_layers)(build)
 
 
 def _resnet_layers(model: nn.Module) -> list[str]:
