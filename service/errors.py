@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+# pydantic's text before the message of a ValueError raised in a validator: noise to a reader.
+VALUE_ERROR_PREFIX = "Value error, "
+
 
 class ConvserveError(Exception):
     """Base error: status code and snake_case code travel with the class."""
@@ -28,10 +31,12 @@ def answer_headers(status_code: int, retry_after_s: int | None) -> dict[str, str
     return headers or None
 
 
-def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
-    """`loc: msg; ...` for a human, without pydantic's help URLs and input echoes."""
+def describe_validation(errors: Sequence[Mapping[str, Any]], *, root: str = "body") -> str:
+    """`loc: msg; ...` for a human, without pydantic's help URLs and input echoes; `root` names
+    the location of a problem with the whole document (a model validator's)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', '')}"
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or root}: "
+        f"{str(e.get('msg', '')).removeprefix(VALUE_ERROR_PREFIX)}"
         for e in errors
     )
 

@@ -196,7 +196,7 @@ class ModelManager:
         try:
             fresh = await self._load(ref, fp)
         except RepositoryError as err:
-            message = f"{ref.model}/{ref.version}: {err}"
+            message = str(err)  # "<model>/<version>: ..." (load_version and _load prefix it)
             self.errors[key] = (fp, message)
             logger.error("skipping %s", message)
             if current is None:  # a broken change keeps the old session serving (and ready)
@@ -238,12 +238,13 @@ class ModelManager:
             runtime.warm_up()
             return runtime
 
+        where = f"{ref.model}/{ref.version}"
         try:
             runtime = await asyncio.to_thread(build)
-        except RepositoryError:
-            raise
+        except RepositoryError as err:
+            raise RepositoryError(f"{where}: {err}") from err
         except (RuntimeError, ValueError) as err:  # ORT raises these on bad graphs
-            raise RepositoryError(f"warm-up failed: {err}") from err
+            raise RepositoryError(f"{where}: warm-up failed: {err}") from err
         self.provider = runtime.provider
         meta = files.metadata
         batcher = Batcher(

@@ -8,7 +8,6 @@ with `allow_pickle=False`. Anything else raises `RepositoryError`, reported and 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy.typing as npt
 import onnx
 from pydantic import ValidationError
 
-from service.errors import RepositoryError
+from service.errors import RepositoryError, describe_validation
 from service.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata, is_valid_name
 
 logger = logging.getLogger(__name__)
@@ -92,28 +91,37 @@ def fingerprint(ref: VersionRef) -> Fingerprint:
 
 
 def load_version(root: Path, ref: VersionRef) -> VersionFiles:
-    """Read and validate one version; RepositoryError says what is wrong."""
-    where = f"{ref.model}/{ref.version}"
+    """Read and validate one version; RepositoryError says what is wrong, prefixed once with
+    `<model>/<version>: `."""
+    try:
+        return _load_version(root, ref)
+    except RepositoryError as err:
+        raise RepositoryError(f"{ref.model}/{ref.version}: {err}") from err
+
+
+def _load_version(root: Path, ref: VersionRef) -> VersionFiles:
     version_dir = inside(root, ref.path)
     metadata_path = inside(root, version_dir / METADATA_FILENAME)
     model_path = inside(root, version_dir / MODEL_FILENAME)
     try:
-        metadata = ModelMetadata.model_validate(json.loads(metadata_path.read_bytes()))
+        metadata = ModelMetadata.model_validate_json(metadata_path.read_bytes())
     except FileNotFoundError as err:
-        raise RepositoryError(f"{where}: {METADATA_FILENAME} is missing") from err
-    except (ValueError, ValidationError) as err:
-        raise RepositoryError(f"{where}: invalid {METADATA_FILENAME}: {err}") from err
+        raise RepositoryError(f"{METADATA_FILENAME} is missing") from err
+    except ValidationError as err:
+        raise RepositoryError(f"invalid {METADATA_FILENAME}: {describe_metadata(err)}") from err
+    except OSError as err:
+        raise RepositoryError(f"cannot read {METADATA_FILENAME}: {err}") from err
     if metadata.name != ref.model or metadata.version != ref.version:
-        raise RepositoryError(
-            f"{where}: metadata names {metadata.name}/{metadata.version}, not its folder"
-        )
+        raise RepositoryError(f"metadata names {metadata.name}/{metadata.version}, not its folder")
     try:
         onnx_bytes = model_path.read_bytes()
     except FileNotFoundError as err:
-        raise RepositoryError(f"{where}: {MODEL_FILENAME} is missing") from err
-    check_onnx(onnx_bytes, where)
+        raise RepositoryError(f"{MODEL_FILENAME} is missing") from err
+    except OSError as err:
+        raise RepositoryError(f"cannot read {MODEL_FILENAME}: {err}") from err
+    check_onnx(onnx_bytes)
     if hashlib.sha256(onnx_bytes).hexdigest() != metadata.export.sha256:
-        raise RepositoryError(f"{where}: {MODEL_FILENAME} does not match metadata sha256")
+        raise RepositoryError(f"{MODEL_FILENAME} does not match metadata sha256")
     for image in metadata.filters:
         inside(root, version_dir / image.file)
     cam_weights = None
@@ -122,12 +130,19 @@ def load_version(root: Path, ref: VersionRef) -> VersionFiles:
     return VersionFiles(ref, metadata, onnx_bytes, cam_weights)
 
 
-def check_onnx(data: bytes, where: str) -> None:
+def describe_metadata(err: ValidationError) -> str:
+    """Each problem of a metadata.json as `field.path: message`, without the values it holds
+    or pydantic's help URLs (`describe_validation`); JSON syntax errors say where they are."""
+    errors = err.errors(include_url=False, include_input=False)
+    return describe_validation(errors, root="(top level)")
+
+
+def check_onnx(data: bytes) -> None:
     """Refuse unparsable models and any tensor stored as external data."""
     try:
         model = onnx.load_model_from_string(data)
     except Exception as err:  # noqa: BLE001 - protobuf raises several unrelated types
-        raise RepositoryError(f"{where}: {MODEL_FILENAME} is not an ONNX model: {err}") from err
+        raise RepositoryError(f"{MODEL_FILENAME} is not an ONNX model: {err}") from err
     graphs = [model.graph]
     while graphs:
         graph = graphs.pop()
@@ -143,7 +158,7 @@ def check_onnx(data: bytes, where: str) -> None:
         for tensor in tensors:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 raise RepositoryError(
-                    f"{where}: tensor {tensor.name!r} uses external data, which is refused"
+                    f"tensor {tensor.name!r} uses external data, which is refused"
                 )
 
 

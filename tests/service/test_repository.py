@@ -124,3 +124,34 @@ def test_forced_cuda_without_a_gpu_refuses_the_model(repo: Path) -> None:
             intra_op_threads=1,
             require_gpu=True,
         )
+
+
+def test_invalid_metadata_names_each_field_once_without_values(repo: Path) -> None:
+    path = repo / "good" / "1" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["input"]["shape"] = [1, "sixteen", 16]
+    metadata["labels"] = ["secret-label"]
+    metadata["extra_field"] = "secret-value"
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(RepositoryError) as caught:
+        load_version(repo, ref(repo, "good"))
+    message = str(caught.value)
+    assert message.startswith("good/1: invalid metadata.json: input.shape.1: ")
+    assert message.count("good/1") == 1
+    assert "labels: List should have at least 2 items" in message
+    assert "extra_field: Extra inputs are not permitted" in message
+    for echo in ("sixteen", "secret-label", "secret-value", "input_value", "errors.pydantic.dev"):
+        assert echo not in message
+    assert "\n" not in message
+
+
+def test_a_whole_document_problem_reads_as_one(repo: Path) -> None:
+    path = repo / "good" / "1" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["labels"][1] = metadata["labels"][0]
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(RepositoryError, match=r"^good/1: invalid metadata\.json: \(top level\): "):
+        load_version(repo, ref(repo, "good"))
+    path.write_text("{not json")
+    with pytest.raises(RepositoryError, match=r"^good/1: invalid metadata\.json: .*Invalid JSON"):
+        load_version(repo, ref(repo, "good"))
