@@ -184,7 +184,7 @@ async def _initial_load(manager: ModelManager) -> None:
     gc.freeze()
     loaded = ", ".join(f"{m} {manager.versions(m)}" for m in manager.model_names()) or "none"
     logger.info("execution provider: %s; models loaded: %s", manager.provider, loaded)
-    for message in [m for _, m in manager.errors.values()] + manager.scan_problems:
+    for _, message in manager.errors.values():  # scan problems: logged by the manager
         logger.warning("not served: %s", message)
     default = manager.settings.default_model
     if default and default not in manager.model_names():

@@ -162,6 +162,9 @@ class ModelManager:
         async with self._lock:
             refs, problems = await asyncio.to_thread(repository.scan, self.root, self._scan_only())
             refs = [r for r in refs if r.model not in self.unloaded]
+            for problem in problems:
+                if problem not in self.scan_problems:  # logged once, listed while it lasts
+                    logger.warning("model repository: %s", problem)
             self.scan_problems = problems
             seen = {(r.model, r.version) for r in refs}
             for ref in refs:

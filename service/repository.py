@@ -53,7 +53,9 @@ def inside(root: Path, path: Path) -> Path:
 def scan(root: Path, only: list[str] | None = None) -> tuple[list[VersionRef], list[str]]:
     """Every model/version folder under `root` (or only the named models) and the problems seen.
 
-    Folders whose names are not valid model names or integers are reported and skipped.
+    Folders whose names are not valid model names or integers are reported and skipped, and so
+    are ONNX files outside a version folder (`<model>/model.onnx`), which would otherwise go
+    unnoticed.
     """
     refs: list[VersionRef] = []
     problems: list[str] = []
@@ -62,7 +64,13 @@ def scan(root: Path, only: list[str] | None = None) -> tuple[list[VersionRef], l
     wanted = set(only) if only else None
     for model_dir in sorted(root.iterdir()):
         name = model_dir.name
-        if name.startswith(".") or not model_dir.is_dir():
+        if name.startswith("."):
+            continue
+        if not model_dir.is_dir():
+            if wanted is None and _is_onnx_file(model_dir):
+                stem = model_dir.stem.lower()
+                model = stem if is_valid_name(stem) else "<name>"
+                problems.append(misplaced_onnx(name, f"{model}/1/{MODEL_FILENAME}"))
             continue
         if wanted is not None and name not in wanted:
             continue
@@ -70,7 +78,12 @@ def scan(root: Path, only: list[str] | None = None) -> tuple[list[VersionRef], l
             problems.append(f"{name!r}: invalid model name, skipped")
             continue
         for version_dir in sorted(model_dir.iterdir()):
-            if version_dir.name.startswith(".") or not version_dir.is_dir():
+            if version_dir.name.startswith("."):
+                continue
+            if not version_dir.is_dir():
+                if _is_onnx_file(version_dir):
+                    where = f"{name}/{version_dir.name}"
+                    problems.append(misplaced_onnx(where, f"{name}/1/{MODEL_FILENAME}"))
                 continue
             name_ok = version_dir.name.isascii() and version_dir.name.isdigit()  # not "¹"
             if not name_ok or int(version_dir.name) < 1:
@@ -78,6 +91,18 @@ def scan(root: Path, only: list[str] | None = None) -> tuple[list[VersionRef], l
                 continue
             refs.append(VersionRef(name, int(version_dir.name), version_dir))
     return refs, problems
+
+
+def _is_onnx_file(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx" and path.is_file()
+
+
+def misplaced_onnx(where: str, target: str) -> str:
+    """The problem of an ONNX file outside any version folder, saying where it belongs."""
+    return (
+        f"{where}: an ONNX file outside a version folder is not served; move it to {target} "
+        f"with a {METADATA_FILENAME} beside it (docs/repository.md)"
+    )
 
 
 def fingerprint(ref: VersionRef) -> Fingerprint:
@@ -106,7 +131,11 @@ def _load_version(root: Path, ref: VersionRef) -> VersionFiles:
     try:
         metadata = ModelMetadata.model_validate_json(metadata_path.read_bytes())
     except FileNotFoundError as err:
-        raise RepositoryError(f"{METADATA_FILENAME} is missing") from err
+        present = f" beside {MODEL_FILENAME}" if model_path.is_file() else ""
+        raise RepositoryError(
+            f"{METADATA_FILENAME} is missing{present}: a version folder needs {MODEL_FILENAME} "
+            f"and {METADATA_FILENAME} (docs/repository.md)"
+        ) from err
     except ValidationError as err:
         raise RepositoryError(f"invalid {METADATA_FILENAME}: {describe_metadata(err)}") from err
     except OSError as err:

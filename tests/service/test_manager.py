@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -100,3 +102,53 @@ def test_a_default_model_that_is_not_loaded_is_warned_about(
         )
     assert response.status_code == 404
     assert any("CONVSERVE_DEFAULT_MODEL 'no-such-model'" in r.getMessage() for r in caplog.records)
+
+
+def test_repository_problems_are_logged_and_listed_once_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flat model.onnx, a version without metadata.json, one whose metadata has a bad field
+    and one whose graph disagrees with it: each a warning or error in the log and one line in
+    /health/ready's errors, naming its model version once and no value of the file."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "tiny-cnn")
+    flat = write_tiny_model(repo, "flat")
+    (flat.path / "model.onnx").rename(repo / "flat" / "model.onnx")
+    shutil.rmtree(flat.path)
+    (write_tiny_model(repo, "no-meta").path / "metadata.json").unlink()
+    bad = write_tiny_model(repo, "bad-field")
+    metadata = json.loads((bad.path / "metadata.json").read_text())
+    metadata["max_batch_size"] = -7
+    (bad.path / "metadata.json").write_text(json.dumps(metadata))
+    shape = write_tiny_model(repo, "bad-shape")  # found by the runtime's check, not the schema
+    metadata = json.loads((shape.path / "metadata.json").read_text())
+    metadata["feature_maps"][0]["shape"][0] += 1
+    (shape.path / "metadata.json").write_text(json.dumps(metadata))
+    settings = Settings(model_repository=repo, providers="cpu")
+    with caplog.at_level("WARNING"), threaded_server(settings, ready=False) as url:
+        for _ in range(400):
+            ready = httpx.get(url + "/health/ready").json()
+            if ready["status"] != "loading":
+                break
+            time.sleep(0.05)
+    errors = sorted(ready["errors"])
+    assert ready["models"] == {"tiny-cnn": [1]}
+    assert len(errors) == 4, errors
+    bad_field, bad_shape, flat_file, no_meta = errors
+    assert bad_field == (
+        "bad-field/1: invalid metadata.json: max_batch_size: Input should be greater than or "
+        "equal to 1"
+    )
+    assert bad_shape == (
+        "bad-shape/1: output fm.features.conv1 has shape (2, 4, 16, 16), metadata says "
+        "(2, 5, 16, 16)"
+    )
+    assert flat_file.startswith("flat/model.onnx: ")
+    assert "move it to flat/1/model.onnx with a metadata.json beside it" in flat_file
+    assert "docs/repository.md" in flat_file
+    assert no_meta.startswith("no-meta/1: metadata.json is missing beside model.onnx")
+    logged = [r.getMessage() for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
+    for error in errors:
+        assert sum(error in line for line in logged) >= 1, error
+    assert not any("-7" in line or "pydantic.dev" in line for line in logged)
+    assert sum(flat_file in line for line in logged) == 1

@@ -126,6 +126,34 @@ def test_forced_cuda_without_a_gpu_refuses_the_model(repo: Path) -> None:
         )
 
 
+def test_onnx_files_outside_a_version_folder_are_reported(repo: Path) -> None:
+    flat = write_tiny_model(repo, "flat")
+    shutil.move(flat.path / "model.onnx", repo / "flat" / "model.onnx")
+    shutil.rmtree(flat.path)
+    (repo / "resnet50.onnx").write_bytes(b"onnx")
+    refs, problems = scan(repo)
+    assert [(r.model, r.version) for r in refs] == [("good", 1)]
+    assert len(problems) == 2
+    in_model, at_root = sorted(problems)
+    assert in_model.startswith("flat/model.onnx: ")
+    assert "move it to flat/1/model.onnx with a metadata.json" in in_model
+    assert "docs/repository.md" in in_model
+    assert at_root.startswith("resnet50.onnx: ")
+    assert "move it to resnet50/1/model.onnx" in at_root
+    # Only the named models are scanned: a file at the root belongs to none of them.
+    assert scan(repo, ["flat"])[1] == [in_model]
+
+
+def test_missing_metadata_says_what_a_version_needs(repo: Path) -> None:
+    (repo / "good" / "1" / "metadata.json").unlink()
+    with pytest.raises(RepositoryError) as caught:
+        load_version(repo, ref(repo, "good"))
+    assert str(caught.value) == (
+        "good/1: metadata.json is missing beside model.onnx: a version folder needs model.onnx "
+        "and metadata.json (docs/repository.md)"
+    )
+
+
 def test_invalid_metadata_names_each_field_once_without_values(repo: Path) -> None:
     path = repo / "good" / "1" / "metadata.json"
     metadata = json.loads(path.read_text())
