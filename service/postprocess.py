@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import render
-from service.errors import CamUnavailable, LayerNotFound
+from service.errors import CamUnavailable, InvalidOption, LayerNotFound
 from service.metadata import FeatureMap, ModelMetadata
 from service.runtime import Outputs
 from service.schemas import (
@@ -59,7 +59,17 @@ def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Pr
 
 def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[FeatureMap]:
     """Feature maps named in the options (validated before any work is done), each once
-    however often it is named: a repeated name must not multiply the response's size."""
+    however often it is named: a repeated name must not multiply the response's size.
+    InvalidOption when maps are asked of a model that exports none (an empty answer would read
+    as if the layers had nothing to show); LayerNotFound for a layer it does not export."""
+    if not options.feature_maps:
+        return []
+    if not metadata.feature_maps:
+        raise InvalidOption(
+            f"{metadata.name}/{metadata.version} exports no feature maps (its metadata.json "
+            f"lists none), so feature_maps={','.join(options.feature_maps)} cannot be answered",
+            model=metadata.name,
+        )
     if ALL_LAYERS in options.feature_maps:
         return list(metadata.feature_maps)
     maps: list[FeatureMap] = []
@@ -77,13 +87,15 @@ def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[Fe
 
 
 def required_outputs(metadata: ModelMetadata, options: ClassifyOptions) -> frozenset[str]:
-    """ORT outputs an image needs beyond the logits; CamUnavailable when cam has no head."""
+    """ORT outputs an image needs beyond the logits; CamUnavailable when the metadata has no
+    `cam` entry."""
     outputs = {fm.output for fm in requested_maps(metadata, options)}
     if options.cam:
         if metadata.cam is None:
             raise CamUnavailable(
-                f"{metadata.name} ({metadata.architecture}) has no global-average-pool + linear "
-                "head, so it has no class activation map",
+                f"{metadata.name}/{metadata.version} has no class activation map: its "
+                "metadata.json has no cam entry (only models with a global-average-pool + "
+                "linear head can have one)",
                 model=metadata.name,
             )
         outputs.add(metadata.cam.feature_map)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 from service.preprocess import preprocess
 from service.settings import Settings
 from tests.service.server import metric_value, threaded_server
-from tests.service.tiny_model import TinyModel, random_png
+from tests.service.tiny_model import TinyModel, random_png, write_tiny_model
 
 MAX_BODY = 300_000
 
@@ -190,6 +191,38 @@ def test_cam(client: httpx.Client) -> None:
         params={"cam": "true"},
     )
     assert_error(no_cam, 400, "cam_unavailable")
+
+
+def test_maps_and_cam_of_a_model_that_has_none_say_so(tmp_path: Path) -> None:
+    """A version whose metadata lists no feature maps and no cam entry (the graph still has the
+    outputs: the metadata is what the service goes by)."""
+    bare = write_tiny_model(tmp_path / "models", "bare", color_mode="RGB", gap_head=True)
+    metadata = json.loads((bare.path / "metadata.json").read_text())
+    metadata.update(feature_maps=[], cam=None)
+    (bare.path / "metadata.json").write_text(json.dumps(metadata))
+    settings = Settings(model_repository=tmp_path / "models", default_model="bare", providers="cpu")
+    with threaded_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/v1/models/bare").json()["feature_maps"] == []
+
+        def classify(params: dict[str, str]) -> httpx.Response:
+            return client.post(
+                "/v1/classify",
+                content=random_png(7),
+                headers={"content-type": "image/png"},
+                params=params,
+            )
+
+        assert classify({}).status_code == 200
+        assert classify({"feature_maps": ""}).status_code == 200
+        for layers in ("all", "features.conv1", "conv1,pool1"):
+            response = classify({"feature_maps": layers})
+            assert_error(response, 400, "invalid_option")
+            message = response.json()["error"]["message"]
+            assert message.startswith("bare/1 exports no feature maps")
+            assert f"feature_maps={layers} " in message
+        no_cam = classify({"cam": "true"})
+        assert_error(no_cam, 400, "cam_unavailable")
+        assert "metadata.json has no cam entry" in no_cam.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

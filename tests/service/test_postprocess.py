@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from service import postprocess
-from service.errors import CamUnavailable, LayerNotFound
+from service.errors import CamUnavailable, InvalidOption, LayerNotFound
 from service.metadata import FeatureMap
 from service.postprocess import (
     build_result,
@@ -119,8 +119,22 @@ def test_option_validation(tiny_cnn: TinyModel) -> None:
     short = required_outputs(meta, ClassifyOptions(feature_maps=("conv1", "features.pool1")))
     assert short == {"fm.features.conv1", "fm.features.pool1"}
     flat = meta.model_copy(update={"cam": None})
-    with pytest.raises(CamUnavailable):
+    with pytest.raises(CamUnavailable, match="tiny-cnn/1 has no class .* no cam entry"):
         required_outputs(flat, ClassifyOptions(cam=True))
+
+
+@pytest.mark.parametrize("layers", [("all",), ("features.conv1",), ("conv1", "pool1")])
+def test_feature_maps_of_a_model_without_any_are_refused(
+    tiny_cnn: TinyModel, layers: tuple[str, ...]
+) -> None:
+    bare = tiny_cnn.metadata.model_copy(update={"feature_maps": [], "cam": None})
+    assert required_outputs(bare, ClassifyOptions()) == frozenset()
+    with pytest.raises(InvalidOption) as caught:
+        required_outputs(bare, ClassifyOptions(feature_maps=layers))
+    assert caught.value.message == (
+        f"tiny-cnn/1 exports no feature maps (its metadata.json lists none), so "
+        f"feature_maps={','.join(layers)} cannot be answered"
+    )
 
 
 def test_a_layer_named_twice_is_answered_once(tiny_cnn: TinyModel) -> None:
