@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.metadata import Source
+
 DEFAULT_TOP_K = 5
 DEFAULT_CHANNELS = 16
 MapFormat = Literal["png", "float16"]
@@ -133,6 +135,10 @@ class ModelDetail(BaseModel):
     cam: bool
     max_batch_size: int
     training: dict[str, Any]
+    source: Source = Field(
+        description="Where the weights came from (metadata.json `source`); a version whose "
+        'metadata has none was exported from a convserve training run: {"kind": "training"}.'
+    )
 
 
 class Health(BaseModel):

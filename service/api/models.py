@@ -9,10 +9,13 @@ from service.api.deps import ManagerDep, require_api_key
 from service.api.params import version_param
 from service.errors import LayerNotFound
 from service.manager import ModelManager
+from service.metadata import Source
 from service.repository import inside
 from service.schemas import FeatureMapInfo, ModelDetail, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+# What an absent metadata `source` means (service/metadata.py): a convserve training run.
+TRAINING_SOURCE = Source(kind="training")
 
 
 @router.get("/models")
@@ -59,6 +62,7 @@ def _detail(manager: ModelManager, model: str, version: int | None) -> ModelDeta
         cam=meta.cam is not None,
         max_batch_size=meta.max_batch_size,
         training=meta.training,
+        source=meta.source or TRAINING_SOURCE,
     )
 
 

@@ -355,6 +355,7 @@ def test_models_routes(client: httpx.Client, tiny_cnn: TinyModel) -> None:
     ]
     assert detail["cam"] is True
     assert detail["versions"] == [1]
+    assert detail["source"]["kind"] == "training"  # the tiny models record no source
     image = client.get("/v1/models/tiny-cnn/filters/features.conv1")
     assert image.headers["content-type"] == "image/png"
     assert image.content == (tiny_cnn.path / "filters" / "features.conv1.png").read_bytes()
@@ -372,6 +373,32 @@ def test_models_routes(client: httpx.Client, tiny_cnn: TinyModel) -> None:
             headers={"content-type": "image/png"},
         )
         assert_error(posted, 422, "invalid_request")
+
+
+def test_model_detail_shows_the_weights_source(tmp_path: Path) -> None:
+    """`source` as metadata.json records it; a version that records none is a training run's.
+    The v2 model metadata, whose shape the protocol fixes, gains nothing."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "made", version=1)
+    imported = write_tiny_model(repo, "made", version=2, seed=1)
+    recorded = {"kind": "onnx", "name": None, "file": "made.onnx", "sha256": "ab" * 32}
+    metadata = json.loads((imported.path / "metadata.json").read_text())
+    metadata["source"] = {k: v for k, v in recorded.items() if v is not None}
+    (imported.path / "metadata.json").write_text(json.dumps(metadata))
+    settings = Settings(model_repository=repo, default_model="made", providers="cpu")
+    with threaded_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        newest = client.get("/v1/models/made").json()
+        assert (newest["version"], newest["source"]) == (2, recorded)
+        assert client.get("/v1/models/made/versions/2").json() == newest
+        trained = client.get("/v1/models/made/versions/1").json()["source"]
+        assert trained == {"kind": "training", "name": None, "file": None, "sha256": None}
+        spec = client.get("/openapi.json").json()
+        detail_schema = spec["components"]["schemas"]["ModelDetail"]
+        assert "source" in detail_schema["required"]
+        for path in ("/v2/models/made", "/v2/models/made/versions/1"):
+            v2 = client.get(path).json()
+            assert set(v2) == {"name", "versions", "platform", "inputs", "outputs"}
+            assert "source" not in json.dumps(v2)
 
 
 def test_root_docs_and_openapi(client: httpx.Client) -> None:
