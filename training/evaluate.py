@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.requirements import require_training_extra
+
+# ruff: noqa: E402 - the imports below come after this check on purpose
+require_training_extra(__name__)  # before torch: one ERROR line naming `make setup`, no traceback
+
 import numpy as np
 import onnxruntime as ort
 import torch
