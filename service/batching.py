@@ -1,4 +1,4 @@
-"""Dynamic batching for one model version (shared/DESIGN.md §5).
+"""Dynamic batching for one model version (docs/service.md, Batching).
 
 One bounded queue (a deque with a size check: `submit` never blocks, a full queue raises
 `Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`
@@ -149,7 +149,7 @@ class Batcher:
         monotonic time) because of the work ahead (running batches, queued images, images still
         decoding): they would wait to be dropped (504), or be answered after the client stopped
         waiting, so refuse them now, cheaply. With nothing ahead (nothing queued, decoding or
-        running) it never refuses: that request runs next, alone, and DESIGN §5 drops it (504)
+        running) it never refuses: that request runs next, alone, and is dropped (504)
         only if its deadline passes first."""
         if deadline is None or not self._work_ahead():
             return

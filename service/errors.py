@@ -1,4 +1,4 @@
-"""The service's one error hierarchy (shared/DESIGN.md §6); api/errors.py maps it to HTTP."""
+"""The service's one error hierarchy (docs/service.md, API); api/errors.py maps it to HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The model-repository metadata schema (shared/DESIGN.md §2): the one definition in code.
+"""The model-repository metadata schema (docs/repository.md): the one definition in code.
 
 `training.export` writes `metadata.json`; the service reads it through `ModelMetadata`. Training
 never imports the service, so tests on the training side validate what export writes against this

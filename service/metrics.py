@@ -1,4 +1,4 @@
-"""Every Prometheus metric of shared/DESIGN.md §7, defined once, on a registry per app."""
+"""Every Prometheus metric of docs/service.md (Metrics), defined once, on a registry per app."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model repository scanning and validation (shared/DESIGN.md §2); no ORT session here.
+"""Model repository scanning and validation (docs/repository.md); no ORT session here.
 
 A version is trusted only after: valid names, every path resolving inside the repository root,
 metadata validated by `ModelMetadata`, an ONNX file without external data, cam weights loaded

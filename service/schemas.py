@@ -1,4 +1,4 @@
-"""Pydantic request and response bodies of the native API (shared/DESIGN.md §4)."""
+"""Pydantic request and response bodies of the native API (docs/service.md, API)."""
 
 from __future__ import annotations
 

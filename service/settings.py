@@ -1,4 +1,4 @@
-"""Service settings (shared/DESIGN.md §8): one pydantic-settings class, env prefix CONVSERVE_.
+"""Service settings (docs/service.md, Settings): one pydantic-settings class, env prefix CONVSERVE_.
 
 `build_parser` turns every field into a command-line flag (flags override the environment), so
 `python -m service --help` lists each setting with its variable name and description.

@@ -13,7 +13,7 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def require_system_part(available: bool, what: str, how: str) -> None:
-    """Skip a test whose system part is missing locally; fail it in CI (shared/DESIGN.md §9).
+    """Skip a test whose system part is missing locally; fail it in CI (README).
 
     `what` names the part, `how` says how to install it (e.g. "apt-get install -y chromium").
     """

@@ -22,12 +22,12 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 logger = logging.getLogger(__name__)
 Precision = Literal["float32", "float16"]
-# Per output, max|onnx - torch| / max(1, max|torch|) against the float32 PyTorch model (the DESIGN
-# §3 metric). Measured through ORT on CPU: at most 1.3e-3 (trained LeNet-5, 256 Fashion-MNIST
-# images, every feature map), 4.6e-4 (random ResNet-50, 224x224 photos); PyTorch's own float16
-# forward, which rounds every activation as a GPU would, 1.5e-3 and 6.6e-4 (docs/training.md,
-# "fp16 export"). 1e-2 leaves room for other weights and the GPU's kernels, while a real defect
-# (a wrong op, an overflow to inf, a NaN) still fails.
+# Per output, max|onnx - torch| / max(1, max|torch|) against the float32 PyTorch model (the
+# parity figure of docs/training.md, Export). Measured through ORT on CPU: at most 1.3e-3
+# (trained LeNet-5, 256 Fashion-MNIST images, every feature map), 4.6e-4 (random ResNet-50,
+# 224x224 photos); PyTorch's own float16 forward, which rounds every activation as a GPU would,
+# 1.5e-3 and 6.6e-4 (docs/training.md, "fp16 export"). 1e-2 leaves room for other weights and
+# the GPU's kernels, while a real defect (a wrong op, an overflow to inf, a NaN) still fails.
 FP16_PARITY_TOLERANCE = 1e-2
 
 

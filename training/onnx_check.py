@@ -37,7 +37,7 @@ def run_onnx(
 
 
 def parity_errors(reference: Arrays, candidate: Arrays) -> dict[str, float]:
-    """Per output: max|candidate − reference| / max(1, max|reference|) (DESIGN §3)."""
+    """Per output: max|candidate − reference| / max(1, max|reference|) (docs/training.md)."""
     errors = {}
     for name, ref in reference.items():
         got = candidate[name]

@@ -73,7 +73,7 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
 
 def check_feature_map_shapes(model: nn.Module, layers: Sequence[str], sample: torch.Tensor) -> None:
     """Every layer must output one (N, C, H, W) tensor (metadata `feature_maps` are (C, H, W)
-    maps of conv/pool blocks, DESIGN §2); runs `model` once on `sample[:1]` to see."""
+    maps of conv/pool blocks, docs/repository.md); runs `model` once on `sample[:1]` to see."""
     if not layers:
         return
     outputs: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Classify routes (shared/DESIGN.md §4): parse, one call to the Classifier, return the schema."""
+"""Classify routes (docs/service.md, API): parse, one call to the Classifier, return the schema."""
 
 from __future__ import annotations
 

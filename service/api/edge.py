@@ -20,7 +20,7 @@ Admission:
   page are never refused.
 
 Every answer gets nosniff and DENY headers (the web page sets its own stricter set, never
-overwritten). An unexpected exception becomes the DESIGN §6 body with code `internal` (never a
+overwritten). An unexpected exception becomes the native error body with code `internal` (never a
 stack trace), is logged with its traceback and counted in `convserve_failures_total`.
 """
 
@@ -86,7 +86,7 @@ def _timeout_ms(scope: Scope) -> float:
 
 
 def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
-    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, DESIGN §6),
+    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, docs/v2.md),
     counted in convserve_failures_total as the exception handlers count theirs."""
     metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
     if metrics is not None:

@@ -1,4 +1,4 @@
-"""The one mapping from errors to HTTP answers (shared/DESIGN.md §6), each counted by reason."""
+"""The one mapping from errors to HTTP answers (docs/service.md, API), each counted by reason."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ HTTP_CODES = {
 def error_response(
     status: int, code: str, message: str, retry_after_s: int | None = None
 ) -> JSONResponse:
-    """The DESIGN §6 body `{"error": {"code", "message"}}`, built as a plain dict: a refusal
+    """The native error body `{"error": {"code", "message"}}`, built as a plain dict: a refusal
     under overload should cost little."""
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=answer_headers(status, retry_after_s))

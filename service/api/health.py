@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 
 def readiness(body: dict[str, object], ready: bool) -> JSONResponse:
-    """200, or 503 with Retry-After as every not-ready answer carries (DESIGN §6)."""
+    """200, or 503 with Retry-After as every not-ready answer carries."""
     if ready:
         return JSONResponse(body)
     return JSONResponse(body, 503, headers=answer_headers(503, NotReady.retry_after_s))
@@ -48,5 +48,5 @@ async def ready(manager: ManagerDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(registry: MetricsDep) -> Response:
-    """Prometheus text exposition (shared/DESIGN.md §7)."""
+    """Prometheus text exposition (docs/service.md, Metrics)."""
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,4 @@
-"""v2 error bodies: `{"error": "<message>"}` on every /v2 path (shared/DESIGN.md §6).
+"""v2 error bodies: `{"error": "<message>"}` on every /v2 path (docs/v2.md, Errors).
 
 The status code still comes from the one hierarchy (`ConvserveError.status_code`), and failures
 are counted exactly as on native routes; only the body's shape differs. The native handlers are

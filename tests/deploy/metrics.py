@@ -1,4 +1,4 @@
-"""Metric names of shared/DESIGN.md §7, and PromQL helpers the deploy tests share."""
+"""Metric names of docs/service.md (Metrics), and PromQL helpers the deploy tests share."""
 
 from __future__ import annotations
 

@@ -34,8 +34,8 @@ CRD_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice_v1beta1.json",
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob_v1.json",
 }
-# DESIGN §8 settings, for when service.settings cannot be imported.
-DESIGN_SETTINGS = {
+# Settings of docs/service.md, for when service.settings cannot be imported.
+DOCUMENTED_SETTINGS = {
     "MODEL_REPOSITORY", "DEFAULT_MODEL", "HOST", "PORT", "API_KEY", "ADMIN_KEY",
     "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_BATCH_SIZE", "MAX_QUEUE_DELAY_MS",
     "MAX_QUEUE_SIZE", "INSTANCES", "INTRA_OP_THREADS", "PROVIDERS", "REQUEST_TIMEOUT_MS",
@@ -228,7 +228,7 @@ def settings_fields() -> set[str]:
     try:
         from service.settings import Settings
     except ImportError:
-        return DESIGN_SETTINGS
+        return DOCUMENTED_SETTINGS
     return {name.upper() for name in Settings.model_fields}
 
 

@@ -1,5 +1,6 @@
 """The generated bad-input corpus (tests/badinputs.py) against every classify route of a real
-uvicorn server: no 5xx, every refusal in the DESIGN §6 shape, the server still live after."""
+uvicorn server: no 5xx, every refusal in the native error body's shape, the server still live
+after."""
 
 from __future__ import annotations
 

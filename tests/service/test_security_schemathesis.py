@@ -27,8 +27,8 @@ ST = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "st"
 EXCLUDE = "/unload$"
 # Both runs pin the request deadline header to a generous budget: under a fuzzed budget of
 # microseconds the service answers 503 (shed: the loop lags more than the budget) or 504 (the
-# deadline passed before compute) by design (DESIGN §5), which the no-5xx check cannot tell
-# from a bug. Bad values of the header are tested in test_api.py.
+# deadline passed before compute) by design (docs/service.md, API), which the no-5xx check
+# cannot tell from a bug. Bad values of the header are tested in test_api.py.
 DEADLINE = '"header.X-Request-Timeout-Ms" = "60000"\n'
 # Real names for one of the two runs, so the fuzzer gets past 404 into the handlers.
 REAL_NAMES = '"path.model" = "tiny-cnn"\n"path.version" = 1\n'

@@ -60,7 +60,7 @@ def test_imagefolder_split_and_rgb(tmp_path: Path) -> None:
 
 
 def test_eval_transform_is_the_service_pipeline() -> None:
-    """convert → Resize(shorter side) → CenterCrop → ToTensor → Normalize, as DESIGN describes."""
+    """convert → Resize(shorter side) → CenterCrop → ToTensor → Normalize, as the service does."""
     pre = Preprocessing("RGB", 36, 32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bicubic")
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80), dtype=np.uint8))
     rgb = image.convert("RGB")

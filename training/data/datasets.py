@@ -76,7 +76,7 @@ class DatasetBundle:
 
 
 def _stats(images: npt.NDArray[np.uint8]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std on the 0..1 scale, rounded to 4 places like the DESIGN example."""
+    """Per-channel mean and std on the 0..1 scale, rounded to 4 places as metadata.json shows."""
     scaled = images.reshape(len(images), -1, 1 if images.ndim == 3 else images.shape[-1]) / 255.0
     mean = scaled.mean(axis=(0, 1))
     std = scaled.std(axis=(0, 1))
