@@ -29,7 +29,7 @@ from service.errors import (
 from service.metadata import ModelMetadata
 from service.metrics import Metrics
 from service.repository import Fingerprint, VersionRef
-from service.runtime import FaultInjector, Runtime, resolve_providers
+from service.runtime import ORT_ERRORS, FaultInjector, Runtime, resolve_providers
 from service.settings import Settings, parse_fault_spec
 
 logger = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class ModelManager:
             runtime = await asyncio.to_thread(build)
         except RepositoryError as err:
             raise RepositoryError(f"{where}: {err}") from err
-        except (RuntimeError, ValueError) as err:  # ORT raises these on bad graphs
+        except ORT_ERRORS as err:  # a graph ONNX Runtime cannot run: a failed load, reported
             raise RepositoryError(f"{where}: warm-up failed: {err}") from err
         self.provider = runtime.provider
         meta = files.metadata

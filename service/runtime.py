@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from service.errors import RepositoryError
 from service.metadata import ModelMetadata
@@ -41,6 +42,20 @@ SOLO_GAIN = 0.8
 SOLO_TRIALS = 5
 SOLO_MAX_TRIALS = 50
 SOLO_MIN_S = 0.05
+# Warm-up runs this many images at once (never more than the model's max_batch_size): a batch
+# above one checks that the batch axis really is dynamic.
+WARM_UP_BATCH = 2
+# What a session that cannot be created or run raises: ONNX Runtime's own exceptions derive from
+# Exception, not RuntimeError (a fixed batch of 1 fed 2 images raises InvalidArgument).
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    RuntimeError,
+    ValueError,
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
 ProviderChoice = Literal["auto", "cuda", "tensorrt", "cpu"]
 ProviderEntry = str | tuple[str, dict[str, str]]  # a name, or (name, options) for InferenceSession
 Outputs = dict[str, npt.NDArray[np.float32]]
@@ -237,7 +252,7 @@ class Runtime:
             return ort.InferenceSession(
                 self._onnx_bytes, sess_options=options, providers=list(self._providers)
             )
-        except (RuntimeError, ValueError) as err:
+        except ORT_ERRORS as err:
             raise RepositoryError(f"ONNX Runtime refused the model: {err}") from err
 
     @property
@@ -337,10 +352,11 @@ class Runtime:
 
     def _check_outputs(self, session: ort.InferenceSession) -> None:
         meta = self.metadata
-        batch = np.zeros((2, *meta.input.shape), dtype=np.float32)
+        size = min(WARM_UP_BATCH, meta.max_batch_size)
+        batch = np.zeros((size, *meta.input.shape), dtype=np.float32)
         wanted = [meta.output.name, *(fm.output for fm in meta.feature_maps)]
-        expected: dict[str, tuple[int, ...]] = {meta.output.name: (2, meta.num_classes)}
-        expected.update({fm.output: (2, *fm.shape) for fm in meta.feature_maps})
+        expected: dict[str, tuple[int, ...]] = {meta.output.name: (size, meta.num_classes)}
+        expected.update({fm.output: (size, *fm.shape) for fm in meta.feature_maps})
         for name, value in self._run(session, batch, wanted).items():
             if value.shape != expected[name]:
                 raise RepositoryError(
