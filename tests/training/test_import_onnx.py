@@ -1,0 +1,526 @@
+"""`python -m training.import_onnx` on graphs exported by plain `torch.onnx.export`: a randomly
+initialised torchvision ResNet-18 three ways (TorchScript with a dynamic batch, dynamo, TorchScript
+with a fixed batch of 1) and small CNNs for the edge cases and refusals. Everything runs through
+real ONNX Runtime sessions on the photos the service bundles."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from service.metadata import ModelMetadata
+from service.preprocess import preprocess
+from tests.conftest import REPO_ROOT
+from training.artifacts import sha256_of
+from training.cli import USER_ERROR_EXIT_CODE, run_cli
+from training.import_onnx import (
+    MAX_ALL_FEATURE_MAPS,
+    PHOTO_DIR,
+    PHOTOS,
+    ImportConfig,
+    Preprocess,
+    cli,
+    main,
+    preprocess_image,
+)
+from training.labels import imagenet_categories
+from training.onnx_check import PARITY_TOLERANCE, ort_session, parity_errors, run_onnx
+from training.onnx_graph import layer_names
+
+RESNET_INPUT = (3, 224, 224)
+# Stem (the activation before the max-pool halves 112 to 56), then the output of each stage.
+RESNET_MAPS = {
+    "relu": (64, 112, 112),
+    "layer1.1.relu_1": (64, 56, 56),
+    "layer2.1.relu_1": (128, 28, 28),
+    "layer3.1.relu_1": (256, 14, 14),
+    "layer4.1.relu_1": (512, 7, 7),
+}
+TINY_SIZE = 32
+TINY_CLASSES = 10
+MAX_PIXELS = 10_000_000
+
+
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval()
+
+
+def torchscript_export(
+    model: nn.Module, path: Path, sample: torch.Tensor, **options: object
+) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of the legacy exporter
+        torch.onnx.export(model, (sample,), str(path), dynamo=False, **options)  # type: ignore[arg-type]
+    return path
+
+
+def dynamo_export(model: nn.Module, path: Path, sample: torch.Tensor) -> Path:
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (sample,), dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False
+        )
+    assert program is not None
+    program.save(str(path), external_data=False)
+    return path
+
+
+def resnet_export(kind: str, path: Path) -> Path:
+    model = resnet18()
+    if kind == "torchscript":
+        return torchscript_export(
+            model,
+            path,
+            torch.randn(2, *RESNET_INPUT),
+            output_names=["output"],
+            dynamic_axes={"input.1": {0: "batch"}, "output": {0: "batch"}},
+        )
+    if kind == "dynamo":
+        return dynamo_export(model, path, torch.randn(2, *RESNET_INPUT))
+    return torchscript_export(model, path, torch.randn(1, *RESNET_INPUT))
+
+
+class TinyCNN(nn.Module):
+    """conv → relu → max-pool → conv → relu → mean over H, W → linear; `batch_of_one` flattens
+    with reshape(1, -1), which only a batch of one survives."""
+
+    def __init__(self, channels: int = 3, batch_of_one: bool = False, depth: int = 0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.deep = nn.Sequential(
+            *(m for _ in range(depth) for m in (nn.Conv2d(8, 8, 1), nn.ReLU()))
+        )
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(16, TINY_CLASSES)
+        self.batch_of_one = batch_of_one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.deep(self.pool(self.relu(self.conv1(x))))
+        x = self.relu2(self.conv2(x)).mean((2, 3))
+        return self.fc(x.reshape(1, -1) if self.batch_of_one else torch.flatten(x, 1))
+
+
+def tiny_export(
+    path: Path,
+    *,
+    batch: int = 2,
+    channels: int = 3,
+    batch_of_one: bool = False,
+    depth: int = 0,
+    **options: object,
+) -> Path:
+    torch.manual_seed(1)
+    model = TinyCNN(channels, batch_of_one, depth).eval()
+    sample = torch.randn(batch, channels, TINY_SIZE, TINY_SIZE)
+    return torchscript_export(model, path, sample, **options)
+
+
+def dynamic_batch() -> dict[str, object]:
+    return {"output_names": ["output"], "dynamic_axes": {"input.1": {0: "n"}, "output": {0: "n"}}}
+
+
+def write_labels(path: Path, count: int) -> Path:
+    path.write_text("".join(f"class-{i}\n" for i in range(count)), encoding="utf-8")
+    return path
+
+
+def validated(folder: Path) -> ModelMetadata:
+    return ModelMetadata.model_validate_json((folder / "metadata.json").read_text())
+
+
+def photo_inputs(meta: ModelMetadata) -> npt.NDArray[np.float32]:
+    """The bundled photos as the service preprocesses them for `meta`: (2, C, H, W)."""
+    files = [(PHOTO_DIR / name).read_bytes() for name in PHOTOS]
+    return np.stack([preprocess(data, meta, max_pixels=MAX_PIXELS) for data in files])
+
+
+def logits_one_by_one(path: Path, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    session = ort_session(path)
+    name = session.get_outputs()[0].name
+    return np.concatenate(
+        [run_onnx(session, images[i : i + 1], [name])[name] for i in range(len(images))]
+    )
+
+
+@pytest.fixture(scope="module")
+def resnet_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("resnet18")
+    kinds = ("torchscript", "dynamo", "torchscript-batch1")
+    return {kind: resnet_export(kind, folder / f"resnet18-{kind}.onnx") for kind in kinds}
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.mktemp("tiny") / "tiny.onnx", **dynamic_batch())
+
+
+@pytest.fixture(scope="module")
+def labels10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_labels(tmp_path_factory.mktemp("labels") / "labels.txt", TINY_CLASSES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["torchscript", "dynamo", "torchscript-batch1"])
+def test_resnet18_imports_with_stage_maps_cam_and_parity(
+    kind: str, resnet_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    source = resnet_files[kind]
+    folder = main(ImportConfig(source, "resnet18-onnx", repository=tmp_path / "models"))
+    assert folder == tmp_path / "models" / "resnet18-onnx" / "1"
+    meta = validated(folder)
+
+    assert meta.input.shape == RESNET_INPUT
+    assert meta.input.color_mode == "RGB"
+    assert meta.input.name == ("x" if kind == "dynamo" else "input.1")
+    assert (meta.preprocessing.resize, meta.preprocessing.center_crop) == (256, 224)
+    assert meta.labels == imagenet_categories()
+    assert meta.output.name == "logits"
+    assert {fm.layer: fm.shape for fm in meta.feature_maps} == RESNET_MAPS
+    assert [fm.output for fm in meta.feature_maps] == [f"fm.{layer}" for layer in RESNET_MAPS]
+    assert meta.source is not None
+    assert meta.source.kind == "onnx"
+    assert (meta.source.file, meta.source.sha256) == (source.name, sha256_of(source))
+    assert meta.export.sha256 == sha256_of(folder / "model.onnx")
+    assert meta.export.torch is None
+    assert meta.export.parity_max_abs_diff <= PARITY_TOLERANCE
+
+    model = resnet18()
+    assert meta.cam is not None
+    assert meta.cam.feature_map == "fm.layer4.1.relu_1"
+    cam = np.load(folder / meta.cam.weights)
+    np.testing.assert_array_equal(cam, model.fc.weight.detach().numpy())
+    assert [(f.layer, f.shape) for f in meta.filters] == [("conv1", (64, 3, 7, 7))]
+    assert (folder / meta.filters[0].file).is_file()
+
+    # The batch of 1 is made dynamic: the graph flattens with Flatten, not a fixed Reshape.
+    assert meta.max_batch_size == 64
+    written = onnx.load(str(folder / "model.onnx"))
+    assert written.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if kind == "torchscript-batch1":
+        assert "batch axis made dynamic, max_batch_size 64" in caplog.text
+
+    # Real photos: the written graph's logits are the original's, its maps are PyTorch's layers.
+    images = photo_inputs(meta)
+    reference = logits_one_by_one(source, images)
+    served = run_onnx(ort_session(folder / "model.onnx"), images)
+    assert parity_errors({"logits": reference}, {"logits": served["logits"]})["logits"] <= 1e-5
+    hooked: dict[str, torch.Tensor] = {}
+    modules = dict(
+        zip(
+            RESNET_MAPS,
+            [model.relu, model.layer1, model.layer2, model.layer3, model.layer4],
+            strict=True,
+        )
+    )
+    for layer, module in modules.items():
+        module.register_forward_hook(
+            lambda _m, _i, out, layer=layer: hooked.__setitem__(layer, out)
+        )
+    with torch.no_grad():
+        model(torch.from_numpy(images))
+    torch_maps = {f"fm.{layer}": t.numpy() for layer, t in hooked.items()}
+    errors = parity_errors(torch_maps, {name: served[name] for name in torch_maps})
+    assert max(errors.values()) <= PARITY_TOLERANCE, errors
+
+
+def test_parity_images_are_preprocessed_as_the_service_does(tmp_path: Path) -> None:
+    pre = Preprocess("RGB", 256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    meta = ModelMetadata.model_validate(
+        {
+            "name": "m",
+            "version": 1,
+            "architecture": "onnx",
+            "input": {"name": "x", "shape": [3, 224, 224], "color_mode": "RGB"},
+            "preprocessing": pre.metadata(),
+            "output": {"name": "logits"},
+            "labels": ["a", "b"],
+            "max_batch_size": 1,
+            "export": {"opset": 20, "parity_max_abs_diff": 0.0, "sha256": "0" * 64},
+        }
+    )
+    from PIL import Image
+
+    for name, served in zip(PHOTOS, photo_inputs(meta), strict=True):
+        with Image.open(PHOTO_DIR / name) as photo:
+            np.testing.assert_array_equal(preprocess_image(photo, pre), served)
+
+
+def test_fixed_batch_that_only_runs_one_image_stays_fixed(
+    tmp_path: Path, labels10: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    source = tiny_export(tmp_path / "reshape1.onnx", batch=1, batch_of_one=True)
+    folder = main(
+        ImportConfig(source, "tiny-batch1", repository=tmp_path / "models", labels=str(labels10))
+    )
+    meta = validated(folder)
+    assert meta.max_batch_size == 1
+    assert meta.export.model_extra is not None
+    assert meta.export.model_extra["batch"] == "fixed"
+    written = onnx.load(str(folder / "model.onnx"))
+    assert written.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert "a batch of 2 fails" in caplog.text
+    assert "kept fixed, max_batch_size 1" in caplog.text
+    # A mean over H and W, a Reshape and a Gemm are a CAM head too.
+    assert meta.cam is not None
+    assert meta.cam.feature_map == "fm.relu2"
+
+
+def test_feature_maps_by_tensor_or_layer_name_and_the_cam_map_added(
+    tiny_file: Path, labels10: Path, tmp_path: Path
+) -> None:
+    folder = main(
+        ImportConfig(
+            tiny_file,
+            "tiny",
+            repository=tmp_path,
+            labels=str(labels10),
+            feature_maps="conv1, /pool/MaxPool_output_0",
+        )
+    )
+    meta = validated(folder)
+    assert [(fm.layer, fm.shape) for fm in meta.feature_maps] == [
+        ("conv1", (8, 32, 32)),
+        ("pool", (8, 16, 16)),
+        ("relu2", (16, 16, 16)),  # the CAM's map
+    ]
+    assert meta.cam is not None
+    assert meta.cam.feature_map == "fm.relu2"
+    assert meta.architecture == f"onnx:tiny (pytorch {torch.__version__.split('+')[0]})"
+
+
+def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_path: Path) -> None:
+    def layers(choice: str) -> list[str]:
+        cfg = ImportConfig(
+            tiny_file, "tiny", tmp_path, labels=str(labels10), feature_maps=choice, force=True
+        )
+        return [fm.layer for fm in validated(main(cfg)).feature_maps]
+
+    assert layers("auto") == ["relu", "relu2"]
+    assert layers("all") == ["conv1", "relu", "pool", "conv2", "relu2"]
+    assert layers("none") == ["relu2"]  # the CAM needs its map
+
+
+def test_feature_maps_all_is_capped(
+    tmp_path: Path, labels10: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tiny_export(tmp_path / "deep.onnx", depth=40, **dynamic_batch())
+    cfg = ImportConfig(
+        source, "deep", tmp_path / "models", labels=str(labels10), feature_maps="all"
+    )
+    meta = validated(main(cfg))
+    layers = [fm.layer for fm in meta.feature_maps]
+    assert len(layers) == MAX_ALL_FEATURE_MAPS
+    assert layers[0] == "conv1"
+    assert layers[-1] == "relu2"
+    assert f"keeping {MAX_ALL_FEATURE_MAPS} evenly spaced" in caplog.text
+
+
+def test_grey_input_with_dynamic_size_takes_the_preprocess_file(
+    tmp_path: Path, labels10: Path
+) -> None:
+    source = tiny_export(
+        tmp_path / "grey.onnx",
+        channels=1,
+        dynamic_axes={"input.1": {0: "n", 2: "h", 3: "w"}},
+    )
+    pre = {
+        "resize": 44,
+        "center_crop": 40,
+        "interpolation": "bicubic",
+        "mean": [0.5],
+        "std": [0.25],
+    }
+    (tmp_path / "pre.json").write_text(json.dumps(pre))
+    cfg = ImportConfig(
+        source,
+        "grey",
+        tmp_path / "models",
+        labels=str(labels10),
+        preprocess=str(tmp_path / "pre.json"),
+    )
+    meta = validated(main(cfg))
+    assert meta.input.shape == (1, 40, 40)
+    assert meta.input.color_mode == "L"
+    assert meta.preprocessing.model_dump() == pre
+    assert meta.feature_maps[0].shape == (8, 40, 40)
+
+
+def test_layer_names_of_other_producers_are_made_safe_and_unique() -> None:
+    relu = [onnx.helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(4)]
+    relu[0].name = "StatefulPartitionedCall/model/conv 1/Relu"
+    relu[1].name = "all"
+    relu[2].name = "StatefulPartitionedCall/model/conv 1/Relu"  # the same again
+    graph = onnx.helper.make_graph(relu, "g", [], [])
+    assert list(layer_names(onnx.helper.make_model(graph)).values()) == [
+        "StatefulPartitionedCall.model.conv_1",
+        "all_",  # ?feature_maps=all means every map
+        "StatefulPartitionedCall.model.conv_1_1",
+        "t4",  # no name: the output's
+    ]
+
+
+# --- refusals: one ERROR line, exit status 2, nothing in the repository ---------------------
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save_model(model, str(path))
+    return path
+
+
+def external_data(tiny: Path, folder: Path) -> Path:
+    path = folder / "external.onnx"
+    onnx.save_model(
+        onnx.load(str(tiny)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="external.data",
+        size_threshold=0,
+    )
+    return path
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, TINY_CLASSES)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(a + b).mean((2, 3)))
+
+
+def two_inputs(_tiny: Path, folder: Path) -> Path:
+    path = folder / "two.onnx"
+    sample = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TwoInputs().eval(), (sample, sample), str(path), dynamo=False)
+    return path
+
+
+def not_onnx(_tiny: Path, folder: Path) -> Path:
+    path = folder / "photo.onnx"
+    path.write_bytes((PHOTO_DIR / PHOTOS[0]).read_bytes())
+    return path
+
+
+def future_opset(tiny: Path, folder: Path) -> Path:
+    model = onnx.load(str(tiny))
+    model.opset_import[0].version = 99
+    return _save(model, folder / "opset99.onnx")
+
+
+def no_logits(tiny: Path, folder: Path) -> Path:
+    model = onnx.load(str(tiny))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    del model.graph.output[:]
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, None)
+    )
+    return _save(model, folder / "maps-only.onnx")
+
+
+def channels_last(_tiny: Path, folder: Path) -> Path:
+    class Permuted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = TinyCNN()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    return torchscript_export(
+        Permuted().eval(), folder / "nhwc.onnx", torch.randn(1, TINY_SIZE, TINY_SIZE, 3)
+    )
+
+
+def same(tiny: Path, _folder: Path) -> Path:
+    return tiny
+
+
+RefusalCase = tuple[Callable[[Path, Path], Path], list[str], str]
+REFUSALS: dict[str, RefusalCase] = {
+    "not-onnx": (not_onnx, [], "is not an ONNX model"),
+    "external-data": (external_data, [], "external data"),
+    "two-inputs": (two_inputs, [], "the graph has 2 inputs"),
+    "channels-last": (channels_last, [], "C = 1 or 3"),
+    "future-opset": (future_opset, [], "ONNX Runtime cannot load"),
+    "no-logits": (no_logits, [], "no float output of shape (N, num_classes)"),
+    "labels-count": (same, ["--labels", "{labels9}"], "has 9 labels but the model has 10"),
+    "labels-missing": (same, [], "the model has 10 classes: pass --labels FILE"),
+    "preprocess": (same, ["--preprocess", "{bad_pre}"], "std must be positive"),
+    "unknown-map": (
+        same,
+        ["--feature-maps", "layer9"],
+        "no tensor or layer named layer9; maps include",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusal_is_one_error_line_and_writes_nothing(
+    case: str, tiny_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    build, extra, message = REFUSALS[case]
+    path = build(tiny_file, tmp_path)
+    labels9 = write_labels(tmp_path / "labels9.txt", 9)
+    bad_pre = tmp_path / "bad.json"
+    bad_pre.write_text(
+        json.dumps({"resize": 37, "center_crop": 32, "mean": [0, 0, 0], "std": [1, -1, 1]})
+    )
+    labels = (
+        [] if case.startswith("labels") else ["--labels", str(write_labels(tmp_path / "l.txt", 10))]
+    )
+    args = [a.format(labels9=labels9, bad_pre=bad_pre) for a in extra]
+    repo = tmp_path / "models"
+    caplog.set_level(logging.INFO)
+    rc = run_cli(cli, [str(path), "--name", "refused", "--repository", str(repo), *labels, *args])
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert rc == USER_ERROR_EXIT_CODE
+    assert len(errors) == 1, errors
+    logged = errors[0].getMessage()
+    assert "\n" not in logged
+    assert message in logged
+    assert not repo.exists()
+
+
+@pytest.mark.slow
+def test_imports_with_torch_unavailable(resnet_files: dict[str, Path], tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "sys.modules['torchvision'] = None\n"
+        "from training.cli import run_cli\n"
+        "from training.import_onnx import cli\n"
+        f"rc = run_cli(cli, [{str(resnet_files['torchscript'])!r}, '--name', 'r18', "
+        f"'--repository', {str(tmp_path)!r}])\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision') "
+        "and sys.modules[m] is not None]\n"
+        "sys.exit(rc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {tmp_path / 'r18' / '1'}" in done.stderr
+    meta = validated(tmp_path / "r18" / "1")
+    assert meta.labels == imagenet_categories()  # the shipped copy, without torchvision

@@ -1,0 +1,820 @@
+"""`python -m training.import_onnx`: any ONNX image classifier → models/<name>/<version>/.
+
+Checks the file (one self-contained ONNX graph, one NCHW float32 input with 1 or 3 channels, an
+output of shape (N, num_classes), an opset ONNX Runtime loads), adds feature maps as `fm.<layer>`
+outputs and renames the logits output `logits`, makes a fixed batch of 1 dynamic where that is
+safe, and writes model.onnx, metadata.json, the first conv layer's filter grid and, for a
+GAP + linear head, cam_weights.npy. Before writing, the original and the written graph run
+through ONNX Runtime on real photos and their logits must agree within 1e-4. Needs onnx and
+onnxruntime only, never torch. Each refusal is one ERROR line and exit status 2, with nothing
+written to the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from PIL import Image, ImageOps
+
+from training.artifacts import sha256_of, write_cam_weights, write_filters
+from training.cli import positive_int, run_cli
+from training.errors import UserError
+from training.labels import IMAGENET, IMAGENET_CLASSES, resolve_labels
+from training.onnx_check import (
+    LOGITS_NAME,
+    PARITY_TOLERANCE,
+    Arrays,
+    ort_session,
+    output_name,
+    parity_errors,
+    run_onnx,
+)
+from training.onnx_graph import (
+    BATCH_DIM,
+    cam_head,
+    default_opset,
+    dims,
+    external_tensors,
+    first_conv_weight,
+    graph_inputs,
+    layer_names,
+    probe_graph,
+    producers,
+    serving_graph,
+    tensor_names,
+)
+from training.publish import (
+    CAM_FILE,
+    MODEL_FILE,
+    NAME_PATTERN,
+    check_name,
+    check_repository,
+    next_version,
+    publishing,
+    write_metadata,
+)
+
+logger = logging.getLogger(__name__)
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_RESIZE_RATIO = 256 / 224
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+COLOR_MODES = {1: "L", 3: "RGB"}
+PREPROCESS_KEYS = ("resize", "center_crop", "interpolation", "mean", "std", "color_mode")
+REQUIRED_PREPROCESS_KEYS = ("resize", "center_crop", "mean", "std")
+# scikit-learn's two sample photos (224x149 thumbnails), bundled with the service for its web page.
+PHOTOS = ("photo-china.jpg", "photo-flower.jpg")
+PHOTO_DIR = Path(__file__).resolve().parents[1] / "service" / "static" / "samples"
+# Views of each photo for the parity check: whole, mirrored, and two off-centre crops
+# (fractions left, upper, right, lower), 8 images in all.
+VIEW_BOXES = ((0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.7, 1.0), (0.3, 0.1, 1.0, 0.9))
+MAX_ALL_FEATURE_MAPS = 64
+# Ops whose 4-D outputs `--feature-maps all` offers: convolutions, pools and activations.
+ALL_MAP_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Gelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Mish",
+        "Softplus",
+        "Tanh",
+        "Clip",
+    }
+)
+# ONNX Runtime's own exceptions derive from Exception, not RuntimeError.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    RuntimeError,
+    ValueError,
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
+ORT_SOURCE_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ [^(]*\([^)]*\) ")
+ColorMode = Literal["L", "RGB"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """metadata.json's preprocessing plus the colour mode (the service's eval pipeline)."""
+
+    color_mode: ColorMode
+    resize: int
+    center_crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "resize": self.resize,
+            "center_crop": self.center_crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """The graph's one input: its name, channels, and the batch, height and width it declares
+    (an int when fixed, None when dynamic)."""
+
+    name: str
+    channels: int
+    batch: int | None
+    height: int | None
+    width: int | None
+
+
+@dataclass(frozen=True)
+class FeatureMapChoice:
+    layer: str
+    tensor: str
+    shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    model: Path
+    name: str
+    repository: Path = Path("models")
+    version: int | None = None
+    force: bool = False
+    labels: str | None = None  # None: imagenet for 1000 classes, else required
+    preprocess: str = "imagenet"
+    feature_maps: str = "auto"
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+
+
+def one_line(err: BaseException) -> str:
+    """An ONNX Runtime error on one line, without the C++ source location."""
+    return ORT_SOURCE_LOCATION.sub("", " ".join(str(err).split()))
+
+
+# --- reading and checking the file -------------------------------------------------------------
+def read_graph(path: Path) -> onnx.ModelProto:
+    """The parsed model, external data never loaded; UserError when it is no ONNX model or
+    keeps tensors in external files."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is no file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise UserError(f"{path} is not an ONNX model: {one_line(err)}") from err
+    if not model.graph.node or not model.opset_import or not model.graph.output:
+        raise UserError(f"{path} is not an ONNX model (no graph in it)")
+    external = external_tensors(model)
+    if external:
+        raise UserError(
+            f"{path} keeps {len(external)} tensor(s) in external data files (e.g. "
+            f"{external[0]}): the model repository serves one self-contained model.onnx; "
+            "load it with its data and re-save it with onnx.save_model(model, path, "
+            "save_as_external_data=False) (possible below 2 GiB)"
+        )
+    return model
+
+
+def input_info(model: onnx.ModelProto) -> InputInfo:
+    """The one NCHW float32 input with 1 or 3 channels; UserError otherwise."""
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise UserError(f"the graph has {len(inputs)} inputs ({names}); exactly one image input")
+    feed = inputs[0]
+    shape = dims(feed)
+    described = "(" + ", ".join("?" if d is None else str(d) for d in shape or []) + ")"
+    elem = feed.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(elem) if elem else "non-tensor"
+        raise UserError(f"input {feed.name} is {kind}; the service feeds float32")
+    if shape is None or len(shape) != 4:
+        raise UserError(f"input {feed.name} has shape {described}; expected (N, C, H, W)")
+    batch, channels, height, width = (d if isinstance(d, int) else None for d in shape)
+    if channels not in COLOR_MODES:
+        raise UserError(
+            f"input {feed.name} has shape {described}: expected (N, C, H, W) with C = 1 or 3 "
+            "(channels-first, as the service feeds images)"
+        )
+    if height is not None and width is not None and height != width:
+        raise UserError(
+            f"input {feed.name} is {height}x{width}; the service feeds square center crops"
+        )
+    return InputInfo(feed.name, channels, batch, height, width)
+
+
+def load_session(path: Path) -> ort.InferenceSession:
+    try:
+        return ort_session(path)
+    except ORT_ERRORS as err:
+        raise UserError(f"ONNX Runtime cannot load {path}: {one_line(err)}") from err
+
+
+def logits_output(session: ort.InferenceSession) -> tuple[str, int]:
+    """The first output of declared shape (N, num_classes), num_classes ≥ 2."""
+    candidates = [
+        (o.name, o.shape[1])
+        for o in session.get_outputs()
+        if o.type == "tensor(float)"
+        and isinstance(o.shape, list)
+        and len(o.shape) == 2
+        and isinstance(o.shape[1], int)
+        and o.shape[1] >= 2
+    ]
+    if not candidates:
+        outputs = ", ".join(f"{o.name} {o.shape} {o.type}" for o in session.get_outputs())
+        raise UserError(f"no float output of shape (N, num_classes): outputs are {outputs}")
+    if len(candidates) > 1:
+        others = ", ".join(name for name, _ in candidates[1:])
+        logger.info(
+            "logits: %s (also of shape (N, classes), ignored: %s)", candidates[0][0], others
+        )
+    name, classes = candidates[0]
+    return name, int(classes)
+
+
+# --- preprocessing and the parity images ------------------------------------------------------
+def resolve_preprocess(choice: str, info: InputInfo) -> Preprocess:
+    """`imagenet` or a JSON file; its crop must be the input's size (or becomes it when the
+    graph's height and width are dynamic)."""
+    size = info.height or info.width
+    if choice == IMAGENET:
+        if info.channels != 3:
+            raise UserError(
+                f"--preprocess imagenet needs a 3-channel input; input {info.name} has "
+                f"{info.channels}: pass --preprocess FILE.json"
+            )
+        crop = size or DEFAULT_INPUT_SIZE
+        resize = round(crop * IMAGENET_RESIZE_RATIO)
+        return Preprocess("RGB", resize, crop, IMAGENET_MEAN, IMAGENET_STD)
+    pre = read_preprocess_file(Path(choice), info.channels)
+    if size is not None and pre.center_crop != size:
+        raise UserError(
+            f"--preprocess {choice}: center_crop {pre.center_crop} but input {info.name} is "
+            f"{size}x{size}"
+        )
+    return pre
+
+
+def read_preprocess_file(path: Path, channels: int) -> Preprocess:
+    """A JSON object: resize, center_crop, mean, std, optional interpolation and color_mode."""
+    where = f"--preprocess {path}"
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{where}: cannot read it: {err}") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not JSON: {err}") from err
+    if not isinstance(content, dict):
+        raise UserError(f"{where}: expected a JSON object with keys {', '.join(PREPROCESS_KEYS)}")
+    unknown = sorted(set(content) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(PREPROCESS_KEYS)}")
+    missing = [k for k in REQUIRED_PREPROCESS_KEYS if k not in content]
+    if missing:
+        raise UserError(f"{where}: missing key(s) {missing}")
+    for key in ("resize", "center_crop"):
+        value = content[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
+    if content["resize"] < content["center_crop"]:
+        raise UserError(f"{where}: resize must be at least center_crop")
+    interpolation = content.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(f"{where}: interpolation must be one of {', '.join(INTERPOLATIONS)}")
+    color_mode = content.get("color_mode", COLOR_MODES[channels])
+    if color_mode not in COLOR_MODES.values():
+        raise UserError(f"{where}: color_mode must be L or RGB, got {color_mode!r}")
+    if color_mode != COLOR_MODES[channels]:
+        raise UserError(f"{where}: color_mode {color_mode} but the input has {channels} channels")
+    values: dict[str, tuple[float, ...]] = {}
+    for key in ("mean", "std"):
+        value = content[key]
+        if (
+            not isinstance(value, list)
+            or len(value) != channels
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value)
+            or not all(math.isfinite(v) for v in value)
+        ):
+            raise UserError(f"{where}: {key} must be a list of {channels} numbers, got {value!r}")
+        values[key] = tuple(float(v) for v in value)
+    if any(s <= 0 for s in values["std"]):
+        raise UserError(f"{where}: std must be positive")
+    return Preprocess(
+        color_mode,
+        content["resize"],
+        content["center_crop"],
+        values["mean"],
+        values["std"],
+        interpolation,
+    )
+
+
+def preprocess_image(image: Image.Image, pre: Preprocess) -> npt.NDArray[np.float32]:
+    """(C, H, W) float32, as the service computes it: convert, shorter side to `resize`
+    (torchvision's rounding), center crop, /255, (x - mean) / std."""
+    image = image.convert(pre.color_mode)
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(pre.resize * long / short)
+    size = (pre.resize, new_long) if width <= height else (new_long, pre.resize)
+    if size != image.size:
+        image = image.resize(size, INTERPOLATIONS[pre.interpolation])
+    crop = pre.center_crop
+    top = int(round((image.height - crop) / 2.0))
+    left = int(round((image.width - crop) / 2.0))
+    pixels = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32)
+    pixels = pixels.reshape(crop, crop, -1).transpose(2, 0, 1) / np.float32(255)
+    mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+def parity_images(pre: Preprocess) -> npt.NDArray[np.float32]:
+    """(8, C, H, W): each bundled photo whole, mirrored and cropped two ways, preprocessed."""
+    views = []
+    for name in PHOTOS:
+        try:
+            with Image.open(PHOTO_DIR / name) as opened:
+                photo = opened.convert("RGB")
+        except OSError as err:
+            raise UserError(f"cannot read the sample photo {PHOTO_DIR / name}: {err}") from err
+        views.append(ImageOps.mirror(photo))
+        for left, upper, right, lower in VIEW_BOXES:
+            w, h = photo.size
+            box = (round(left * w), round(upper * h), round(right * w), round(lower * h))
+            views.append(photo.crop(box))
+    return np.stack([preprocess_image(view, pre) for view in views])
+
+
+# --- running graphs ---------------------------------------------------------------------------
+def run_rows(
+    session: ort.InferenceSession,
+    images: npt.NDArray[np.float32],
+    outputs: list[str],
+    chunk: int | None,
+) -> Arrays:
+    """`outputs` for every image: in one batch (`chunk` None), or in runs of `chunk` images
+    (a fixed batch size; the last run is filled up with the first images again)."""
+    if chunk is None:
+        return run_onnx(session, images, outputs)
+    count = len(images)
+    filled = images[np.arange(math.ceil(count / chunk) * chunk) % count]
+    runs = [run_onnx(session, filled[i : i + chunk], outputs) for i in range(0, len(filled), chunk)]
+    return {name: np.concatenate([run[name] for run in runs])[:count] for name in outputs}
+
+
+def run_or_refuse(
+    session: ort.InferenceSession,
+    images: npt.NDArray[np.float32],
+    outputs: list[str],
+    chunk: int | None,
+    what: str,
+) -> Arrays:
+    try:
+        return run_rows(session, images, outputs, chunk)
+    except ORT_ERRORS as err:
+        raise UserError(f"ONNX Runtime failed to run {what}: {one_line(err)}") from err
+
+
+def intermediate_maps(
+    model: onnx.ModelProto, image: npt.NDArray[np.float32]
+) -> dict[str, tuple[int, int, int]]:
+    """(C, H, W) of every 4-D float tensor a node computes, H·W > 1, in graph order: one run of
+    `image` (N, C, H, W) with every node output made a graph output."""
+    tensors = [out for node in model.graph.node for out in node.output if out]
+    probe = probe_graph(model, tensors)
+    try:
+        session = ort.InferenceSession(
+            probe.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs() if o.type == "tensor(float)"]
+        values = run_onnx(session, image, names)
+    except ORT_ERRORS as err:
+        raise UserError(f"ONNX Runtime failed to run the graph's layers: {one_line(err)}") from err
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for tensor in tensors:
+        value = values.get(tensor)
+        if value is not None and value.ndim == 4 and value.shape[0] == len(image):
+            channels, height, width = (int(d) for d in value.shape[1:])
+            if height * width > 1:
+                shapes[tensor] = (channels, height, width)
+    return shapes
+
+
+def quiet_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+def session_of(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        model.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"]
+    )
+
+
+def batch_problem(model: onnx.ModelProto, images: npt.NDArray[np.float32]) -> str | None:
+    """None when a batch of two different images gives, row by row, what each gives alone
+    (every output, within the parity tolerance); else what went wrong."""
+    try:
+        session = session_of(model)
+        outputs = [o.name for o in session.get_outputs()]
+        pair = run_onnx(session, images[:2], outputs)
+        alone = run_rows(session, images[:2], outputs, chunk=1)
+    except ORT_ERRORS as err:
+        return one_line(err)
+    errors = parity_errors(alone, pair)
+    worst = max(errors, key=lambda name: errors[name])
+    if not errors[worst] <= PARITY_TOLERANCE:
+        return f"output {worst} differs from batch 1 by {errors[worst]:.2e}"
+    return None
+
+
+# --- feature maps -------------------------------------------------------------------------------
+def choose_feature_maps(
+    model: onnx.ModelProto,
+    choice: str,
+    shapes: dict[str, tuple[int, int, int]],
+    names: dict[str, str],
+) -> list[FeatureMapChoice]:
+    """`auto` (the last map at each resolution), `all` (conv, pool and activation outputs),
+    `none`, or a comma list of tensor (or layer) names."""
+    made_by = producers(model)
+
+    def entry(tensor: str) -> FeatureMapChoice:
+        return FeatureMapChoice(names[tensor], tensor, shapes[tensor])
+
+    if choice == "none":
+        return []
+    if choice == "auto":
+        last: dict[tuple[int, int], str] = {}
+        for tensor, (_, height, width) in shapes.items():  # graph order
+            last.pop((height, width), None)
+            last[(height, width)] = tensor
+        ordered = sorted(last.values(), key=list(shapes).index)
+        return [entry(t) for t in ordered]
+    if choice == "all":
+        found = [t for t in shapes if made_by[t].op_type in ALL_MAP_OPS]
+        if len(found) > MAX_ALL_FEATURE_MAPS:
+            keep = np.linspace(0, len(found) - 1, MAX_ALL_FEATURE_MAPS).round().astype(int)
+            logger.warning(
+                "--feature-maps all: %d conv/pool/activation maps, keeping %d evenly spaced "
+                "from input to output (name more with a comma list)",
+                len(found),
+                MAX_ALL_FEATURE_MAPS,
+            )
+            found = [found[i] for i in sorted(set(keep.tolist()))]
+        return [entry(t) for t in found]
+    by_layer = {layer: tensor for tensor, layer in names.items()}
+    chosen: list[FeatureMapChoice] = []
+    unknown: list[str] = []
+    not_maps: list[str] = []
+    for name in (part.strip() for part in choice.split(",")):
+        if not name:
+            continue
+        match = name if name in names else by_layer.get(name)
+        if match is None:
+            unknown.append(name)
+        elif match not in shapes:
+            not_maps.append(name)
+        elif match not in [c.tensor for c in chosen]:
+            chosen.append(entry(match))
+    valid = ", ".join(f"{t} ({names[t]})" if names[t] != t else t for t in list(shapes)[-12:])
+    if unknown:
+        raise UserError(
+            f"--feature-maps: no tensor or layer named {', '.join(unknown)}; maps include {valid}"
+        )
+    if not_maps:
+        raise UserError(
+            f"--feature-maps: {', '.join(not_maps)} not (N, C, H, W) maps with H·W > 1; "
+            f"maps include {valid}"
+        )
+    return chosen
+
+
+# --- the command ----------------------------------------------------------------------------------
+def main(cfg: ImportConfig) -> Path:
+    """Import `cfg.model`; returns the version folder written."""
+    check_name(cfg.name)
+    if cfg.version is not None and cfg.version < 1:
+        raise UserError("--version must be at least 1")
+    if cfg.max_batch_size < 1:
+        raise UserError("--max-batch-size must be at least 1")
+    check_repository(cfg.repository, cfg.name)
+    model = read_graph(cfg.model)
+    info = input_info(model)
+    original = load_session(cfg.model)
+    logits, num_classes = logits_output(original)
+    opset = default_opset(model)
+    logger.info(
+        "read %s: %s %s, opset %d, %d nodes; input %s (%s, %d, %s, %s), logits %s (%d classes)",
+        cfg.model,
+        model.producer_name or "unknown producer",
+        model.producer_version,
+        opset,
+        len(model.graph.node),
+        info.name,
+        info.batch or "batch",
+        info.channels,
+        info.height or "H",
+        info.width or "W",
+        logits,
+        num_classes,
+    )
+    pre = resolve_preprocess(cfg.preprocess, info)
+    logger.info(
+        "preprocessing: %s: %s, resize %d, center crop %d, %s, mean %s, std %s",
+        cfg.preprocess,
+        pre.color_mode,
+        pre.resize,
+        pre.center_crop,
+        pre.interpolation,
+        list(pre.mean),
+        list(pre.std),
+    )
+    labels = class_labels(cfg.labels, num_classes)
+    images = parity_images(pre)
+    chunk = info.batch or 1  # the original runs at its own batch size
+    what = f"{cfg.model} on the sample photos"
+    reference = run_or_refuse(original, images, [logits], chunk, what)
+    shapes = intermediate_maps(model, images[np.zeros(chunk, dtype=np.intp)])
+    names = layer_names(model)
+    maps = choose_feature_maps(model, cfg.feature_maps, shapes, names)
+    head = cam_head(model, logits)
+    if head is not None:
+        if shapes.get(head.feature_tensor, (0,))[0] != head.weights.shape[1]:
+            head = None
+        elif head.feature_tensor not in [m.tensor for m in maps]:
+            tensor = head.feature_tensor
+            maps.append(FeatureMapChoice(names[tensor], tensor, shapes[tensor]))
+            logger.info("feature map %s added: the CAM is computed on it", names[tensor])
+    logger.info(
+        "feature maps (%s): %s",
+        cfg.feature_maps,
+        ", ".join(f"{m.layer} {'x'.join(map(str, m.shape))}" for m in maps) or "none",
+    )
+    if head is None:
+        logger.info("CAM: no global-average-pool + linear head with constant weights")
+    else:
+        logger.info(
+            "CAM: global-average-pool + linear head on %s, weights %s",
+            names[head.feature_tensor],
+            head.weights.shape,
+        )
+    taken = tensor_names(model) - {logits}
+    clashes = [n for n in [LOGITS_NAME, *(output_name(m.layer) for m in maps)] if n in taken]
+    if clashes:
+        raise UserError(f"the graph already has tensors named {', '.join(clashes)}")
+    size = pre.center_crop
+
+    def written(batch: int | str) -> onnx.ModelProto:
+        return serving_graph(
+            model,
+            logits=logits,
+            num_classes=num_classes,
+            maps={m.layer: (m.tensor, m.shape) for m in maps},
+            input_shape=(info.channels, size, size),
+            batch=batch,
+        )
+
+    graph, max_batch_size = decide_batch(written, info, images, cfg.max_batch_size)
+    figure = parity_figure(graph, images, reference[logits], maps, batched=max_batch_size > 1)
+    filters = first_conv_weight(model)
+    version = cfg.version or next_version(cfg.repository / cfg.name)
+    with publishing(cfg.repository, cfg.name, version, cfg.force) as (staging, target):
+        (staging / MODEL_FILE).write_bytes(graph.SerializeToString())
+        metadata: dict[str, Any] = {
+            "schema_version": 1,
+            "name": cfg.name,
+            "version": version,
+            "architecture": architecture(model, cfg.model),
+            "input": {
+                "name": info.name,
+                "shape": [info.channels, size, size],
+                "dtype": "float32",
+                "color_mode": pre.color_mode,
+            },
+            "preprocessing": pre.metadata(),
+            "output": {"name": LOGITS_NAME},
+            "feature_maps": [
+                {"layer": m.layer, "output": output_name(m.layer), "shape": list(m.shape)}
+                for m in maps
+            ],
+            "cam": None,
+            "filters": [],
+            "labels": labels,
+            "max_batch_size": max_batch_size,
+            "source": {
+                "kind": "onnx",
+                "file": cfg.model.name,
+                "sha256": sha256_of(cfg.model),
+            },
+            "export": {
+                "opset": opset,
+                "producer": {"name": model.producer_name, "version": model.producer_version},
+                "ir_version": int(model.ir_version),
+                "precision": "float32",
+                "parity_tolerance": PARITY_TOLERANCE,
+                "parity_max_abs_diff": figure,
+                "parity_per_output": {LOGITS_NAME: figure},
+                "parity_samples": len(images),
+                "original_logits": logits,
+                "batch": "dynamic" if graph_batch(graph) is None else "fixed",
+                "sha256": sha256_of(staging / MODEL_FILE),
+            },
+        }
+        if filters is not None:
+            layer, weight = filters
+            metadata["filters"] = [write_filters(layer, weight, staging)]
+            logger.info("filters: %s %s", layer, weight.shape)
+        if head is not None:
+            write_cam_weights(head.weights, staging / CAM_FILE)
+            fm = output_name(names[head.feature_tensor])
+            metadata["cam"] = {"feature_map": fm, "weights": CAM_FILE}
+        write_metadata(staging, metadata)
+    logger.info("wrote %s", target)
+    return target
+
+
+def class_labels(choice: str | None, num_classes: int) -> list[str]:
+    """`--labels`: ImageNet's by default for 1000 classes, else a file is required."""
+    if choice is None:
+        if num_classes != IMAGENET_CLASSES:
+            raise UserError(
+                f"the model has {num_classes} classes: pass --labels FILE (one label per line)"
+            )
+        choice = IMAGENET
+    labels = resolve_labels(choice, num_classes)
+    logger.info("labels: %s (%d)", choice, len(labels))
+    return labels
+
+
+def parity_figure(
+    graph: onnx.ModelProto,
+    images: npt.NDArray[np.float32],
+    reference: npt.NDArray[np.float32],
+    maps: list[FeatureMapChoice],
+    batched: bool,
+) -> float:
+    """The written graph's logits against the original's (`reference`) on `images`, all in one
+    batch when `batched`; UserError beyond the tolerance or for a map of another shape."""
+    try:
+        session = session_of(graph)
+    except ORT_ERRORS as err:
+        raise UserError(f"ONNX Runtime cannot load the written graph: {one_line(err)}") from err
+    wanted = [LOGITS_NAME, *(output_name(m.layer) for m in maps)]
+    chunk = None if batched else 1
+    outputs = run_or_refuse(session, images, wanted, chunk, "the written graph")
+    for m in maps:
+        got = outputs[output_name(m.layer)].shape[1:]
+        if got != m.shape:
+            raise UserError(f"feature map {m.layer} has shape {got} in the written graph")
+    figure = parity_errors({LOGITS_NAME: reference}, outputs)[LOGITS_NAME]
+    if not figure <= PARITY_TOLERANCE:  # also catches NaN
+        raise UserError(
+            f"parity check failed: the written graph's logits differ from the original's by "
+            f"{figure:.2e} (tolerance {PARITY_TOLERANCE:g})"
+        )
+    logger.info(
+        "parity: max error %.2e over %d images (tolerance %g)",
+        figure,
+        len(images),
+        PARITY_TOLERANCE,
+    )
+    return figure
+
+
+def graph_batch(model: onnx.ModelProto) -> int | None:
+    """The input's fixed batch size, None when dynamic."""
+    first = (dims(graph_inputs(model)[0]) or [None])[0]
+    return first if isinstance(first, int) else None
+
+
+def decide_batch(
+    written: Callable[[int | str], onnx.ModelProto],
+    info: InputInfo,
+    images: npt.NDArray[np.float32],
+    max_batch_size: int,
+) -> tuple[onnx.ModelProto, int]:
+    """The graph to write and its max_batch_size. A fixed batch of 1 becomes dynamic only when
+    a batch of 2 gives, row by row, what each image gives alone; a dynamic graph that fails
+    that is served one image at a time."""
+    if info.batch is None:
+        graph: onnx.ModelProto = written(BATCH_DIM)
+        problem = batch_problem(graph, images)
+        if problem is None:
+            logger.info("batch: dynamic; max_batch_size %d", max_batch_size)
+            return graph, max_batch_size
+        logger.warning(
+            "batch: dynamic in the graph, but a batch of 2 fails (%s): max_batch_size 1", problem
+        )
+        return graph, 1
+    dynamic: onnx.ModelProto = written(BATCH_DIM)
+    problem = batch_problem(dynamic, images)
+    if problem is None:
+        logger.info(
+            "batch: fixed at %d in the graph; a batch of 2 matches each image alone: batch axis "
+            "made dynamic, max_batch_size %d",
+            info.batch,
+            max_batch_size,
+        )
+        return dynamic, max_batch_size
+    if info.batch != 1:
+        raise UserError(
+            f"input {info.name} has a fixed batch of {info.batch} and the graph does not run "
+            f"other batch sizes ({problem}); the service sends 1 to max_batch_size images"
+        )
+    logger.info(
+        "batch: fixed at 1 in the graph; a batch of 2 fails (%s): kept fixed, max_batch_size 1",
+        problem,
+    )
+    return written(1), 1
+
+
+def architecture(model: onnx.ModelProto, path: Path) -> str:
+    """`onnx:<file stem>` and who made the graph, e.g. `onnx:resnet18 (pytorch 2.5.1)`."""
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    return f"onnx:{path.stem}" + (f" ({producer})" if producer else "")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        prog="python -m training.import_onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = ImportConfig(Path(), "")
+    p.add_argument("model", type=Path, help="the ONNX file")
+    p.add_argument("--name", required=True, help=f"model name, {NAME_PATTERN}")
+    p.add_argument("--repository", type=Path, default=d.repository)
+    p.add_argument("--version", type=positive_int, help="default: one above the highest existing")
+    p.add_argument("--force", action="store_true", help="overwrite an existing version")
+    p.add_argument(
+        "--labels",
+        help="imagenet (the default for 1000 classes) or a file with one label per line",
+    )
+    p.add_argument(
+        "--preprocess",
+        default=d.preprocess,
+        help="imagenet, or a JSON file with resize, center_crop, mean, std and optionally "
+        "interpolation and color_mode",
+    )
+    p.add_argument(
+        "--feature-maps",
+        default=d.feature_maps,
+        help=f"auto (the last map at each resolution) | all (conv/pool/activation outputs, at "
+        f"most {MAX_ALL_FEATURE_MAPS}) | none | comma-separated tensor names",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=d.max_batch_size,
+        help="largest batch the service sends (1 where the batch axis cannot be dynamic)",
+    )
+    return p
+
+
+def cli(argv: list[str] | None = None) -> None:
+    main(ImportConfig(**vars(get_args_parser().parse_args(argv))))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))
