@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from training.requirements import require_training_extra
+
+# ruff: noqa: E402 - the imports below come after this check on purpose
+require_training_extra(__name__)  # before torch: one ERROR line naming `make setup`, no traceback
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
