@@ -1,7 +1,7 @@
 """Class labels for models that did not come from a convserve training run.
 
 `--labels imagenet` is torchvision's ImageNet-1k category list (the `meta["categories"]` of its
-weights) when torchvision is installed, else the identical copy shipped with this package, so
+weights), shipped with this package as a text file (a test keeps it equal to torchvision's), so
 `training.import_onnx` needs no torch. `--labels FILE` is one label per line (UTF-8; blank lines
 at the end are ignored). Nothing here imports torch at module level.
 """
@@ -20,13 +20,10 @@ SHIPPED_IMAGENET_FILE = "imagenet_categories.txt"  # in training/data, equal to 
 
 
 def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet-1k class names in class-index order."""
-    try:
-        from torchvision.models import ResNet50_Weights
-    except ImportError:
-        text = resources.files("training.data").joinpath(SHIPPED_IMAGENET_FILE).read_text("utf-8")
-        return text.splitlines()
-    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    """The 1000 ImageNet-1k class names in class-index order (equal to torchvision's
+    `meta["categories"]`; read from the shipped copy so that no torch import is needed)."""
+    text = resources.files("training.data").joinpath(SHIPPED_IMAGENET_FILE).read_text("utf-8")
+    return text.splitlines()
 
 
 def read_labels_file(path: Path) -> list[str]:
