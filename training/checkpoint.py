@@ -1,4 +1,5 @@
-"""Checkpoints: one `.pt` file holding all DESIGN §3 lists, readable with `weights_only=True`.
+"""Checkpoints: one `.pt` file holding everything a run needs (docs/training.md, Training),
+readable with `weights_only=True`.
 
 Keys: format, arch, arch_kwargs, num_classes, labels, preprocessing, dataset, model, optimizer,
 scheduler, scaler, epoch (completed epochs), best_metric, best_epoch, history, rng, torch_version,
