@@ -6,14 +6,25 @@ Screenshots and the measured timings go to test-artifacts/web/.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    FilePayload,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
 
 from tests.conftest import REPO_ROOT, require_executable
 from tests.service.server import ServiceProcess
@@ -24,7 +35,9 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "web"
 SAMPLES = REPO_ROOT / "service" / "static" / "samples"
 FASHION_SAMPLE = SAMPLES / "fashion-00000.png"  # an ankle boot
+PHOTO_SAMPLE = SAMPLES / "photo-china.jpg"
 DEFAULT_MODEL = "lenet5-fashion"
+UNPAIRED_MODEL = "tiny-unpaired"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -36,14 +49,23 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 15_000
+# A 4xx/5xx answer is logged by chromium as a console error; the page handles it (error box).
+HANDLED_HTTP_ERROR = re.compile(r"^Failed to load resource: the server responded with a status of")
+# The notice's codes about the picture itself (fit.js), as opposed to "unsure" (the answer).
+PICTURE_DOUBTS = {"colour", "grey", "enlarged", "shrunk", "aspect"}
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The committed LeNet-5 (no CAM) beside a tiny CNN with a GAP head (CAM)."""
+    """The committed LeNet-5 (no CAM) beside a tiny CNN with a GAP head (CAM), and a colour one
+    whose first exported layer is not its first conv (its filters cannot pair with channels)."""
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(REPO_ROOT / "models" / DEFAULT_MODEL, root / DEFAULT_MODEL)
     write_tiny_model(root, "tiny-cnn", gap_head=True)
+    unpaired = write_tiny_model(root, UNPAIRED_MODEL, color_mode="RGB", gap_head=True)
+    metadata = json.loads((unpaired.path / "metadata.json").read_text())
+    metadata["feature_maps"] = metadata["feature_maps"][1:]  # features.pool1, features.conv2
+    (unpaired.path / "metadata.json").write_text(json.dumps(metadata, indent=2))
     log = tmp_path_factory.mktemp("logs") / "service.log"
     with ServiceProcess(
         log, model_repository=root, default_model=DEFAULT_MODEL, providers="cpu"
@@ -51,28 +73,52 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
         yield process
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium driven by Playwright (skipped locally, failed in CI, when missing)."""
     executable = require_executable("chromium", "chromium")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        yield _launch(playwright, executable)
+        yield playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
 
 
-def _launch(playwright: Playwright, executable: str) -> Browser:
-    return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as browser:
+        yield browser
+
+
+def watch_console(page: Page) -> list[str]:
+    """Uncaught errors, console errors and warnings of `page` from now on, as they come."""
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in {"error", "warning"} and not HANDLED_HTTP_ERROR.match(message.text):
+            problems.append(f"{message.type}: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda err: problems.append(f"uncaught: {err}"))
+    return problems
+
+
+@contextmanager
+def browser_page(browser: Browser, **options: Any) -> Iterator[Page]:
+    """A page in a new context (`options`: viewport...); fails on any console problem."""
+    context = browser.new_context(**options)
+    page = context.new_page()
+    problems = watch_console(page)
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not problems, problems
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=DESKTOP)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.set_default_timeout(TIMEOUT_MS)
-    yield page
-    context.close()
-    assert not errors, errors
+    with browser_page(browser, viewport=DESKTOP) as page:
+        yield page
 
 
 def open_page(page: Page, base_url: str, query: str = "") -> float:
@@ -87,8 +133,77 @@ def upload(page: Page, path: Path) -> float:
     """Choose `path` in the file picker and wait for the result; returns the wall time in ms."""
     started = time.perf_counter()
     page.set_input_files("#file-input", str(path))
-    page.wait_for_selector("body[data-state=done]")
+    wait_for_result(page, path.name)
     return (time.perf_counter() - started) * 1000
+
+
+def choose_sample(page: Page, name: str) -> None:
+    """Select the bundled sample `name` (unfolding the other samples if it is there)."""
+    button = page.locator(f"button.sample[data-file='{name}']")
+    if not button.is_visible():
+        page.locator("#samples-other-details > summary").click()
+    button.click()
+    wait_for_result(page, name)
+
+
+def wait_for_result(page: Page, name: str) -> None:
+    """Until the page shows its answer for the image `name` (not the one before it)."""
+    page.wait_for_function(
+        "name => document.body.dataset.state === 'done'"
+        " && document.querySelector('#original-image').alt.endsWith(name)",
+        arg=name,
+    )
+
+
+def doubt_codes(page: Page) -> set[str]:
+    """The reasons in the notice beside the top-5 (empty when it is hidden)."""
+    notice = page.locator("#doubts")
+    if not notice.is_visible():
+        return set()
+    return set((notice.get_attribute("data-codes") or "").split())
+
+
+def top_of(locator: Locator) -> float:
+    return float(locator.evaluate("e => e.getBoundingClientRect().top"))
+
+
+def offered_samples(page: Page, list_id: str) -> list[str]:
+    files: list[str] = page.locator(f"#{list_id} button.sample").evaluate_all(
+        "buttons => buttons.map(b => b.dataset.file)"
+    )
+    return files
+
+
+def native_predictions(base_url: str, model: str, path: Path, top_k: int) -> list[dict[str, Any]]:
+    """The native API's predictions for the file `path`."""
+    kind = "image/png" if path.suffix == ".png" else "image/jpeg"
+    response = httpx.post(
+        f"{base_url}/v1/models/{model}/classify",
+        params={"top_k": top_k},
+        content=path.read_bytes(),
+        headers={"content-type": kind},
+        timeout=60,
+    )
+    response.raise_for_status()
+    predictions: list[dict[str, Any]] = response.json()["results"][0]["predictions"]
+    return predictions
+
+
+def coloured_share(page: Page, selector: str) -> float:
+    """Share of the pixels of the canvas `selector` whose max − min of R, G, B is at least 24."""
+    share: float = page.locator(selector).evaluate(
+        """canvas => {
+          const { data } = canvas.getContext("2d", { willReadFrequently: true })
+            .getImageData(0, 0, canvas.width, canvas.height);
+          let coloured = 0;
+          for (let i = 0; i < data.length; i += 4) {
+            const channels = [data[i], data[i + 1], data[i + 2]];
+            if (Math.max(...channels) - Math.min(...channels) >= 24) coloured++;
+          }
+          return coloured / (data.length / 4);
+        }"""
+    )
+    return share
 
 
 def test_upload_shows_the_api_answer_and_layer_grids(page: Page, service: ServiceProcess) -> None:
@@ -113,6 +228,14 @@ def test_upload_shows_the_api_answer_and_layer_grids(page: Page, service: Servic
         p["label"] for p in expected
     ]
     expect(page.locator("#timing dt")).to_have_count(5)
+    # A Fashion-MNIST image on the Fashion-MNIST model: no notice, and no status line left over.
+    expect(page.locator("#doubts")).to_be_hidden()
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.get_by_text(re.compile(r"^\s*Result:"))).to_have_count(0)
+    # LeNet-5 has no GAP head: the CAM slot says so instead of showing a faded input.
+    expect(page.locator("#cam-figure")).to_be_hidden()
+    expect(page.locator("#cam-none")).to_be_visible()
+    expect(page.locator("#cam-none")).to_contain_text("This model has no CAM")
 
     detail = httpx.get(f"{service.base_url}/v1/models/{DEFAULT_MODEL}", timeout=30).json()
     layers = page.locator("article.layer")
@@ -125,6 +248,13 @@ def test_upload_shows_the_api_answer_and_layer_grids(page: Page, service: Servic
         expect(layer.locator("button.tile")).to_have_count(min(16, fm["shape"][0]))
     # The first layer pairs each filter with its response.
     expect(layers.first.locator("button.tile.pair canvas.filter")).to_have_count(6)
+    # Every channel shown: no "more" button.
+    expect(page.locator("button.more")).to_have_count(0)
+    # Conv layers (both signs) on the diverging scale are not washed out: most pixels of the
+    # conv1 tiles carry colour, not the white of 0.
+    conv1_tiles = "article[data-layer='features.conv1'] canvas.response"
+    shares = [coloured_share(page, f"{conv1_tiles} >> nth={i}") for i in range(6)]
+    assert sum(shares) / len(shares) > 0.5, shares
     # input, every layer, classes
     expect(page.locator("#dims-table tbody tr")).to_have_count(len(names) + 2)
     expect(page.locator("#dims-table tbody tr").last).to_contain_text("10 classes")
@@ -169,7 +299,7 @@ def test_invalid_files_show_an_error(page: Page, service: ServiceProcess) -> Non
     # Claims to be a PNG: the service refuses it (400 invalid_image).
     page.set_input_files(
         "#file-input",
-        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}],
+        files=[FilePayload(name="notes.png", mimeType="image/png", buffer=b"not an image")],
     )
     error = page.locator("#error")
     expect(error).to_be_visible()
@@ -177,7 +307,7 @@ def test_invalid_files_show_an_error(page: Page, service: ServiceProcess) -> Non
     expect(page.locator("#error-message")).to_contain_text("Unsupported file")
     # A GIF is refused in the page before any request.
     page.set_input_files(
-        "#file-input", files=[{"name": "a.gif", "mimeType": "image/gif", "buffer": b"GIF89a"}]
+        "#file-input", files=[FilePayload(name="a.gif", mimeType="image/gif", buffer=b"GIF89a")]
     )
     expect(error).to_have_attribute("data-code", "unsupported_file")
     expect(page.locator("#error-message")).to_contain_text("image/gif")
@@ -202,25 +332,144 @@ def test_overloaded_service_offers_a_retry(page: Page, service: ServiceProcess) 
     expect(page.locator("#error")).to_be_hidden()
 
 
+def test_samples_and_notice_follow_the_model(page: Page, service: ServiceProcess) -> None:
+    manifest = json.loads((SAMPLES / "samples.json").read_text())["samples"]
+    fashion = [s["file"] for s in manifest if s["dataset"] == "fashion-mnist"]
+    photos = [s["file"] for s in manifest if s["color_mode"] == "RGB"]
+    assert len(fashion) == 10
+    assert len(photos) >= 2
+    open_page(page, service.base_url)
+    # The greyscale Fashion-MNIST model is offered its own data set's images; the photos are
+    # folded away below them.
+    assert offered_samples(page, "samples") == fashion
+    assert offered_samples(page, "samples-other") == photos
+    expect(page.locator("#samples-other")).to_be_hidden()
+
+    # A colour photo on it: the notice says plainly why the label deserves doubt.
+    upload(page, PHOTO_SAMPLE)
+    notice = page.locator("#doubts")
+    expect(notice).to_be_visible()
+    assert {"colour", "shrunk"} <= doubt_codes(page)
+    expect(notice).to_contain_text("Unlike the images this model was trained on")
+    expect(notice.locator("li[data-code=colour]")).to_contain_text("fashion-mnist")
+    expect(notice.locator("li[data-code=shrunk]")).to_contain_text("224 × 149")
+    # Placed between the heading and the bars, where the label is read.
+    heading = page.get_by_role("heading", name="Top-5")
+    assert top_of(heading) < top_of(notice) < top_of(page.locator("#predictions"))
+    page.screenshot(path=str(ARTIFACTS / "notice.png"))
+
+    # One of its own kind of images: no notice.
+    choose_sample(page, FASHION_SAMPLE.name)
+    expect(notice).to_be_hidden()
+
+    # A colour model is offered the photos first.
+    page.select_option("#model-select", UNPAIRED_MODEL)
+    page.wait_for_function(
+        "() => document.querySelector('#samples button.sample')?.dataset.file.endsWith('.jpg')"
+    )
+    assert offered_samples(page, "samples") == photos
+    assert offered_samples(page, "samples-other") == fashion
+    expect(page.locator("#samples-note")).to_contain_text("colour")
+
+
+def test_filters_that_do_not_pair_are_shown_whole(page: Page, service: ServiceProcess) -> None:
+    # Its first exported layer (features.pool1) is not its first conv's output: filter k is not
+    # channel k's, so the filters are shown on their own, not beside the tiles.
+    open_page(page, service.base_url, f"?model={UNPAIRED_MODEL}")
+    choose_sample(page, "photo-pagoda.jpg")
+    figure = page.locator("article[data-filters='features.conv1']")
+    expect(figure).to_be_visible()
+    expect(figure.locator("img")).to_have_count(1)
+    assert figure.locator("img").evaluate("img => img.naturalWidth") > 0
+    expect(page.locator("canvas.filter")).to_have_count(0)
+    layers = page.locator("article.layer[data-layer]")
+    assert layers.evaluate_all("els => els.map(e => e.dataset.layer)") == [
+        "features.pool1",
+        "features.conv2",
+    ]
+
+
+RULES_SCRIPT = """async () => {
+  const { doubts } = await import("/static/js/fit.js");
+  const { filtersPairWith } = await import("/static/js/views.js");
+  const model = (mode, side, resize, classes) => ({
+    input: { color_mode: mode, shape: [mode === "L" ? 1 : 3, side, side] },
+    preprocessing: { resize, center_crop: side },
+    labels: Array.from({ length: classes }, (_, i) => `c${i}`),
+    training: { dataset: "fashion-mnist" },
+  });
+  const codes = (picture, detail, probabilities) => doubts(
+    picture, detail, probabilities.map((probability, i) => ({ label: `c${i}`, probability })),
+  ).map((d) => d.code).join(" ");
+  const grey28 = model("L", 28, 28, 10);
+  const rgb224 = model("RGB", 224, 256, 1000);
+  const sure = [0.9, 0.02, 0.02, 0.02, 0.02];
+  const picture = (width, height, colourShare) => ({ width, height, colourShare });
+  return {
+    fashionImage: codes(picture(28, 28, 0), grey28, sure),
+    colourOnGrey: codes(picture(28, 28, 0.05), grey28, sure),
+    justGreyEnough: codes(picture(28, 28, 0.049), grey28, sure),
+    shrunk4: codes(picture(112, 112, 0), grey28, sure),
+    shrunkMore: codes(picture(113, 113, 0), grey28, sure),
+    photo: codes(picture(640, 427, 0.4), rgb224, sure),
+    bigPhoto: codes(picture(4000, 3000, 0.4), rgb224, sure),
+    greyPhoto: codes(picture(640, 427, 0.005), rgb224, sure),
+    enlarged2: codes(picture(128, 128, 0.4), rgb224, sure),
+    enlargedMore: codes(picture(127, 127, 0.4), rgb224, sure),
+    aspect2: codes(picture(600, 300, 0.4), rgb224, sure),
+    aspectMore: codes(picture(601, 300, 0.4), rgb224, sure),
+    uniform: codes(null, grey28, Array(10).fill(0.1)),
+    // top-5 of 1000 holding 5 %: the other 995 classes share 95 % evenly
+    spreadRest: codes(null, rgb224, [0.01, 0.01, 0.01, 0.01, 0.01]),
+    pairs: [
+      ["features.conv1", "features.conv1"],
+      ["conv1", "relu"],
+      ["features.0.0", "features.0"],
+      ["features.0", "features.3"],
+      ["conv1", "layer1"],
+      ["features.conv1", "features.pool1"],
+    ].map(([filters, map]) => filtersPairWith(filters, map)),
+  };
+}"""
+
+
+def test_doubt_and_pairing_rules_at_their_thresholds(page: Page, service: ServiceProcess) -> None:
+    """fit.js's thresholds (docs/web.md) on made-up pictures and answers, in the page's code."""
+    open_page(page, service.base_url)
+    found = page.evaluate(RULES_SCRIPT)
+    assert found == {
+        "fashionImage": "",
+        "colourOnGrey": "colour",
+        "justGreyEnough": "",
+        "shrunk4": "",
+        "shrunkMore": "shrunk",
+        "photo": "",
+        "bigPhoto": "",  # 224 px models learnt from large photos shrunk: no "shrunk"
+        "greyPhoto": "grey",
+        "enlarged2": "",
+        "enlargedMore": "enlarged",
+        "aspect2": "",
+        "aspectMore": "aspect",
+        "uniform": "unsure",
+        "spreadRest": "unsure",
+        "pairs": [True, True, True, False, False, False],
+    }
+
+
 def test_phone_width_sample_and_cam(browser: Browser, service: ServiceProcess) -> None:
-    context = browser.new_context(viewport=PHONE, device_scale_factor=2)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
+    with browser_page(browser, viewport=PHONE, device_scale_factor=2) as page:
         open_page(page, service.base_url, "?model=tiny-cnn")
         expect(page.locator("#model-select")).to_have_value("tiny-cnn")
-        page.locator("button.sample").first.click()
-        page.wait_for_selector("body[data-state=done]")
+        choose_sample(page, FASHION_SAMPLE.name)
         cam = page.locator("#cam-image")
         expect(cam).to_be_visible()
+        expect(page.locator("#cam-none")).to_be_hidden()
         assert (cam.get_attribute("src") or "").startswith("data:image/png;base64,")
         overflow = page.evaluate(
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"page is {overflow}px wider than a phone screen"
         page.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
-    finally:
-        context.close()
 
 
 def test_page_headers_and_static_allow_list(service: ServiceProcess) -> None:

@@ -64,10 +64,15 @@ export const api = {
   filterUrl: (model, layer) => `/v1/models/${enc(model)}/filters/${enc(layer)}`,
 
   /** Classify one image (a Blob/File) as the raw body; returns {body, roundTripMs}. */
-  async classify(model, version, blob, { topK = 5, channels = 16, cam = false } = {}) {
+  async classify(
+    model,
+    version,
+    blob,
+    { topK = 5, featureMaps = "all", channels = 16, cam = false } = {},
+  ) {
     const params = new URLSearchParams({
       top_k: String(topK),
-      feature_maps: "all",
+      feature_maps: featureMaps,
       channels: String(channels),
       map_format: "float16",
       cam: cam ? "true" : "false",

@@ -1,13 +1,17 @@
 // The explorer page: wiring of model choice, image input, classify calls and the views.
 
 import { ACCEPTED_TYPES, ApiError, api, describeError, getApiKey, setApiKey } from "./api.js";
+import { SPREAD_TOP_K, describePicture, doubts, splitSamples } from "./fit.js";
 import { drawChannel, drawColorbar, formatValue, stats } from "./maps.js";
 import { decodeImage, drawModelInput } from "./preprocess.js";
 import {
   decodeLayer,
+  filtersPairWith,
   loadFilterTiles,
   renderDims,
-  renderLayers,
+  renderDoubts,
+  renderFilterFigure,
+  renderLayer,
   renderPredictions,
   renderTiming,
   shapeText,
@@ -16,14 +20,18 @@ import {
 const $ = (id) => document.getElementById(id);
 const HEALTH_POLL_MS = 2000;
 const ENLARGED_MAX_PX = 448;
+const PIXELATED_MAX_PX = 64;
 
 const state = {
   models: [], // [{name, versions, default_version}]
   detail: null, // GET /v1/models/{m}/versions/{v}
   blob: null, // the current image
   bitmap: null,
-  sequence: 0, // newest classify call; older answers are dropped
-  filters: null,
+  picture: null, // fit.js describePicture: size and colour share of the current image
+  samples: [], // samples.json entries
+  sequence: 0, // newest classify call; older answers (and their "more channels") are dropped
+  filters: null, // {tiles?, whole} of the first conv, loaded once per model version
+  layers: [], // decoded feature maps of the current answer
   enlarged: null, // {layer, k, opener}
 };
 
@@ -110,6 +118,7 @@ async function selectVersion() {
   state.detail = await api.describe(model, version);
   state.filters = null;
   renderDims($("dims-table").querySelector("tbody"), state.detail);
+  renderSamples();
   $("model-form").dataset.ready = "true";
   if (state.blob) await classify();
 }
@@ -126,10 +135,14 @@ async function useImage(blob, name) {
   }
   state.blob = blob;
   state.bitmap = await decodeImage(blob);
+  state.picture = describePicture(state.bitmap);
   const original = $("original-image");
   if (original.src.startsWith("blob:")) URL.revokeObjectURL(original.src);
   original.src = URL.createObjectURL(blob);
   original.alt = `The uploaded image ${name}`;
+  // Thumbnail-sized images (Fashion-MNIST's 28 × 28) are enlarged: show their pixels, not a blur.
+  const small = state.bitmap && Math.max(state.bitmap.width, state.bitmap.height) <= PIXELATED_MAX_PX;
+  original.classList.toggle("pixelated", Boolean(small));
   $("original-caption").textContent = state.bitmap
     ? `Uploaded: ${name} (${state.bitmap.width} × ${state.bitmap.height})`
     : `Uploaded: ${name}`;
@@ -175,38 +188,51 @@ function bindInputs() {
 }
 
 async function loadSamples() {
-  const list = $("samples");
-  let manifest;
   try {
     const response = await fetch("/static/samples/samples.json");
-    manifest = await response.json();
+    state.samples = (await response.json()).samples;
   } catch {
     return; // samples are a convenience; the page works without them
   }
-  list.replaceChildren(
-    ...manifest.samples.map((sample) => {
-      const img = document.createElement("img");
-      img.src = `/static/samples/${sample.file}`;
-      img.alt = "";
-      img.className = sample.file.endsWith(".png") ? "pixelated" : "";
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "sample";
-      button.dataset.file = sample.file;
-      button.title = sample.source;
-      button.setAttribute("aria-label", `Sample: ${sample.title} (${sample.source})`);
-      const caption = document.createElement("span");
-      caption.textContent = sample.title;
-      button.append(img, caption);
-      button.addEventListener("click", async () => {
-        const blob = await (await fetch(img.src)).blob();
-        useImage(blob, sample.file);
-      });
-      const item = document.createElement("li");
-      item.append(button);
-      return item;
-    }),
-  );
+  renderSamples();
+}
+
+function sampleButton(sample) {
+  const img = document.createElement("img");
+  img.src = `/static/samples/${sample.file}`;
+  img.alt = "";
+  img.className = sample.file.endsWith(".png") ? "pixelated" : "";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "sample";
+  button.dataset.file = sample.file;
+  button.title = sample.source;
+  button.setAttribute("aria-label", `Sample: ${sample.title} (${sample.source})`);
+  const caption = document.createElement("span");
+  caption.textContent = sample.title;
+  button.append(img, caption);
+  button.addEventListener("click", async () => {
+    const blob = await (await fetch(img.src)).blob();
+    useImage(blob, sample.file);
+  });
+  const item = document.createElement("li");
+  item.append(button);
+  return item;
+}
+
+/** The samples that suit the selected model first; the others folded away below them. */
+function renderSamples() {
+  if (!state.detail || state.samples.length === 0) return;
+  const { suited, others } = splitSamples(state.samples, state.detail);
+  const { color_mode: mode, shape } = state.detail.input;
+  const kind = mode === "L" ? "greyscale" : "colour";
+  $("samples-note").textContent = suited.length
+    ? `${kind} pictures, for this ${kind} ${shape[1]} × ${shape[2]} model`
+    : `none is ${kind} like this model's input`;
+  $("samples").replaceChildren(...suited.map(sampleButton));
+  $("samples-other").replaceChildren(...others.map(sampleButton));
+  $("samples-other-count").textContent = String(others.length);
+  $("samples-other-details").hidden = others.length === 0;
 }
 
 // ---- classify and render -------------------------------------------------------------------
@@ -217,27 +243,39 @@ async function classify() {
   const detail = state.detail;
   clearError();
   setPageState("busy");
-  $("busy").textContent = "Classifying…";
+  setBusy("Classifying…");
   try {
     const { body, roundTripMs } = await api.classify(detail.name, detail.version, state.blob, {
-      channels: Number($("channels-select").value),
+      // every class up to SPREAD_TOP_K, to measure how spread the answer is (fit.js)
+      topK: Math.min(detail.labels.length, SPREAD_TOP_K),
+      channels: channelsPerPage(),
       cam: detail.cam,
     });
     if (sequence !== state.sequence) return;
     if (state.filters === null && detail.filters.length > 0 && detail.feature_maps.length > 0) {
-      const count = detail.feature_maps[0].shape[0];
+      const pairs = filtersPairWith(detail.filters[0], detail.feature_maps[0].layer);
+      const count = pairs ? detail.feature_maps[0].shape[0] : null;
       state.filters = await loadFilterTiles(api.filterUrl(detail.name, detail.filters[0]), count);
     }
     render(body, roundTripMs);
     performance.clearMeasures("convserve:result");
     performance.measure("convserve:result", "convserve:image");
-    $("busy").textContent = `Result: ${body.results[0].predictions[0].label}`;
+    setBusy("");
     setPageState("done");
   } catch (err) {
     if (sequence !== state.sequence) return;
-    $("busy").textContent = "";
+    setBusy("");
     showError(err, () => classify());
   }
+}
+
+function setBusy(text) {
+  $("busy").textContent = text;
+  $("busy").hidden = !text;
+}
+
+function channelsPerPage() {
+  return Number($("channels-select").value);
 }
 
 function render(body, roundTripMs) {
@@ -245,38 +283,102 @@ function render(body, roundTripMs) {
   const result = body.results[0];
   $("result-section").hidden = false;
   renderPredictions($("predictions"), result.predictions);
+  renderDoubts($("doubts"), doubts(state.picture, detail, result.predictions));
   renderTiming($("timing-bar"), $("timing"), body.timing_ms, roundTripMs);
 
-  const caption = `As the model sees it: ${shapeText(detail.input.shape)} ${detail.input.color_mode}, `;
+  const { shape, color_mode: mode } = detail.input;
+  const caption = `As the model sees it: ${shapeText(shape)} ${mode}, `;
   if (state.bitmap) {
     drawModelInput($("model-input"), state.bitmap, detail);
     drawModelInput($("cam-base"), state.bitmap, detail);
     const p = detail.preprocessing;
     $("model-input-caption").textContent =
-      caption + `resize ${p.resize} → crop ${p.center_crop} (drawn by this browser, approximate)`;
+      caption + `resize ${p.resize} → crop ${p.center_crop}, de-normalised (approximate)`;
   } else {
     $("model-input-caption").textContent = caption + "this browser cannot draw this file";
   }
 
-  const camFigure = $("cam-figure");
+  // A model without a GAP + linear head has no CAM: say so instead of an empty heatmap slot.
+  $("cam-figure").hidden = !result.cam;
+  $("cam-none").hidden = Boolean(result.cam);
   if (result.cam) {
     $("cam-image").src = `data:image/png;base64,${result.cam.data}`;
     $("cam-image").alt = `Class activation map for ${result.cam.label}`;
     $("cam-caption").textContent = `Class activation map: where the model saw “${result.cam.label}”`;
-    camFigure.classList.remove("unavailable");
-    $("cam-opacity-label").hidden = false;
   } else {
     $("cam-image").removeAttribute("src");
-    $("cam-caption").textContent = "No CAM: this model has no global-average-pooling + linear head.";
-    camFigure.classList.add("unavailable");
-    $("cam-opacity-label").hidden = true;
   }
 
-  const layers = (result.feature_maps || []).map(decodeLayer);
+  state.layers = (result.feature_maps || []).map((fm) => decodeLayer(fm));
+  $("layers-section").hidden = state.layers.length === 0;
+  const articles = state.layers.map((layer, index) => renderLayer(layer, index, layerOptions(index)));
+  const figure = filterFigure();
+  $("layers").replaceChildren(...(figure ? [figure] : []), ...articles);
+}
+
+function filterNote() {
+  const detail = state.detail;
   const newest = Math.max(...detail.versions);
-  const filterNote = detail.version === newest ? "" : ` (filters of version ${newest}, the newest)`;
-  $("layers-section").hidden = layers.length === 0;
-  renderLayers($("layers"), layers, { filters: state.filters, filterNote, onOpen: openChannel });
+  return detail.version === newest ? "" : ` (filters of version ${newest}, the newest)`;
+}
+
+function layerOptions(index) {
+  const detail = state.detail;
+  const first = index === 0 && detail.filters.length > 0;
+  return {
+    filters: state.filters,
+    pairs: first && filtersPairWith(detail.filters[0], state.layers[0].layer),
+    filterNote: filterNote(),
+    colourFilters: detail.input.color_mode === "RGB",
+    pageSize: channelsPerPage(),
+    onOpen: openChannel,
+    onMore: showMoreChannels,
+  };
+}
+
+/** The first conv's filters on their own, when they do not pair with the first layer's tiles. */
+function filterFigure() {
+  const detail = state.detail;
+  const filters = state.filters;
+  if (!filters?.whole || detail.filters.length === 0 || state.layers.length === 0) return null;
+  if (filters.tiles && filtersPairWith(detail.filters[0], state.layers[0].layer)) return null;
+  return renderFilterFigure(filters, {
+    layer: detail.filters[0],
+    colour: detail.input.color_mode === "RGB",
+    note: filterNote(),
+  });
+}
+
+/** Ask the service for the next page of a layer's channels (the same image, that layer only). */
+async function showMoreChannels(index, button) {
+  const sequence = state.sequence;
+  const detail = state.detail;
+  const layer = state.layers[index];
+  const wanted = Math.min(layer.shape[0], layer.channels.length + channelsPerPage());
+  button.disabled = true;
+  clearError();
+  setBusy(`Loading ${wanted} channels of ${layer.layer}…`);
+  try {
+    const { body } = await api.classify(detail.name, detail.version, state.blob, {
+      topK: 1,
+      featureMaps: layer.layer,
+      channels: wanted,
+    });
+    if (sequence !== state.sequence) return;
+    const shown = layer.channels.length;
+    const fm = body.results[0].feature_maps.find((f) => f.layer === layer.layer);
+    state.layers[index] = decodeLayer(fm, layer.scale); // keep the colours of the first page
+    const article = renderLayer(state.layers[index], index, layerOptions(index));
+    $("layers").querySelector(`article[data-layer="${CSS.escape(layer.layer)}"]`).replaceWith(article);
+    article.querySelectorAll("button.tile")[shown]?.focus();
+    setBusy("");
+    setPageState("done");
+  } catch (err) {
+    if (sequence !== state.sequence) return;
+    button.disabled = false;
+    setBusy("");
+    showError(err, () => showMoreChannels(index, button));
+  }
 }
 
 // ---- enlarged channel ----------------------------------------------------------------------
@@ -302,7 +404,7 @@ function openChannel(layer, k, opener) {
     ["Channel min", formatValue(s.min)],
     ["Channel max", formatValue(s.max)],
     ["Channel mean", formatValue(s.mean)],
-    ["Colour scale", `${layer.scale.kind}, ${formatValue(layer.scale.low)} … ${formatValue(layer.scale.high)} (whole layer)`],
+    ["Colour scale", `${layer.scale.kind}, ${formatValue(layer.scale.low)} … ${formatValue(layer.scale.high)} (the layer's, to its 99th percentile)`],
   ];
   $("channel-stats").replaceChildren(
     ...rows.flatMap(([term, value]) => {

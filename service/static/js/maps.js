@@ -23,9 +23,10 @@ const VIRIDIS = [
   [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
   [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37],
 ];
+// ColorBrewer RdBu without its two palest stops: white only at 0, so small values show colour.
 const DIVERGING = [
-  [33, 102, 172], [103, 169, 207], [209, 229, 240], [247, 247, 247],
-  [253, 219, 199], [239, 138, 98], [178, 24, 43],
+  [5, 48, 97], [33, 102, 172], [67, 147, 195], [146, 197, 222], [247, 247, 247],
+  [244, 165, 130], [214, 96, 77], [178, 24, 43], [103, 0, 31],
 ];
 
 function lut(stops) {
@@ -41,13 +42,38 @@ function lut(stops) {
 
 const LUTS = { sequential: lut(VIRIDIS), diverging: lut(DIVERGING) };
 
-/** The colour scale of a layer: diverging and symmetric when it has both signs. */
-export function scaleFor(min, max) {
-  if (min < 0 && max > 0) {
-    const m = Math.max(-min, max);
-    return { kind: "diverging", low: -m, high: m };
+// A few extreme values would squeeze every other one into the middle of the scale (near white on
+// the diverging one): the scale ends at this quantile of the values, and the rest saturates.
+export const SCALE_QUANTILE = 0.99;
+const QUANTILE_SAMPLE = 65536; // values sorted to find the quantile (an even stride over all)
+
+function quantile(values, q, transform) {
+  const stride = Math.max(1, Math.floor(values.length / QUANTILE_SAMPLE));
+  const sample = new Float32Array(Math.ceil(values.length / stride));
+  for (let i = 0, j = 0; i < values.length; i += stride, j++) sample[j] = transform(values[i]);
+  sample.sort();
+  return sample[Math.min(sample.length - 1, Math.floor(q * sample.length))];
+}
+
+/** The colour scale of a layer's values: diverging and symmetric around 0 when they have both
+signs, sequential otherwise; ending at the SCALE_QUANTILE of (|values|) rather than the extremes.
+`clipped` says whether some values lie beyond the ends. */
+export function scaleFor(values) {
+  let min = Infinity;
+  let max = -Infinity;
+  for (const v of values) {
+    if (v < min) min = v;
+    if (v > max) max = v;
   }
-  return { kind: "sequential", low: min, high: max > min ? max : min + 1e-6 };
+  if (!(min <= max)) return { kind: "sequential", low: 0, high: 1, min: 0, max: 0, clipped: false };
+  if (min < 0 && max > 0) {
+    const extreme = Math.max(-min, max);
+    const m = quantile(values, SCALE_QUANTILE, Math.abs) || extreme;
+    return { kind: "diverging", low: -m, high: m, min, max, clipped: m < extreme };
+  }
+  const q = quantile(values, SCALE_QUANTILE, (v) => v);
+  const high = q > min ? q : max > min ? max : min + 1e-6;
+  return { kind: "sequential", low: min, high, min, max, clipped: high < max };
 }
 
 function colorIndex(value, scale) {

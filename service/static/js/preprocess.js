@@ -22,7 +22,9 @@ export function drawModelInput(canvas, bitmap, detail) {
   const top = Math.round((height - crop) / 2);
   canvas.width = crop;
   canvas.height = crop;
-  const context = canvas.getContext("2d");
+  // Read back (getImageData) for greyscale models, on every image: the first getContext call
+  // fixes the canvas's attributes, so it asks for a readback-friendly canvas from the start.
+  const context = canvas.getContext("2d", { willReadFrequently: true });
   context.imageSmoothingEnabled = interpolation !== "nearest";
   context.imageSmoothingQuality = "high";
   context.fillStyle = "#000";
