@@ -248,6 +248,8 @@ async function classify() {
     const { body, roundTripMs } = await api.classify(detail.name, detail.version, state.blob, {
       // every class up to SPREAD_TOP_K, to measure how spread the answer is (fit.js)
       topK: Math.min(detail.labels.length, SPREAD_TOP_K),
+      // a model without feature maps refuses feature_maps=all (400): ask for none
+      featureMaps: detail.feature_maps.length > 0 ? "all" : "",
       channels: channelsPerPage(),
       cam: detail.cam,
     });
