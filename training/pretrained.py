@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 DEFAULT_IMAGE_SIZE = 224
 MISMATCHES_SHOWN = 3
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.[a-z]+$")
 # Builder options torchvision sets when it loads pretrained weights into these architectures:
 # their weights expect inputs re-normalised inside the model (`transform_input`).
 PRETRAINED_ARCH_KWARGS = {name: {"transform_input": True} for name in AUX_HEAD_MODELS}
@@ -109,6 +110,18 @@ def resolve_entry(arch: str, name: str) -> WeightsEnum:
         ) from None
 
 
+def published_hash(entry: WeightsEnum) -> str | None:
+    """The sha256 prefix torchvision puts in its file names (`resnet50-11ad3fa6.pth`)."""
+    found = HASH_IN_NAME.search(Path(urlparse(entry.url).path).name)
+    return found[1] if found else None
+
+
+def is_published_file(entry: WeightsEnum, sha256: str) -> bool:
+    """True when a file with this sha256 is `entry`'s published file (its name's hash)."""
+    prefix = published_hash(entry)
+    return prefix is not None and sha256.startswith(prefix)
+
+
 def entry_for_file(arch: str, path: Path) -> WeightsEnum | None:
     """The weights entry of `arch` whose published file name is `path`'s name."""
     enum = weights_enum(arch)
@@ -128,12 +141,9 @@ def fetch(entry: WeightsEnum, download: bool) -> Path:
             "(or pass --download)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    hash_prefix = re.search(r"-([a-f0-9]+)\.", path.name)
     logger.info("downloading %s to %s", entry.url, path)
     try:
-        torch.hub.download_url_to_file(
-            entry.url, str(path), hash_prefix[1] if hash_prefix else None, progress=True
-        )
+        torch.hub.download_url_to_file(entry.url, str(path), published_hash(entry), progress=True)
     except (OSError, RuntimeError) as err:
         raise UserError(f"cannot download {entry.url}: {err}") from err
     return path
@@ -253,14 +263,29 @@ def load_pretrained(
             )
             entry_for_meta = assumed
         else:
-            logger.info("%s is the file of %s", path.name, entry)
+            logger.info("%s has the published file name of %s", path.name, entry)
             entry_for_meta = entry
-        name = None if entry is None else str(entry)
     else:
         entry_for_meta = resolve_entry(arch, weights)
         path = fetch(entry_for_meta, download)
         state = read_state_dict(path)
-        name = str(entry_for_meta)
+    sha256 = sha256_of(path)
+    # The name is recorded only for the published file itself: its sha256 starts with the hash
+    # in torchvision's file name. Another file (retrained, or just renamed) keeps the entry's
+    # preprocessing and labels, but is not called by the entry's name.
+    name = None
+    if entry_for_meta is not None and path.name == hub_path(entry_for_meta).name:
+        if is_published_file(entry_for_meta, sha256):
+            name = str(entry_for_meta)
+        else:
+            logger.warning(
+                "%s is named as %s's file but its sha256 %s does not start with %s: not the "
+                "published weights; using that entry's preprocessing and labels",
+                path.name,
+                entry_for_meta,
+                sha256[:12],
+                published_hash(entry_for_meta),
+            )
     state = normalise_keys(arch, state)
     classes = head_classes(state)
     if labels is not None:
@@ -273,7 +298,7 @@ def load_pretrained(
         state_dict=state,
         labels=label_list,
         preprocessing=preprocessing_of(entry_for_meta),
-        source={"kind": "weights", "name": name, "file": path.name, "sha256": sha256_of(path)},
+        source={"kind": "weights", "name": name, "file": path.name, "sha256": sha256},
         arch_kwargs=dict(PRETRAINED_ARCH_KWARGS.get(arch, {})),
     )
 

@@ -28,8 +28,10 @@ from training.pretrained import (
     freeze,
     head_path,
     hub_path,
+    is_published_file,
     load_pretrained,
     normalise_keys,
+    published_hash,
 )
 from training.train import TrainConfig
 from training.train import main as train_main
@@ -72,7 +74,8 @@ def test_file_matched_by_name_brings_labels_and_preprocessing(resnet18_file: Pat
     assert (pre.resize, pre.center_crop) == (transform.resize_size[0], transform.crop_size[0])
     assert (list(pre.mean), list(pre.std)) == (transform.mean, transform.std)
     assert pre.interpolation == transform.interpolation.value
-    assert pretrained.source["name"] == "ResNet18_Weights.IMAGENET1K_V1"
+    # Random weights under the published name: the entry's metadata, but not its name.
+    assert pretrained.source["name"] is None
     assert pretrained.source["file"] == RESNET18_FILE
     model = build_pretrained(pretrained)
     reference = torch.load(resnet18_file, weights_only=True)
@@ -105,11 +108,26 @@ def test_weights_name_resolves_through_the_hub_cache(
     target.parent.mkdir(parents=True)
     target.write_bytes(resnet18_file.read_bytes())
     for name in ("IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1", "DEFAULT"):
-        assert load_pretrained("resnet18", name).source["name"] == str(entry)
+        pretrained = load_pretrained("resnet18", name)
+        assert pretrained.source["file"] == RESNET18_FILE
+        assert pretrained.labels == list(entry.meta["categories"])
     with pytest.raises(UserError, match="not resnet18's"):
         load_pretrained("resnet18", "ResNet50_Weights.IMAGENET1K_V2")
     with pytest.raises(UserError, match="not a weights name of resnet18"):
         load_pretrained("resnet18", "IMAGENET9K")
+
+
+def test_only_the_published_file_is_called_by_the_weights_name(
+    resnet18_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = ResNet18_Weights.IMAGENET1K_V1
+    assert published_hash(entry) == "f37072fd"
+    assert is_published_file(entry, "f37072fd" + "0" * 56)
+    assert not is_published_file(entry, "0" * 64)
+    caplog.set_level(logging.WARNING)
+    load_pretrained("resnet18", str(resnet18_file))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("not the published weights" in w for w in warnings), warnings
 
 
 def test_export_records_source_and_metadata_validates(resnet18_file: Path, tmp_path: Path) -> None:
@@ -118,7 +136,7 @@ def test_export_records_source_and_metadata_validates(resnet18_file: Path, tmp_p
     meta = schema.ModelMetadata.model_validate_json((folder / "metadata.json").read_text())
     assert meta.source is not None
     assert meta.source.kind == "weights"
-    assert meta.source.name == "ResNet18_Weights.IMAGENET1K_V1"
+    assert meta.source.name is None  # random weights are not the published file
     assert meta.source.file == RESNET18_FILE
     assert meta.source.sha256 == hashlib.sha256(resnet18_file.read_bytes()).hexdigest()
     assert meta.input.shape == (3, 224, 224)
@@ -243,7 +261,7 @@ def test_fine_tune_starts_from_the_weights_and_exports(
     assert all(torch.equal(content["model"][k], reference[k]) for k in convs)
     assert content["model"]["fc.weight"].shape == (2, 512)
     assert content["preprocessing"]["resize"] == 256
-    assert content["pretrained"]["name"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert content["pretrained"]["file"] == RESNET18_FILE
     assert run_cli(
         export_cli,
         ["--checkpoint", str(run.best_checkpoint), "--name", "photos",
