@@ -5,17 +5,21 @@ format (`torch.save(model.state_dict())` of a torchvision model) under their pub
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import pickle
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import torchvision
 from torchvision.models import ResNet18_Weights
 
 from service import metadata as schema
+from service.settings import Settings
+from tests.service.server import threaded_server
 from training.cli import run_cli
 from training.data.photos import photo_views
 from training.errors import UserError
@@ -271,3 +275,21 @@ def test_fine_tune_starts_from_the_weights_and_exports(
     assert meta["labels"] == ["china", "flower"]
     assert meta["training"]["pretrained"]["file"] == RESNET18_FILE
     assert meta["cam"]["feature_map"] == "fm.layer4"
+    # Served: a photo is answered with the folder's classes, the weights' source shown.
+    settings = Settings(model_repository=tmp_path / "repo", default_model="photos")
+    photo = io.BytesIO()
+    photo_views(1)[0].save(photo, format="JPEG")
+    with threaded_server(settings) as base_url:
+        answer = httpx.post(
+            f"{base_url}/v1/classify",
+            content=photo.getvalue(),
+            headers={"Content-Type": "image/jpeg"},
+            params={"cam": "true"},
+            timeout=60,
+        )
+        detail = httpx.get(f"{base_url}/v1/models/photos", timeout=10).json()
+    assert answer.status_code == 200, answer.text
+    (result,) = answer.json()["results"]
+    assert {p["label"] for p in result["predictions"]} == {"china", "flower"}
+    assert result["cam"] is not None
+    assert detail["source"]["kind"] == "training"
