@@ -1,7 +1,8 @@
 """Export the web page's sample images to service/static/samples/ with a manifest.
 
 The first Fashion-MNIST test image of each class (28×28 greyscale PNG, as in the dataset) and two
-small photos from scikit-learn's sample images (resized JPEG). Run once, commit the output:
+small photos from scikit-learn's sample images (resized JPEG). Entries of the manifest it does
+not make (hand-made crops of the photos) are kept as they are. Run once, commit the output:
 
     .venv/bin/python -m tests.web.make_samples
 """
@@ -41,6 +42,9 @@ def export_fashion(out_dir: Path, data_dir: Path) -> list[dict[str, object]]:
                 "title": label,
                 "label": label,
                 "source": f"Fashion-MNIST test image {index}",
+                "color_mode": "L",
+                "size": [images.shape[2], images.shape[1]],
+                "dataset": "fashion-mnist",
             }
         )
     return entries
@@ -63,6 +67,9 @@ def export_photos(out_dir: Path) -> list[dict[str, object]]:
                 "title": f"Photo: {Path(photo).stem}",
                 "label": None,
                 "source": f"scikit-learn sample image {photo}",
+                "color_mode": "RGB",
+                "size": [small.width, small.height],
+                "dataset": None,
             }
         )
     return entries
@@ -76,6 +83,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     entries = export_fashion(args.out, args.data_dir) + export_photos(args.out)
+    made = {entry["file"] for entry in entries}
+    manifest = args.out / MANIFEST
+    if manifest.is_file():
+        kept = json.loads(manifest.read_text())["samples"]
+        entries += [entry for entry in kept if entry["file"] not in made]
     (args.out / MANIFEST).write_text(json.dumps({"samples": entries}, indent=2) + "\n")
     logger.info("wrote %d samples to %s", len(entries), args.out)
 
