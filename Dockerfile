@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
-#
 # convserve images (see deploy/README.md):
 #
 #   docker build -t convserve:cpu .                                   # service, CPU (default target)
 #   docker build -t convserve:gpu --build-arg VARIANT=gpu .           # service, CUDA (onnxruntime-gpu)
 #   docker build -t convserve-train --target train .                  # training.train / torchrun, with torch
+#
+# podman/buildah build the same file (add `--format docker` to keep the HEALTHCHECK). The base
+# image is the only image pulled; PYTHON_IMAGE names another one (e.g. built without a registry by
+# deploy/debian-python-image.sh). Plain Dockerfile syntax, no `# syntax=` frontend to download.
 #
 # Every install pins versions through constraints.txt with the same pip command form as the
 # Makefile's PIP_INSTALL (`pip install --quiet -c constraints.txt ...`), so `make test` in CI
@@ -34,16 +36,26 @@ FROM base AS service-build
 # NVIDIA container runtime on the host, so the base image stays the same small Python image.
 ARG VARIANT=cpu
 COPY pyproject.toml constraints.txt README.md ./
-COPY service/ service/
+# The dependencies get a layer of their own, cached until pyproject.toml or constraints.txt
+# change: with no service/ folder yet, '.[service]' installs them and an empty convserve.
 # VARIANT is checked first so a typo fails the build instead of silently building a CPU image.
-# `python -I` (isolated: the working directory is not on sys.path) imports the installed package.
+# cpu keeps the onnxruntime-gpu wheel that CI tests but deletes its CUDA and TensorRT provider
+# libraries (285 MB): ORT loads them only for those providers, which cannot run without the
+# gpu variant's CUDA wheels anyway; `rm` without -f fails the build if the wheel's layout changes.
 RUN case "${VARIANT}" in \
-        cpu) gpu_requirements="" ;; \
-        gpu) gpu_requirements="onnxruntime-gpu[cuda,cudnn]" ;; \
+        cpu) gpu_requirements="" \
+            unused_libraries="libonnxruntime_providers_cuda.so libonnxruntime_providers_tensorrt.so" ;; \
+        gpu) gpu_requirements="onnxruntime-gpu[cuda,cudnn]" unused_libraries="" ;; \
         *) echo "VARIANT must be cpu or gpu, not ${VARIANT}" >&2; exit 1 ;; \
     esac \
     && python -m venv /opt/venv \
     && pip install --quiet -c constraints.txt '.[service]' ${gpu_requirements:+"$gpu_requirements"} \
+    && capi="$(python -I -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')/capi" \
+    && for library in ${unused_libraries}; do rm "${capi}/${library}"; done
+COPY service/ service/
+# The package itself (its dependencies are all in place). `python -I` (isolated: the working
+# directory is not on sys.path) imports the installed package.
+RUN pip install --quiet --no-deps --force-reinstall . \
     && python -I -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 
 # ---------------------------------------------------------------------------------------------

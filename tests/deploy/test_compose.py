@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.deploy.dockerfile import parse_dockerfile
 
@@ -166,6 +168,49 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards(
     (datasource,) = load(GRAFANA / "provisioning/datasources/prometheus.yml")["datasources"]
     ((_, _, prometheus_port),) = published_ports(compose["services"]["prometheus"])
     assert datasource["url"] == f"http://prometheus:{prometheus_port}"
+
+
+def test_host_ports_can_move(compose: dict[str, Any]) -> None:
+    """Each published port is overridable (*_HOST_PORT), e.g. to run beside another stack."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert re.fullmatch(r"\$\{[A-Z_]+:-[\d.]+\}:\$\{[A-Z]+_HOST_PORT:-\d+\}:\d+", port), (
+                f"{name}: {port}"
+            )
+
+
+def test_prometheus_image_is_upstream_unless_overridden(compose: dict[str, Any]) -> None:
+    """PROMETHEUS_IMAGE swaps in Prometheus built from Debian's package (where no registry is
+    reachable); that image must run compose's `command` as prom/prometheus does."""
+    image = compose["services"]["prometheus"]["image"]
+    assert re.fullmatch(r"\$\{PROMETHEUS_IMAGE:-prom/prometheus:v[\d.]+\}", image), image
+    debian = parse_dockerfile(REPO_ROOT / "deploy/prometheus/Dockerfile")
+    (stage,) = debian.stages
+    (entrypoint,) = stage.all("ENTRYPOINT")
+    assert json.loads(entrypoint.arguments) == ["/usr/bin/prometheus"]
+    (workdir,) = stage.all("WORKDIR")
+    data_volume = [v for v in compose["services"]["prometheus"]["volumes"] if "-data:" in v]
+    assert [v.split(":")[1] for v in data_volume] == [workdir.arguments]
+    (user,) = stage.all("USER")
+    assert user.arguments.split(":")[0] != "0"
+
+
+def grace_period_s(value: str) -> int:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value)
+    assert value, "empty duration"
+    assert match, f"unsupported duration {value!r}"
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def test_stop_grace_period_outlasts_the_drain(compose: dict[str, Any]) -> None:
+    """On SIGTERM the service finishes accepted requests for up to CONVSERVE_SHUTDOWN_TIMEOUT_S:
+    compose must wait longer before it kills the container."""
+    convserve = compose["services"]["convserve"]
+    timeout = convserve["environment"].get("CONVSERVE_SHUTDOWN_TIMEOUT_S")
+    shutdown_timeout_s = (
+        int(unset_env(timeout)) if timeout else Settings.model_fields["shutdown_timeout_s"].default
+    )
+    assert grace_period_s(convserve["stop_grace_period"]) > shutdown_timeout_s
 
 
 def test_api_key_comes_from_the_environment(compose: dict[str, Any]) -> None:

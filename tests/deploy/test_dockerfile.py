@@ -20,6 +20,8 @@ from tests.deploy.dockerfile import Dockerfile, Stage, parse_dockerfile
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+# Prometheus from Debian's package, for docker-compose.yml's PROMETHEUS_IMAGE.
+PROMETHEUS_DOCKERFILE = REPO_ROOT / "deploy/prometheus/Dockerfile"
 APP_UID = "10001"
 DEFAULT_MODEL = "lenet5-fashion"
 
@@ -49,8 +51,9 @@ def run_hadolint(path: Path) -> list[dict[str, object]]:
     return findings
 
 
-def test_hadolint_reports_nothing() -> None:
-    findings = run_hadolint(DOCKERFILE)
+@pytest.mark.parametrize("path", [DOCKERFILE, PROMETHEUS_DOCKERFILE], ids=lambda p: p.name)
+def test_hadolint_reports_nothing(path: Path) -> None:
+    findings = run_hadolint(path)
     assert findings == [], "\n".join(
         f"line {f['line']}: {f['code']} {f['message']}" for f in findings
     )
@@ -64,8 +67,9 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert {"DL3006", "DL3013", "DL3003"} <= codes
 
 
-def test_inline_hadolint_ignores_are_justified() -> None:
-    lines = DOCKERFILE.read_text().splitlines()
+@pytest.mark.parametrize("path", [DOCKERFILE, PROMETHEUS_DOCKERFILE], ids=lambda p: p.name)
+def test_inline_hadolint_ignores_are_justified(path: Path) -> None:
+    lines = path.read_text().splitlines()
     for number, line in enumerate(lines):
         if "hadolint ignore" in line:
             assert number > 0, "an ignore needs a justification comment above it"
@@ -85,6 +89,12 @@ def _install_lines(stage: Stage) -> list[str]:
     return [r.arguments for r in stage.all("RUN") if "pip install" in r.arguments]
 
 
+def _dependency_install(dockerfile: Dockerfile) -> str:
+    """service-build's first install: the dependencies, before service/ is copied in."""
+    dependencies, _ = _install_lines(dockerfile.stage("service-build"))
+    return dependencies
+
+
 def makefile_pip_install() -> str:
     """The Makefile's PIP_INSTALL, from `install` on (e.g. `install --quiet -c constraints.txt`)."""
     text = (REPO_ROOT / "Makefile").read_text()
@@ -101,13 +111,61 @@ def makefile_service_extras() -> str:
 
 
 def test_service_install_matches_makefile(dockerfile: Dockerfile) -> None:
-    """CI installs with the Makefile's command; the image must resolve the same pins."""
-    (line,) = _install_lines(dockerfile.stage("service-build"))
+    """CI installs with the Makefile's command; the image must resolve the same pins.
+
+    The dependencies install first, in a layer that stays cached while only service/ changes;
+    then the package alone goes in (--no-deps: it can add or change nothing else).
+    """
+    stage = dockerfile.stage("service-build")
+    dependencies, package = _install_lines(stage)
     expected = f"pip {makefile_pip_install()} '{makefile_service_extras()}'"
-    assert expected in line
-    copied = " ".join(c.arguments for c in dockerfile.stage("service-build").all("COPY"))
-    assert "constraints.txt" in copied
-    assert "pyproject.toml" in copied
+    assert expected in dependencies
+    assert "pip install --quiet --no-deps --force-reinstall . " in package + " "
+    copies = stage.all("COPY")
+    assert "constraints.txt" in copies[0].arguments
+    assert "pyproject.toml" in copies[0].arguments
+    # service/ arrives between the two installs, not before the first.
+    (service_copy,) = [c for c in copies if c.arguments.startswith("service/")]
+    runs = [r for r in stage.all("RUN") if "pip install" in r.arguments]
+    assert runs[0].line < service_copy.line < runs[1].line
+
+
+def test_cpu_variant_drops_only_the_gpu_provider_libraries(dockerfile: Dockerfile) -> None:
+    """VARIANT=cpu deletes ORT's CUDA and TensorRT providers from the onnxruntime-gpu wheel.
+
+    The names are checked against the wheel in this venv (the one the image installs, by
+    constraints.txt): `rm` of a missing file would fail the build.
+    """
+    line = _dependency_install(dockerfile)
+    variants = dict(
+        re.findall(r"(cpu|gpu)\) gpu_requirements=\"[^\"]*\" unused_libraries=\"([^\"]*)\"", line)
+    )
+    assert variants["gpu"] == "", "the GPU image keeps every library"
+    unused = variants["cpu"].split()
+    assert sorted(unused) == [
+        "libonnxruntime_providers_cuda.so",
+        "libonnxruntime_providers_tensorrt.so",
+    ]
+    capi = Path(ort_capi_dir())
+    for library in unused:
+        assert (capi / library).is_file(), f"{library} is not in the pinned onnxruntime-gpu wheel"
+    # What the CPU provider needs stays.
+    assert (capi / "libonnxruntime_providers_shared.so").is_file()
+    assert re.search(r'for library in \$\{unused_libraries\}; do rm "\$\{capi\}/', line)
+
+
+def test_pulls_nothing_but_the_base_image(dockerfile: Dockerfile) -> None:
+    """BuildKit and podman/buildah build it offline but for PYTHON_IMAGE: no `# syntax=`
+    frontend image, no other image in FROM or COPY --from."""
+    first_line = DOCKERFILE.read_text().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first_line, re.IGNORECASE), first_line
+    names: set[str] = set()
+    for stage in dockerfile.stages:
+        assert stage.base in names | {"${PYTHON_IMAGE}"}, f"{stage.name} is FROM {stage.base}"
+        names.add(stage.name)
+        for copy in stage.all("COPY"):
+            source = re.match(r"--from=(\S+)", copy.arguments)
+            assert source is None or source.group(1) in names, copy.arguments
 
 
 def test_train_install_uses_constraints(dockerfile: Dockerfile) -> None:
@@ -130,7 +188,7 @@ def test_runtime_has_no_torch_and_no_training_code(dockerfile: Dockerfile) -> No
 
 def test_gpu_variant_requirements_are_pinned(dockerfile: Dockerfile) -> None:
     """VARIANT=gpu adds onnxruntime-gpu's CUDA extras: every wheel they pull must be pinned."""
-    (line,) = _install_lines(dockerfile.stage("service-build"))
+    line = _dependency_install(dockerfile)
     match = re.search(r"gpu\) gpu_requirements=\"([^\"]+)\"", line)
     assert match, "the gpu VARIANT names its extra requirements"
     requirement = Requirement(match.group(1))
