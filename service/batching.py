@@ -31,6 +31,7 @@ import numpy.typing as npt
 from service.errors import (
     DeadlineExceeded,
     InvalidOption,
+    NonFiniteOutput,
     NotReady,
     Overloaded,
     RuntimeFailure,
@@ -45,6 +46,18 @@ logger = logging.getLogger(__name__)
 
 
 RECOVERY_RETRY_S = 1.0
+
+
+def nonfinite_rows(outputs: Outputs) -> dict[int, list[str]]:
+    """The rows (images) of a batch whose outputs hold NaN or infinity, each with the names of
+    those outputs; empty when every value is finite."""
+    rows: dict[int, list[str]] = {}
+    for name, values in outputs.items():
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            for row in np.flatnonzero(~finite).tolist():
+                rows.setdefault(row, []).append(name)
+    return rows
 
 
 class Reservation:
@@ -339,9 +352,14 @@ class Batcher:
             batch = np.ascontiguousarray(items[0].tensor[None])
         else:
             batch = np.stack([item.tensor for item in items])
-        running = self._threads[instance].submit(
-            lambda: self._runner.run(instance, batch, outputs, solo), self._timeout_s
-        )
+        nonfinite: dict[int, list[str]] = {}
+
+        def run() -> Outputs:
+            result = self._runner.run(instance, batch, outputs, solo)
+            nonfinite.update(nonfinite_rows(result))  # in the instance's thread, not the loop's
+            return result
+
+        running = self._threads[instance].submit(run, self._timeout_s)
         try:
             result = await running
         except Stalled:
@@ -368,7 +386,22 @@ class Batcher:
         self.times.record(solo=solo, per_image_s=compute_s / len(items))
         for index, item in enumerate(items):
             item.compute_s = compute_s
-            if not item.future.done():
+            if item.future.done():
+                continue
+            invalid = [
+                name
+                for name in nonfinite.get(index, ())
+                if name in item.outputs or name in self._required
+            ]
+            if invalid:  # JSON cannot carry NaN, and no class can be read from it
+                item.future.set_exception(
+                    NonFiniteOutput(
+                        f"{self.model}: output {', '.join(invalid)} holds NaN or infinity for "
+                        "this input (values near float32's limit overflow the model)",
+                        model=self.model,
+                    )
+                )
+            else:
                 item.future.set_result({name: value[index] for name, value in result.items()})
 
     @staticmethod

@@ -25,7 +25,7 @@ from service.postprocess import build_result, required_outputs
 from service.preprocess import ALLOWED_FORMATS, DECODE_ERRORS, decode, preprocess_many
 from service.runtime import Outputs
 from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
-from service.settings import Settings
+from service.settings import Settings, cpu_count
 from service.smallpng import png_size
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,16 @@ class Classifier:
             settings.effective_decode_threads, thread_name_prefix="preprocess"
         )
         self._pool.submit(warm_decoders)  # queued first: runs before any request's decoding
+        # Request bodies are inflated and parsed here, one core short of them all: a burst of
+        # small gzip bodies that each inflate to megabytes would otherwise take every core,
+        # and health probes would wait behind them (docs/security.md).
+        self.body_pool = ThreadPoolExecutor(
+            max(1, cpu_count() - 1), thread_name_prefix="request-body"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.body_pool.shutdown(wait=True)
 
     async def classify(
         self,
@@ -157,6 +164,7 @@ class Classifier:
                 max_pixels=self._settings.max_image_pixels,
                 min_side=self._settings.min_image_side,
                 jpeg_draft=self._settings.jpeg_draft,
+                max_decode_bytes=self._settings.max_decode_bytes,
             )
 
         if decodes_inline(images):

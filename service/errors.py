@@ -128,6 +128,14 @@ class SchemaError(ConvserveError):
     code = "invalid_request"
 
 
+class NonFiniteOutput(ConvserveError):
+    """The model's output for this input holds NaN or infinity (finite FP32 inputs near
+    float32's limit overflow): JSON cannot carry it and no class can be read from it."""
+
+    status_code = 422
+    code = "non_finite_output"
+
+
 class ClientDisconnected(ConvserveError):
     """The client went away before its answer was computed (nginx's 499; never sent)."""
 

@@ -9,12 +9,20 @@ JPEG draft decoding (`jpeg_draft`, on by default): a JPEG large enough is decode
 `DRAFT_MIN_RATIO x resize`, then resized as usual: about 3x faster on camera photos, with an input
 that differs slightly from torchvision's (tolerance measured by `bench/preprocess.py --tolerance`).
 Everything else, PNG and WebP, and JPEGs too small to draft, is bit-exact with torchvision.
+
+Decode memory: the pixel limit does not bound what an image takes in memory (a 77 KB 16-bit
+PNG of 40 M pixels is 80 MB decoded; Pillow's WebP decoder holds four RGBA copies). Before any
+pixel is decoded, `decode_bytes` estimates the peak from the header (the decoded image, its
+conversion to the model's mode, the EXIF transpose and the resize) and an image over
+`max_decode_bytes` is refused. Conversion runs in strips of rows, so only the decoded image and
+the converted one are ever whole; 16-bit greys are scaled with integers, strip by strip.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import math
 import re
 import struct
 import warnings
@@ -48,7 +56,24 @@ RESAMPLE = {
 # integer greys are scaled to 8 bits instead of being clipped; CMYK is converted by Pillow.
 DIRECT_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 PALETTE_MODES = frozenset({"P", "PA"})  # through RGBA, so palette transparency is honoured
-WIDE_GREY_MODES = {"I;16": 257, "I;16B": 257, "I;16L": 257, "I": 257}
+WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
+WIDE_GREY_MAX = 65535  # 32-bit "I" values beyond 16 bits clip to white, negatives to black
+WIDE_GREY_DIVISOR = 257  # 65535 / 257 = 255: round(v / 257) == (v + 128) // 257 (257 is odd)
+# Bytes per pixel of Pillow's images in memory: its core keeps 2-, 3- and 4-band modes in 4
+# bytes a pixel (RGB and LA included), 16-bit greys in 2, the rest in 1.
+STORED_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+WIDE_STORED_BYTES = 4
+# Pillow decodes WebP with libwebp's animation decoder: its canvas and frame buffers, the frame
+# it returns as bytes and the image they are copied into, RGBA each (measured: 16.0 bytes a
+# pixel while loading, 12 after, when the bytes are freed and the decoder's buffers still held).
+WEBP_LOAD_BYTES_PER_PIXEL = 16
+WEBP_HELD_BYTES_PER_PIXEL = 12
+# Conversion works on strips of about this many pixels: a strip, its intermediate and converted
+# copies (for 16-bit greys numpy's, 2 + 4 + 1 bytes a pixel) stay within STRIP_BYTES.
+STRIP_PIXELS = 1 << 20
+STRIP_BYTES = 16 * STRIP_PIXELS
+MIB = 1 << 20
+DECODER_BYTES = 4 * MIB  # the decoders' own state and row buffers (measured: under 2 MiB)
 # Exceptions Pillow's decoders and EXIF parser raise on corrupt data (fuzzed: tests/badinputs.py).
 DECODE_ERRORS = (
     OSError,
@@ -98,19 +123,85 @@ def _check_size(width: int, height: int, *, max_pixels: int, min_side: int) -> N
         raise ImageTooSmall(f"image is {width}x{height} pixels, sides must be at least {min_side}")
 
 
-def _convert(image: Image.Image, color_mode: str) -> Image.Image:
-    """`image` in `color_mode`; the image itself when it is already (convert would copy it)."""
+def _convert_strip(image: Image.Image, color_mode: str) -> Image.Image:
     mode = image.mode
-    if mode == color_mode:
-        return image
     if mode in PALETTE_MODES:
         image = image.convert("RGBA")
     elif mode in WIDE_GREY_MODES:
-        scaled = np.asarray(image, dtype=np.float64) / WIDE_GREY_MODES[mode]
-        image = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), "L")
-    elif mode not in DIRECT_MODES:
-        raise UnsupportedImage(f"image mode {mode} is not supported")
+        wide = np.clip(np.asarray(image), 0, WIDE_GREY_MAX).astype(np.uint32)
+        wide += WIDE_GREY_DIVISOR // 2
+        wide //= WIDE_GREY_DIVISOR
+        image = Image.fromarray(wide.astype(np.uint8), "L")
     return image.convert(color_mode)
+
+
+def _convert(image: Image.Image, color_mode: str) -> Image.Image:
+    """`image` in `color_mode`; the image itself when it is already (convert would copy it).
+    Converted strip by strip: the intermediates (RGBA for palettes, integers for 16-bit
+    greys, the RGB Pillow goes through from CMYK) never exist at full size, and every step
+    works pixel by pixel, so the result is the same."""
+    mode = image.mode
+    if mode == color_mode:
+        return image
+    if mode not in DIRECT_MODES and mode not in PALETTE_MODES and mode not in WIDE_GREY_MODES:
+        raise UnsupportedImage(f"image mode {mode} is not supported")
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // width)
+    if rows >= height:
+        return _convert_strip(image, color_mode)
+    converted = Image.new(color_mode, image.size)
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(top + rows, height)))
+        converted.paste(_convert_strip(strip, color_mode), (0, top))
+    return converted
+
+
+def stored_bytes_per_pixel(mode: str) -> int:
+    return STORED_BYTES_PER_PIXEL.get(mode, WIDE_STORED_BYTES)
+
+
+def decode_bytes(
+    opened: Image.Image, color_mode: str, resize: int, *, transposed: bool = False
+) -> int:
+    """Peak bytes that decoding and preprocessing `opened` (its header read, as it will be
+    decoded: after any draft) take, an upper bound: the decoding itself, or what it leaves held
+    (the decoded image) plus its conversion to `color_mode` and the strips that make it, the
+    EXIF transpose of the converted image, and Pillow's resize (horizontal pass, then the
+    result), whichever is more. The encoded bytes and the model's input are not counted."""
+    width, height = opened.size
+    pixels = width * height
+    target = stored_bytes_per_pixel(color_mode)
+    if opened.format == "WEBP":
+        loading, held = pixels * WEBP_LOAD_BYTES_PER_PIXEL, pixels * WEBP_HELD_BYTES_PER_PIXEL
+    else:
+        loading = held = pixels * stored_bytes_per_pixel(opened.mode)
+    if opened.mode != color_mode:
+        held += pixels * target + STRIP_BYTES
+    if transposed:
+        held += pixels * target
+    resized_width, resized_height = resize_size(width, height, resize)
+    held += (resized_width * height + resized_width * resized_height) * target
+    return DECODER_BYTES + max(loading, held)
+
+
+def _check_decode_bytes(
+    opened: Image.Image,
+    color_mode: str,
+    resize: int,
+    max_bytes: int | None,
+    *,
+    transposed: bool = False,
+) -> None:
+    if max_bytes is None:
+        return
+    needed = decode_bytes(opened, color_mode, resize, transposed=transposed)
+    if needed > max_bytes:
+        width, height = opened.size
+        raise ImageTooLarge(
+            f"image is {width}x{height} ({opened.format} {opened.mode}): decoding it takes "
+            f"about {math.ceil(needed / MIB)} MiB, more than the {max_bytes / MIB:g} MiB "
+            "allowed per image"
+        )
 
 
 @contextmanager
@@ -275,12 +366,15 @@ def preprocess(
     max_pixels: int,
     min_side: int = 1,
     jpeg_draft: bool = JPEG_DRAFT,
+    max_decode_bytes: int | None = None,
 ) -> npt.NDArray[np.float32]:
     """Encoded image bytes -> the model's (C, H, W) float32 input; `jpeg_draft`: see the module
     docstring (bit-exact with torchvision when False, or when the image is no JPEG large enough
-    to draft)."""
+    to draft). An image whose decoding would take more than `max_decode_bytes` (None: no
+    limit) is refused before its pixels are decoded (`decode_bytes`)."""
     spec = metadata.preprocessing
-    pixels = decode_plain(data, metadata.input.color_mode)  # a small plain PNG, without Pillow
+    color_mode = metadata.input.color_mode
+    pixels = decode_plain(data, color_mode)  # a small plain PNG, without Pillow
     if pixels is not None:
         height, width = pixels.shape[:2]
         _check_size(width, height, max_pixels=max_pixels, min_side=min_side)
@@ -292,9 +386,12 @@ def preprocess(
         opened = _open(data, max_pixels=max_pixels, min_side=min_side)
         _check_resized(*opened.size, spec.resize, max_pixels)
         full_size = opened.size
-        extent = _draft(opened, metadata.input.color_mode, spec.resize) if jpeg_draft else None
+        extent = _draft(opened, color_mode, spec.resize) if jpeg_draft else None
+        _check_decode_bytes(opened, color_mode, spec.resize, max_decode_bytes)
         transpose = _load(opened)
-        image = _convert(opened, metadata.input.color_mode)
+        if transpose is not None and extent is None:  # PNG's EXIF may follow its pixels
+            _check_decode_bytes(opened, color_mode, spec.resize, max_decode_bytes, transposed=True)
+        image = _convert(opened, color_mode)
     if extent is None:
         cropped = resize_and_crop(_orient(image, transpose), spec)
     else:
@@ -309,6 +406,7 @@ def preprocess_many(
     max_pixels: int,
     min_side: int = 1,
     jpeg_draft: bool = JPEG_DRAFT,
+    max_decode_bytes: int | None = None,
 ) -> list[npt.NDArray[np.float32]]:
     """Every image of one request, in order; the first bad one fails the request."""
     out = []
@@ -316,7 +414,12 @@ def preprocess_many(
         try:
             out.append(
                 preprocess(
-                    data, metadata, max_pixels=max_pixels, min_side=min_side, jpeg_draft=jpeg_draft
+                    data,
+                    metadata,
+                    max_pixels=max_pixels,
+                    min_side=min_side,
+                    jpeg_draft=jpeg_draft,
+                    max_decode_bytes=max_decode_bytes,
                 )
             )
         except BadRequest as err:

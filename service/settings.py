@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image, width*height (400 above)."
     )
+    max_decode_bytes: int = Field(
+        256 * MIB,
+        ge=1,
+        description="Memory one image may take to decode and convert, estimated from its header "
+        "(400 above); peak decode memory is about this times DECODE_THREADS.",
+    )
     min_image_side: int = Field(
         8, ge=1, description="Smallest image width or height, in pixels (400 below)."
     )

@@ -49,7 +49,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown model, version or feature-map layer"},
     413: {"description": "Body too large"},
     415: {"description": "Unsupported media type"},
-    422: {"description": "Invalid query parameter, header or JSON body"},
+    422: {"description": "Invalid query parameter, header or JSON body; NaN in an output"},
     503: {"description": "Not ready or queue full (Retry-After)"},
     504: {"description": "Deadline passed before compute"},
 }
@@ -62,17 +62,18 @@ async def _classify(request: Request, model: str, version: int | None) -> Respon
     request.state.model = model
     options = classify_options(request)
     deadline = request_deadline(settings, timeout_ms(request))
+    classifier: Classifier = state.classifier
     images = await read_images(
         request,
         max_body_bytes=settings.max_body_bytes,
         max_images=settings.max_images_per_request,
+        executor=classifier.body_pool,
     )
 
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    classifier: Classifier = state.classifier
     response = await classifier.classify(
         model, version, images, options, deadline=deadline, wait_disconnect=wait_disconnect
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
 import zlib
 from collections.abc import AsyncGenerator
+from concurrent.futures import Executor
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -23,6 +25,7 @@ from service.errors import (
     UnsupportedMediaType,
     describe_validation,
 )
+from service.jsonbounds import holds_more_values
 from service.schemas import JsonImages
 from service.smallpng import PNG_SIGNATURE
 
@@ -40,6 +43,13 @@ WEBP_SIGNATURE = (b"RIFF", b"WEBP")  # bytes 0-3 and 8-11
 # zlib's wbits: gzip framing, and zlib framing (what HTTP calls "deflate").
 DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 DATA_URL_PREFIX = re.compile(r"^\s*data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+# JSON bodies above this are parsed and base64-decoded in a worker thread (a hop costs more than
+# parsing a few small images).
+THREAD_BODY_BYTES = 256 * 1024
+# A JSON images body holds one array value per image, and a data URL's prefix one comma more;
+# the object around them a few (holds_more_values).
+JSON_VALUES_PER_IMAGE = 2
+JSON_ENVELOPE_VALUES = 16
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -58,22 +68,28 @@ def _check_declared_length(request: Request, limit: int) -> None:
         raise too_large
 
 
-async def _read(request: Request, limit: int) -> bytes:
+async def _read(request: Request, limit: int, executor: Executor | None) -> bytes:
     """The body, at most `limit` bytes as sent and as its Content-Encoding inflates it."""
     body = b"".join([chunk async for chunk in _limited(request, limit)])
     encoding = request.headers.get("content-encoding")
-    return body if encoding is None else decompress(body, encoding, limit)
+    if encoding is None:
+        return body
+    # Inflating up to `limit` bytes takes tens of milliseconds: never on the event loop.
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, decompress, body, encoding, limit)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 past `limit` bytes (declared, streamed or inflated)."""
+async def read_body(request: Request, limit: int, executor: Executor | None = None) -> bytes:
+    """The whole body, refused with 413 past `limit` bytes (declared, streamed or inflated);
+    a compressed one is inflated in `executor` (None: the event loop's default)."""
     _check_declared_length(request, limit)
-    return await _read(request, limit)
+    return await _read(request, limit, executor)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """Undo `Content-Encoding` gzip / deflate (e.g. tritonclient's request compression), at
-    most `limit` bytes out (413 above: a small body must not inflate without bound)."""
+    most `limit` bytes out (413 above: a small body must not inflate without bound). The body
+    is one gzip member or zlib stream: anything after its end (a second member, junk) is 400."""
     name = encoding.strip().lower()
     if name == "identity":
         return body
@@ -88,11 +104,19 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
     if not decoder.eof:
         raise BadRequest(f"truncated {name} body")
+    if decoder.unused_data:
+        raise BadRequest(
+            f"{len(decoder.unused_data)} bytes after the end of the {name} data: send one "
+            f"{name} stream"
+        )
     return out
 
 
-async def read_images(request: Request, *, max_body_bytes: int, max_images: int) -> list[bytes]:
-    """Encoded images of a classify request, in request order."""
+async def read_images(
+    request: Request, *, max_body_bytes: int, max_images: int, executor: Executor | None = None
+) -> list[bytes]:
+    """Encoded images of a classify request, in request order; compressed and large JSON
+    bodies are inflated and parsed in `executor` (None: the event loop's default)."""
     _check_declared_length(request, max_body_bytes)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == MULTIPART:
@@ -101,11 +125,15 @@ async def read_images(request: Request, *, max_body_bytes: int, max_images: int)
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} on a multipart body")
         return await _multipart(request, max_body_bytes, max_images)
     if media == JSON:
-        return _json_images(await _read(request, max_body_bytes))
+        body = await _read(request, max_body_bytes, executor)
+        if len(body) > THREAD_BODY_BYTES:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, _json_images, body, max_images)
+        return _json_images(body, max_images)
     if media in RAW_IMAGE_TYPES:
-        return [await _read(request, max_body_bytes)]
+        return [await _read(request, max_body_bytes, executor)]
     if media in SNIFFED_TYPES:
-        body = await _read(request, max_body_bytes)
+        body = await _read(request, max_body_bytes, executor)
         if is_image_signature(body):
             return [body]
     raise UnsupportedMediaType(
@@ -146,13 +174,20 @@ async def _multipart(request: Request, limit: int, max_images: int) -> list[byte
         await form.close()
 
 
-def _json_images(body: bytes) -> list[bytes]:
+def _json_images(body: bytes, max_images: int) -> list[bytes]:
+    """The images of a JSON body; their count is checked before it is parsed (an upper bound,
+    from its bytes) and before any is decoded."""
+    too_many = f"more than {max_images} images, at most {max_images} per request"
+    if holds_more_values(body, JSON_VALUES_PER_IMAGE * max_images + JSON_ENVELOPE_VALUES):
+        raise InvalidOption(f"JSON body holds {too_many}")
     try:
         payload = JsonImages.model_validate_json(body)
     except ValidationError as err:
         raise SchemaError(
             f"JSON body must be {{'images': [base64, ...]}}: {describe_validation(err.errors())}"
         ) from err
+    if len(payload.images) > max_images:
+        raise InvalidOption(f"{len(payload.images)} images, at most {max_images} per request")
     images = []
     for index, text in enumerate(payload.images):
         try:

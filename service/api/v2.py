@@ -119,7 +119,8 @@ async def _infer(
 ) -> Response:
     request.state.model = model
     deadline = request_deadline(settings, timeout_ms)
-    body = await read_body(request, settings.max_body_bytes)  # gzip / deflate undone
+    # gzip / deflate undone, off the event loop
+    body = await read_body(request, settings.max_body_bytes, classifier.body_pool)
 
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":

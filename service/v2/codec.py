@@ -21,6 +21,7 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from service.errors import BadRequest, describe_validation
+from service.jsonbounds import holds_more_values
 from service.v2.schemas import (
     BINARY_DATA_SIZE,
     BYTES,
@@ -40,8 +41,12 @@ class ParsedRequest:
     binary: dict[int, bytes]  # input index -> its binary data, for inputs sent as binary
 
 
-def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
-    """Split and validate an infer body; BadRequest (400) on any malformation."""
+def parse_request(
+    body: bytes, header_length: str | None, max_values: int | None = None
+) -> ParsedRequest:
+    """Split and validate an infer body; BadRequest (400) on any malformation, and on a JSON
+    header with room for more than `max_values` array values (`holds_more_values`), before
+    it is parsed."""
     if header_length is None:
         head, tail = body, b""
     else:
@@ -52,6 +57,11 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
                 f"{len(body)}-byte body"
             )
         head, tail = body[: int(header_length)], body[int(header_length) :]
+    if max_values is not None and holds_more_values(head, max_values):
+        raise BadRequest(
+            f"the JSON request holds more than {max_values} array values, more than a full "
+            "batch of this model's inputs needs"
+        )
     try:
         request = InferRequest.model_validate_json(head)
     except ValidationError as err:
@@ -122,11 +132,15 @@ def bytes_elements(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
     if tensor.datatype != BYTES:
         raise BadRequest(f"input {tensor.name!r} must be {BYTES}, not {tensor.datatype}")
     count = element_count(tensor.shape)
+    needs = f"input {tensor.name!r}: shape {tensor.shape} needs {count} elements"
     if raw is not None:
-        elements = split_bytes(raw, tensor.name)
+        elements = split_bytes(raw, tensor.name, count)
     else:
+        values = _flatten(tensor.data or [])
+        if len(values) != count:  # before any is decoded
+            raise BadRequest(f"{needs}, got {len(values)}")
         elements = []
-        for index, value in enumerate(_flatten(tensor.data or [])):
+        for index, value in enumerate(values):
             if not isinstance(value, str):
                 raise BadRequest(f"input {tensor.name!r}: element {index} is not a string")
             try:
@@ -137,10 +151,7 @@ def bytes_elements(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
                     "image elements are base64 strings)"
                 ) from err
     if len(elements) != count:
-        raise BadRequest(
-            f"input {tensor.name!r}: shape {tensor.shape} needs {count} elements, "
-            f"got {len(elements)}"
-        )
+        raise BadRequest(f"{needs}, got {len(elements)}")
     return elements
 
 
@@ -151,11 +162,15 @@ def _flatten(values: list[Any]) -> list[Any]:
     return flat
 
 
-def split_bytes(raw: bytes, name: str) -> list[bytes]:
-    """Length-prefixed BYTES elements (4-byte little-endian length, then the bytes)."""
-    elements = []
+def split_bytes(raw: bytes, name: str, count: int | None = None) -> list[bytes]:
+    """Length-prefixed BYTES elements (4-byte little-endian length, then the bytes); BadRequest
+    as soon as the data holds more than `count` of them (None: no limit), before the rest are
+    split (4 MB of zero lengths are a million elements)."""
+    elements: list[bytes] = []
     offset = 0
     while offset < len(raw):
+        if len(elements) == count:
+            raise BadRequest(f"input {name!r}: more than {count} BYTES elements in its data")
         if offset + LENGTH_PREFIX.size > len(raw):
             raise BadRequest(f"input {name!r}: truncated BYTES length prefix")
         (length,) = LENGTH_PREFIX.unpack_from(raw, offset)

@@ -37,6 +37,9 @@ from service.v2.schemas import (
 )
 
 LARGE_BODY_BYTES = 256 * 1024
+# Array values of a JSON request beyond its data (shape, outputs, parameters): the values
+# bound (`parse_request`) allows this many over what a full batch's data can hold.
+ENVELOPE_VALUES = 1024
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,44 @@ def plan_outputs(meta: ModelMetadata, request: InferRequest) -> list[OutputPlan]
     return plans
 
 
-def _batch_rows(
-    parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int
-) -> npt.NDArray[np.float32] | list[bytes]:
-    """The FP32 tensor (N, C, H, W), or the encoded images of the BYTES `image` input."""
+Rows = npt.NDArray[np.float32] | list[bytes]
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    request: InferRequest
+    rows: Rows
+
+
+def max_json_values(meta: ModelMetadata, max_batch_size: int) -> int:
+    """The most array values a JSON request to this model can need: a full batch of FP32 rows
+    nested as [N][C][H][W] (each row 1 + C + C*H + C*H*W values: its leaves and the nested
+    arrays, each a value of its parent), which also covers N encoded images, plus the rest."""
+    per_row = 1
+    nested = 1
+    for side in meta.input.shape:
+        nested *= side
+        per_row += nested
+    return max_batch_size * per_row + ENVELOPE_VALUES
+
+
+def decode_request(
+    body: bytes, header_length: str | None, meta: ModelMetadata, max_batch_size: int
+) -> DecodedRequest:
+    """Parse an infer body into the rows to run; every count (values, batch size, elements) is
+    checked before the work it bounds. Runs in a worker thread for large bodies."""
+    parsed = parse_request(body, header_length, max_json_values(meta, max_batch_size))
+    return DecodedRequest(parsed.request, _batch_rows(parsed, meta, max_batch_size))
+
+
+def _check_batch_size(count: int, max_batch_size: int) -> None:
+    if not 1 <= count <= max_batch_size:
+        raise BadRequest(f"batch size {count} is outside 1..{max_batch_size} (max_batch_size)")
+
+
+def _batch_rows(parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int) -> Rows:
+    """The FP32 tensor (N, C, H, W), or the encoded images of the BYTES `image` input; the
+    batch size, from the shape, is checked before either is built."""
     request = parsed.request
     expected = (
         f"{meta.input.name!r} (FP32 [N, {', '.join(map(str, meta.input.shape))}]) "
@@ -103,16 +140,14 @@ def _batch_rows(
                 f"input {tensor.name!r} has shape {tensor.shape}, expected "
                 f"[N, {', '.join(map(str, meta.input.shape))}]"
             )
-        rows: npt.NDArray[np.float32] | list[bytes] = fp32_tensor(tensor, raw)
-    elif tensor.name == IMAGE_INPUT:
+        _check_batch_size(tensor.shape[0], max_batch_size)
+        return fp32_tensor(tensor, raw)
+    if tensor.name == IMAGE_INPUT:
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise BadRequest(f"input {IMAGE_INPUT!r} has shape {tensor.shape}, expected [N]")
-        rows = bytes_elements(tensor, raw)
-    else:
-        raise BadRequest(f"{meta.name} has no input {tensor.name!r}: send {expected}")
-    if not 1 <= len(rows) <= max_batch_size:
-        raise BadRequest(f"batch size {len(rows)} is outside 1..{max_batch_size} (max_batch_size)")
-    return rows
+        _check_batch_size(tensor.shape[0], max_batch_size)
+        return bytes_elements(tensor, raw)
+    raise BadRequest(f"{meta.name} has no input {tensor.name!r}: send {expected}")
 
 
 def _deadline(request: InferRequest, deadline: float | None) -> float | None:
@@ -165,16 +200,19 @@ async def infer(
     deadline: float | None,
     wait_disconnect: WaitDisconnect | None = None,
 ) -> InferResponse:
-    if len(body) > LARGE_BODY_BYTES:  # parsing megabytes of JSON numbers: off the event loop
-        parsed = await asyncio.to_thread(parse_request, body, header_length)
-    else:
-        parsed = parse_request(body, header_length)
-    request = parsed.request
-    deadline = _deadline(request, deadline)
     async with manager.lease(model, version) as loaded:
         meta = loaded.metadata
+        batch = loaded.batcher.max_batch_size
+        if len(body) > LARGE_BODY_BYTES:  # parsing megabytes of JSON numbers: off the event loop
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                classifier.body_pool, decode_request, body, header_length, meta, batch
+            )
+        else:
+            decoded = decode_request(body, header_length, meta, batch)
+        request = decoded.request
+        deadline = _deadline(request, deadline)
         plans = plan_outputs(meta, request)
-        raw = await _run(classifier, loaded, parsed, plans, deadline, wait_disconnect)
+        raw = await _run(classifier, loaded, decoded.rows, plans, deadline, wait_disconnect)
     header: dict[str, object] = {"model_name": meta.name, "model_version": str(meta.version)}
     if request.id is not None:
         header["id"] = request.id
@@ -192,13 +230,12 @@ async def infer(
 async def _run(
     classifier: Classifier,
     loaded: LoadedVersion,
-    parsed: ParsedRequest,
+    rows: Rows,
     plans: list[OutputPlan],
     deadline: float | None,
     wait_disconnect: WaitDisconnect | None,
 ) -> list[Outputs]:
     meta = loaded.metadata
-    rows = _batch_rows(parsed, meta, loaded.batcher.max_batch_size)
     maps = frozenset(p.name for p in plans if p.name != meta.output.name)
     with loaded.batcher.admission(len(rows), deadline) as reservation:
         if isinstance(rows, list):  # encoded images

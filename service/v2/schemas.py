@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Dim = Annotated[int, Field(strict=True, ge=0)]
 Parameters = dict[str, Any]
+
+
+def _none_is_empty(value: object) -> object:
+    return {} if value is None else value
+
+
+# `"parameters": null` is no parameters: KServe's own pydantic models send it for every unset
+# field (`InferenceRequest.model_dump_json()`), at request, input and output level.
+ParametersField = Annotated[Parameters, BeforeValidator(_none_is_empty)]
 
 # Datatypes of the protocol this service produces or accepts.
 FP32 = "FP32"
@@ -38,18 +47,18 @@ class RequestInput(_Body):
     name: str
     shape: list[Dim]
     datatype: str
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: ParametersField = Field(default_factory=dict)
     data: list[Any] | None = None
 
 
 class RequestOutput(_Body):
     name: str
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: ParametersField = Field(default_factory=dict)
 
 
 class InferRequest(_Body):
     id: str | None = None
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: ParametersField = Field(default_factory=dict)
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 
@@ -59,4 +68,4 @@ class RepositoryIndexRequest(_Body):
 
 
 class RepositoryLoadRequest(_Body):
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: ParametersField = Field(default_factory=dict)

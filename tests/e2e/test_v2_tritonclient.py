@@ -155,6 +155,20 @@ def test_classification_extension(
         assert float(parsed[0][0]) == pytest.approx(float(row.max()), abs=1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_one_stream(
+    client: object, images: npt.NDArray[np.uint8], metadata: ModelMetadata, algorithm: str
+) -> None:
+    """tritonclient compresses a request as one gzip member or zlib stream: accepted, where
+    anything after the stream's end would be refused (docs/security.md)."""
+    x = model_inputs(images[:2], metadata)
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    plain = client.infer(MODEL, [tensor]).as_numpy("logits")
+    packed = client.infer(MODEL, [tensor], request_compression_algorithm=algorithm)
+    np.testing.assert_array_equal(packed.as_numpy("logits"), plain)
+
+
 def test_bytes_image_input_png_and_jpeg(
     client: object, images: npt.NDArray[np.uint8], metadata: ModelMetadata
 ) -> None:

@@ -38,6 +38,18 @@ def test_decompress_refuses_bombs_garbage_and_unknown_encodings() -> None:
         decompress(b"", "br", limit=1000)
 
 
+@pytest.mark.parametrize(
+    "trailer",
+    [b"JUNK" * 1000, b"\0", gzip.compress(b"second member")],
+    ids=["junk", "one-byte", "second-member"],
+)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_data_after_the_compressed_stream_is_refused(encoding: str, trailer: bytes) -> None:
+    """One stream per body: nothing after its end is ignored, nor decoded as more body."""
+    with pytest.raises(BadRequest, match="after the end of the"):
+        decompress(PACK[encoding](b"body") + trailer, encoding, limit=1000)
+
+
 @pytest.fixture(scope="module")
 def client(tiny_repo: Path) -> Iterator[httpx.Client]:
     settings = Settings(
@@ -60,6 +72,20 @@ def test_a_compressed_image_is_classified_as_the_plain_one(
     )
     assert packed.status_code == 200, packed.text
     assert packed.json()["results"] == plain.json()["results"]
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v2/models/tiny-cnn/infer"])
+def test_a_gzip_body_with_trailing_data_is_400(client: httpx.Client, path: str) -> None:
+    image = random_png(5)
+    response = client.post(
+        path,
+        content=gzip.compress(image) + b"JUNK" * 1000,
+        headers={"content-type": "image/png", "content-encoding": "gzip"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    message = error if path.startswith("/v2") else error["message"]
+    assert message.startswith("4000 bytes after the end of the gzip data")
 
 
 def test_unknown_or_unusable_encodings_are_415_and_bombs_413(client: httpx.Client) -> None:

@@ -258,6 +258,30 @@ def test_bytes_image_input_matches_native(client: httpx.Client) -> None:
 TENSOR = {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [0.0] * 256}
 
 
+def test_null_parameters_ids_and_outputs_are_accepted(
+    client: httpx.Client, tiny_cnn: TinyModel
+) -> None:
+    """What KServe's own pydantic `InferenceRequest.model_dump_json()` sends: every unset field
+    as null, `parameters` included, at request, input and output level."""
+    x = inputs(1, seed=7)
+    tensor = {**tensor_request(x)["inputs"][0], "parameters": None}
+    bodies = [
+        {"id": None, "parameters": None, "inputs": [tensor], "outputs": None},
+        {"inputs": [tensor], "outputs": [{"name": "logits", "parameters": None}]},
+    ]
+    (expected,) = offline(tiny_cnn, x, ["logits"])
+    for body in bodies:
+        response = client.post(INFER, content=json.dumps(body))
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        np.testing.assert_allclose(output["data"], expected.ravel(), rtol=1e-5, atol=1e-6)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    load = client.post(
+        f"/v2/repository/models/{MODEL}/load", json={"parameters": None}, headers=admin
+    )
+    assert load.status_code == 200, load.text
+
+
 def test_an_unknown_v2_path_is_counted_as_a_native_one_is(client: httpx.Client) -> None:
     """reason="not_found", as on /v1 (docs/v2.md), not a v2-only "http_error"."""
     before = metric_value(
@@ -281,9 +305,9 @@ def test_an_unknown_v2_path_is_counted_as_a_native_one_is(client: httpx.Client) 
         (INFER, {"inputs": [TENSOR], "outputs": [{"name": "probs"}]}, 400, "no output 'probs'"),
         (
             INFER,
-            {"inputs": [{**TENSOR, "shape": [40, 1, 16, 16], "data": [0.0] * 40 * 256}]},
+            {"inputs": [{**TENSOR, "shape": [40, 1, 16, 16], "data": [0.0] * 256}]},
             400,
-            f"outside 1..{MAX_QUEUE_SIZE}",
+            f"outside 1..{MAX_QUEUE_SIZE}",  # from the shape, before the data is counted
         ),
         (
             INFER,
