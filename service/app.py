@@ -177,7 +177,10 @@ async def _drain(manager: ModelManager, timeout_s: int) -> None:
 
 
 async def _initial_load(manager: ModelManager) -> None:
-    await manager.sync()
+    try:
+        await manager.sync()  # reports each version's failure itself
+    except Exception:  # noqa: BLE001 - logged here, or the task would end unseen
+        logger.exception("initial load failed")
     # Everything alive now (modules, models, schemas) lives as long as the process: moved out of
     # the collector's reach, full collections no longer walk it (tail latency: docs/benchmarks.md).
     gc.collect()

@@ -42,6 +42,12 @@ def _watchdog(settings: Settings) -> float:
     return settings.batch_timeout_s or NO_WATCHDOG_STALL_S
 
 
+def one_line(message: str) -> str:
+    """`message` with its line breaks and runs of spaces made single spaces: ONNX Runtime's
+    messages span lines, and /health/ready lists one line per problem."""
+    return " ".join(message.split())
+
+
 @dataclass(eq=False)
 class LoadedVersion:
     ref: VersionRef
@@ -158,38 +164,49 @@ class ModelManager:
 
     # --- loading -------------------------------------------------------------------------
     async def sync(self) -> None:
-        """Bring the loaded table in line with the repository (initial load and every poll)."""
+        """Bring the loaded table in line with the repository (initial load and every poll).
+        A version that fails to load, whatever it raises, is reported and skipped."""
         async with self._lock:
+            try:
+                await self._sync()
+            finally:  # even past an unforeseen error: readiness then says what is missing
+                self.initial_load_done = True
+
+    async def _sync(self) -> None:
+        try:
             refs, problems = await asyncio.to_thread(repository.scan, self.root, self._scan_only())
-            refs = [r for r in refs if r.model not in self.unloaded]
-            for problem in problems:
-                if problem not in self.scan_problems:  # logged once, listed while it lasts
-                    logger.warning("model repository: %s", problem)
-            self.scan_problems = problems
-            seen = {(r.model, r.version) for r in refs}
-            for ref in refs:
-                await self._sync_version(ref)
-            for key in [k for k in self.loaded if k not in seen]:
-                # Absent from two scans in a row: an exporter replacing a version
-                # (rmtree + rename) must not make it vanish for a poll interval.
-                self._absent[key] = self._absent.get(key, 0) + 1
-                if self._absent[key] >= ABSENT_SCANS_BEFORE_REMOVAL:
-                    logger.info("model %s version %d removed from the repository", *key)
-                    self._retire(self.loaded.pop(key))
-            self._absent = {
-                k: n for k, n in self._absent.items() if k in self.loaded and k not in seen
-            }
-            for key in [k for k in self.errors if k not in seen]:
-                del self.errors[key]
-                self._forget_failed(key)
-            self.initial_load_done = True
+        except OSError as err:  # e.g. the folder unreadable: what is served keeps serving
+            message = one_line(f"model repository {self.root}: {err}")
+            if [message] != self.scan_problems:
+                logger.error("%s", message)
+            self.scan_problems = [message]
+            return
+        refs = [r for r in refs if r.model not in self.unloaded]
+        for problem in problems:
+            if problem not in self.scan_problems:  # logged once, listed while it lasts
+                logger.warning("model repository: %s", problem)
+        self.scan_problems = problems
+        seen = {(r.model, r.version) for r in refs}
+        for ref in refs:
+            await self._sync_version(ref)
+        for key in [k for k in self.loaded if k not in seen]:
+            # Absent from two scans in a row: an exporter replacing a version
+            # (rmtree + rename) must not make it vanish for a poll interval.
+            self._absent[key] = self._absent.get(key, 0) + 1
+            if self._absent[key] >= ABSENT_SCANS_BEFORE_REMOVAL:
+                logger.info("model %s version %d removed from the repository", *key)
+                self._retire(self.loaded.pop(key))
+        self._absent = {k: n for k, n in self._absent.items() if k in self.loaded and k not in seen}
+        for key in [k for k in self.errors if k not in seen]:
+            del self.errors[key]
+            self._forget_failed(key)
 
     async def _sync_version(self, ref: VersionRef) -> None:
         key = (ref.model, ref.version)
         try:
             fp = await asyncio.to_thread(repository.fingerprint, ref)
         except OSError as err:
-            self.errors[key] = ((), f"{ref.model}/{ref.version}: {err}")
+            self.errors[key] = ((), one_line(f"{ref.model}/{ref.version}: {err}"))
             return
         current = self.loaded.get(key)
         if current is not None and current.fingerprint == fp:
@@ -199,11 +216,15 @@ class ModelManager:
         try:
             fresh = await self._load(ref, fp)
         except RepositoryError as err:
-            message = str(err)  # "<model>/<version>: ..." (load_version and _load prefix it)
-            self.errors[key] = (fp, message)
-            logger.error("skipping %s", message)
-            if current is None:  # a broken change keeps the old session serving (and ready)
-                self.metrics.set_ready(ref.model, ref.version, self.providers[0], ready=False)
+            # "<model>/<version>: ..." (load_version and _load prefix it)
+            self._failed(key, fp, one_line(str(err)), current is None)
+            return
+        except Exception as err:  # noqa: BLE001 - any failure is this version's, never the sync's
+            # Not foreseen (a model whose outputs are no tensors makes numpy raise TypeError):
+            # the traceback goes to the log, one line to /health/ready.
+            logger.error("loading %s/%d failed", ref.model, ref.version, exc_info=err)
+            message = one_line(f"{ref.model}/{ref.version}: {type(err).__name__}: {err}")
+            self._failed(key, fp, message, current is None)
             return
         self.errors.pop(key, None)
         self._forget_failed(key)
@@ -265,6 +286,14 @@ class ModelManager:
         loaded.idle.set()
         return loaded
 
+    def _failed(self, key: tuple[str, int], fp: Fingerprint, message: str, unserved: bool) -> None:
+        """Record a version that failed to load: logged, listed in /health/ready's errors and,
+        when no older session of it serves (`unserved`), 0 in `convserve_model_ready`."""
+        self.errors[key] = (fp, message)
+        logger.error("skipping %s", message)
+        if unserved:  # a broken change keeps the old session serving (and ready)
+            self.metrics.set_ready(key[0], key[1], self.providers[0], ready=False)
+
     def _forget_failed(self, key: tuple[str, int]) -> None:
         """Drop the 0 that `convserve_model_ready` shows for a version that failed to load."""
         self.metrics.forget_ready(key[0], key[1], self.providers[0])
@@ -320,13 +349,14 @@ class ModelManager:
         logger.info("model %s unloaded (versions %s)", model, [v for _, v in keys])
 
     async def poll(self, interval_s: float) -> None:
-        """Re-sync every `interval_s` seconds until cancelled; a failed sync is logged."""
+        """Re-sync every `interval_s` seconds until cancelled. A sync reports each version's
+        failure itself; anything else it raises is logged and the next poll runs as usual."""
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.sync()
-            except OSError as err:
-                logger.error("repository poll failed: %s", err)
+            except Exception:  # noqa: BLE001 - the poll must outlive any one sync
+                logger.exception("repository poll failed")
 
     async def close(self) -> None:
         """Drain every batcher (finishing accepted work), then release the sessions."""

@@ -1,19 +1,25 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from service.errors import ModelNotFound
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.service.server import metric_value, threaded_server
-from tests.service.tiny_model import random_png, write_tiny_model
+from tests.service.tiny_model import NUM_CLASSES, random_png, write_tiny_model
+
+PNG = {"content-type": "image/png"}
 
 
 def test_broken_version_is_reported_and_skipped(tmp_path: Path) -> None:
@@ -152,3 +158,142 @@ def test_repository_problems_are_logged_and_listed_once_each(
         assert sum(error in line for line in logged) >= 1, error
     assert not any("-7" in line or "pydantic.dev" in line for line in logged)
     assert sum(flat_file in line for line in logged) == 1
+
+
+def _rewrite(folder: Path, model: onnx.ModelProto, **metadata_changes: object) -> None:
+    """Replace a version's model.onnx, keeping metadata.json's sha256 in step."""
+    data = model.SerializeToString()
+    (folder / "model.onnx").write_bytes(data)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["export"]["sha256"] = hashlib.sha256(data).hexdigest()
+    metadata.update(metadata_changes)
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+
+
+def write_fixed_batch_model(repo: Path, name: str, max_batch_size: int) -> Path:
+    """A tiny model whose graph takes exactly one image (batch axis fixed at 1)."""
+    folder = write_tiny_model(repo, name).path
+    model = onnx.load(folder / "model.onnx")
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.checker.check_model(model)
+    _rewrite(folder, model, max_batch_size=max_batch_size)
+    return folder
+
+
+def write_zipmap_model(repo: Path, name: str) -> Path:
+    """A tiny model whose `logits` output is a sequence of {class: score} maps, as ONNX
+    exports of scikit-learn classifiers give: ONNX Runtime runs it, numpy cannot make a tensor
+    of it (TypeError), a failure no ONNX Runtime error type covers."""
+    folder = write_tiny_model(repo, name).path
+    model = onnx.load(folder / "model.onnx")
+    graph = model.graph
+    gemm = next(node for node in graph.node if node.output[0] == "logits")
+    gemm.output[0] = "scores"
+    graph.node.append(
+        helper.make_node(
+            "ZipMap",
+            ["scores"],
+            ["logits"],
+            domain="ai.onnx.ml",
+            classlabels_int64s=list(range(NUM_CLASSES)),
+        )
+    )
+    score_map = helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+    )
+    logits = next(value for value in graph.output if value.name == "logits")
+    logits.CopyFrom(helper.make_value_info("logits", helper.make_sequence_type_proto(score_map)))
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    onnx.checker.check_model(model)
+    _rewrite(folder, model)
+    return folder
+
+
+def _settled(url: str) -> httpx.Response:
+    """/health/ready once the initial load has ended (bounded: 20 s)."""
+    for _ in range(400):
+        ready = httpx.get(url + "/health/ready")
+        if ready.json()["status"] != "loading":
+            return ready
+        time.sleep(0.05)
+    raise AssertionError(f"still loading: {ready.text}")
+
+
+def test_a_fixed_batch_model_is_warmed_and_served_one_image_at_a_time(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    write_fixed_batch_model(repo, "fixed", max_batch_size=1)
+    settings = Settings(model_repository=repo, default_model="fixed", providers="cpu")
+    images = [random_png(seed) for seed in range(8)]
+    with threaded_server(settings) as url:
+        with ThreadPoolExecutor(len(images)) as pool:  # at once: they would batch if they could
+            answers = list(
+                pool.map(
+                    lambda png: httpx.post(url + "/v1/classify", content=png, headers=PNG), images
+                )
+            )
+        metrics = httpx.get(url + "/metrics").text
+    assert [a.status_code for a in answers] == [200] * len(images)
+    batches = metric_value(metrics, "convserve_batch_size_count", model="fixed")
+    assert batches >= len(images)  # warm-up batches counted or not, never two images in one
+    assert metric_value(metrics, "convserve_batch_size_bucket", model="fixed", le="1.0") == batches
+
+
+def test_any_exception_while_loading_is_that_versions_reported_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TypeError from warm-up and ONNX Runtime's multi-line InvalidArgument (a graph fixed at
+    one image whose metadata promises 8) each fail their own version only: one line each in
+    /health/ready, an error in the log, 0 in convserve_model_ready; the initial load ends."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "good")
+    write_zipmap_model(repo, "zipmap")
+    write_fixed_batch_model(repo, "fixed-wide", max_batch_size=8)
+    settings = Settings(model_repository=repo, default_model="good", providers="cpu")
+    with caplog.at_level("ERROR"), threaded_server(settings, ready=False) as url:
+        ready = _settled(url)
+        ok = httpx.post(url + "/v1/classify", content=random_png(1), headers=PNG)
+        metrics = httpx.get(url + "/metrics").text
+    body = ready.json()
+    assert ready.status_code == 503
+    assert body["status"] == "not_ready"
+    assert body["models"] == {"good": [1]}
+    assert sorted(body["missing"]) == ["fixed-wide", "zipmap"]
+    fixed_wide, zipmap = sorted(body["errors"])
+    assert zipmap.startswith("zipmap/1: TypeError: float() argument must be")
+    assert fixed_wide.startswith("fixed-wide/1: warm-up failed: ")
+    assert "INVALID_ARGUMENT" in fixed_wide
+    for error in (zipmap, fixed_wide):
+        assert "\n" not in error
+        assert "  " not in error
+        assert any(error in record.getMessage() for record in caplog.records)
+        model = error.partition("/")[0]
+        assert metric_value(metrics, "convserve_model_ready", model=model, version="1") == 0
+        assert f'convserve_model_ready{{model="{model}"' in metrics  # present: alerts fire on it
+    assert ok.status_code == 200
+
+
+def test_the_repository_poll_outlives_a_version_that_fails_to_load(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "good")
+    settings = Settings(
+        model_repository=repo, default_model="good", providers="cpu", model_poll_seconds=0.05
+    )
+    with threaded_server(settings) as url:
+        write_zipmap_model(repo, "zipmap")
+        for _ in range(400):  # bounded: 20 s
+            errors = httpx.get(url + "/health/ready").json()["errors"]
+            if errors:
+                break
+            time.sleep(0.05)
+        assert len(errors) == 1
+        assert errors[0].startswith("zipmap/1: TypeError: ")
+        write_tiny_model(repo, "late")  # the next polls still run: it is loaded
+        for _ in range(400):
+            models = httpx.get(url + "/health/ready").json()["models"]
+            if "late" in models:
+                break
+            time.sleep(0.05)
+        late = httpx.post(url + "/v1/models/late/classify", content=random_png(2), headers=PNG)
+    assert models == {"good": [1], "late": [1]}
+    assert late.status_code == 200
