@@ -8,16 +8,19 @@ Admission:
   first `http.request` message that takes the total past the limit raises `PayloadTooLarge`
   inside the app, which the one error mapping turns into 413 (native or v2 body). Nothing
   downstream can read more than `max_body_bytes`, whatever parser it uses.
-- A body that takes longer than `body_timeout_s` to arrive gets 408: a slow sender must not hold
-  an in-flight slot for ever.
+- A body that takes longer than `body_timeout_s` to arrive gets 408.
 - The batcher's queue is bounded, but a request reaches it only after its body is read and its
-  images decoded; under a flood those stages would queue without bound. So inference requests
-  (POST .../classify, .../infer) beyond `max_inflight_requests` in progress are answered 503
-  `queue_full` with `Retry-After` at once, before their body is read. So are those whose
-  deadline (`X-Request-Timeout-Ms`, else `CONVSERVE_REQUEST_TIMEOUT_MS`) is shorter than the lag
-  of a saturated event loop (more than 10 ms behind, service/looplag.py): they already waited
-  that long unseen, and each of their steps would wait as long again. Health, metrics and the
-  page are never refused.
+  images decoded; under a flood decoding would queue without bound. So an inference request
+  (POST .../classify, .../infer) takes one of `max_inflight_requests` slots when its whole body
+  has arrived, and holds it until answered. With none free it is answered 503 `queue_full` with
+  `Retry-After`: at once, body unread, when they are already taken as it begins; else when its
+  body has arrived, before its images are decoded. Slots are not taken earlier: senders
+  trickling their bodies in (slowloris) would hold every slot for `body_timeout_s` and turn
+  every other client's request into a 503 (docs/security.md). Requests whose deadline
+  (`X-Request-Timeout-Ms`, else `CONVSERVE_REQUEST_TIMEOUT_MS`) is shorter than the lag of a
+  saturated event loop (more than 10 ms behind, service/looplag.py) are answered 503 at once,
+  before their body is read: they already waited that long unseen, and each of their steps
+  would wait as long again. Health, metrics and the page are never refused.
 
 Every answer gets nosniff and DENY headers (the web page sets its own stricter set, never
 overwritten). An unexpected exception becomes the native error body with code `internal` (never a
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -52,6 +55,9 @@ MATCHED_PATHS = 256  # refused paths whose route is remembered
 # Timer jitter is ~1 ms on an idle loop; a loop this far behind is saturated.
 SATURATED_LAG_MS = 10.0
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+# Raised while the app reads the body (`EdgeMiddleware._limited`), answered here when that read
+# happened outside a route.
+READ_ERRORS = (PayloadTooLarge, RequestTimeout, Overloaded)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -139,6 +145,14 @@ class EdgeMiddleware:
         response_started = False
         counted = False
 
+        def admit() -> None:
+            """Take an in-flight slot: called once the whole body has arrived."""
+            nonlocal counted
+            if self.inflight >= self.max_inflight:
+                raise self._overloaded()
+            self.inflight += 1
+            counted = True
+
         async def edge_send(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
@@ -153,11 +167,8 @@ class EdgeMiddleware:
                 self._match_route(scope, inference)  # for its route and model labels
                 await error_answer(scope, refusal)(scope, receive, edge_send)
                 return
-            if inference:
-                self.inflight += 1
-                counted = True
-            await self.app(scope, self._limited(receive), edge_send)
-        except (PayloadTooLarge, RequestTimeout) as err:  # read outside a route
+            await self.app(scope, self._limited(receive, admit if inference else None), edge_send)
+        except READ_ERRORS as err:  # read outside a route
             if not response_started:
                 await error_answer(scope, err)(scope, receive, edge_send)
             else:
@@ -179,10 +190,8 @@ class EdgeMiddleware:
         too_large = declared_too_large(scope, self.max_body_bytes)
         if too_large is not None or not inference:
             return too_large
-        if self.inflight >= self.max_inflight:
-            return Overloaded(
-                f"{self.inflight} inference requests in progress, the most allowed: retry later"
-            )
+        if self.inflight >= self.max_inflight:  # held by requests whose body has arrived
+            return self._overloaded()
         budget_ms = _timeout_ms(scope) or self.default_timeout_ms
         lag_ms = self.loop_lag.lag_s * 1000 if self.loop_lag is not None else 0.0
         if budget_ms and lag_ms > max(budget_ms, SATURATED_LAG_MS):
@@ -191,6 +200,11 @@ class EdgeMiddleware:
                 f"({budget_ms:g} ms): retry later"
             )
         return None
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"{self.inflight} inference requests in progress, the most allowed: retry later"
+        )
 
     def _match_route(self, scope: Scope, inference: bool) -> None:
         """Put the route the request would have taken, and its path parameters, in `scope`, as
@@ -212,9 +226,10 @@ class EdgeMiddleware:
             self._matched[key] = found
         scope.update(found)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, on_body_end: Callable[[], None] | None) -> Receive:
         """`receive`, counting the body against the limit and its arrival against the timeout
-        (after the body, e.g. disconnect watching: unbounded)."""
+        (after the body, e.g. disconnect watching: unbounded); `on_body_end` is called when the
+        last body message arrives (it may raise, as the limits do)."""
         limit = self.max_body_bytes
         timeout_s = self.body_timeout_s
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
@@ -231,11 +246,13 @@ class EdgeMiddleware:
                         message = await receive()
                 except TimeoutError as err:
                     raise RequestTimeout(f"request body not received within {timeout_s} s") from err
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not body_done:
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if received > limit:
                     raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+                if body_done and on_body_end is not None:
+                    on_body_end()
             return message
 
         return limited_receive
