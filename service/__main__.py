@@ -13,6 +13,7 @@ import uvicorn
 
 from service import logs
 from service.app import create_app
+from service.connections import uvicorn_options
 from service.processes import run_workers
 from service.settings import ENV_PREFIX, Settings, env_name, is_loopback, settings_from_args
 
@@ -34,7 +35,13 @@ def main(argv: list[str] | None = None) -> None:
         "access_log": False,
         "proxy_headers": False,  # nothing here reads the client address; parsing it cost 6 %
         "timeout_graceful_shutdown": settings.shutdown_timeout_s or None,
+        **uvicorn_options(settings),  # request-head deadline, connection cap
     }
+    logger.info(
+        "connections: at most %d open per process; request heads within %s",
+        settings.effective_max_connections,
+        f"{settings.header_timeout_s:g} s" if settings.header_timeout_s else "any time",
+    )
     if settings.workers > 1:
         run_workers(settings, options)
     else:

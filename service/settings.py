@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import math
 import os
+import resource
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,13 @@ HIDDEN_SETTINGS = frozenset({"fault_injection"})  # testing only: not listed by 
 MIB = 1024 * 1024
 # TensorRT builds an engine per model when a session starts; cached, later starts reuse it.
 DEFAULT_TRT_CACHE_DIR = Path("/tmp/convserve-trt")
+
+
+# Descriptors kept free of connections (listening socket, event loop, logs, model files, GPU
+# devices): the default connection cap is the RLIMIT_NOFILE soft limit less this, at least half.
+FD_HEADROOM = 128
+# The cap when the limit is unlimited.
+UNLIMITED_FD_CONNECTIONS = 65_536
 
 
 # A container's CPU limit: cgroup v2 "<quota> <period>" (or "max ..."); cgroup v1's two files.
@@ -79,6 +87,19 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, ge=0, description="Longest time to receive a request body (408 after; 0: none)."
     )
+    header_timeout_s: float = Field(
+        5.0,
+        ge=0,
+        description="Longest time to receive a request's head (line and headers), from its "
+        "first byte or the connection's opening: the connection is closed after (0: none).",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections per process; past it a new one closes the one waiting "
+        "longest for its request head, or is refused with 503 (0: the file-descriptor limit "
+        f"less {FD_HEADROOM}).",
+    )
     jpeg_draft: bool = Field(
         True,
         description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (shorter "
@@ -114,8 +135,8 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(
         256,
         ge=1,
-        description="Inference requests in progress (reading, decoding, queued, computing) "
-        "before 503 at once, unread.",
+        description="Inference requests in progress (decoding, queued, computing), each counted "
+        "from when its whole body has arrived, before 503 (at once, unread, while all are taken).",
     )
     workers: int = Field(
         1,
@@ -223,6 +244,17 @@ class Settings(BaseSettings):
         if self.intra_op_threads or self.effective_intra_op_threads >= cpu_count():
             return 0
         return cpu_count()
+
+    @property
+    def effective_max_connections(self) -> int:
+        """The connection cap: the setting, or by default what the file-descriptor limit allows
+        once FD_HEADROOM descriptors are kept free (at least half of them)."""
+        if self.max_connections:
+            return self.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return UNLIMITED_FD_CONNECTIONS
+        return max(soft - FD_HEADROOM, soft // 2, 1)
 
     @property
     def effective_decode_threads(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import httpx
 import uvicorn
 
 from service.app import create_app
+from service.connections import uvicorn_options
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +46,8 @@ def wait_ready(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
 
 @contextmanager
 def threaded_server(settings: Settings, *, ready: bool = True) -> Iterator[str]:
-    """Real uvicorn serving `create_app(settings)` in a thread; yields the base URL."""
+    """Real uvicorn serving `create_app(settings)` in a thread, its connections guarded as
+    `python -m service` guards them; yields the base URL."""
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
@@ -52,6 +55,7 @@ def threaded_server(settings: Settings, *, ready: bool = True) -> Iterator[str]:
         log_config=None,
         access_log=False,
         lifespan="on",
+        **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -73,9 +77,10 @@ def threaded_server(settings: Settings, *, ready: bool = True) -> Iterator[str]:
 
 
 class ServiceProcess:
-    """`python -m service` in a subprocess with the given CONVSERVE_* settings."""
+    """`python -m service` in a subprocess with the given CONVSERVE_* settings (and, with
+    `nofile`, that many file descriptors at most, as `ulimit -n` sets)."""
 
-    def __init__(self, log_path: Path, **settings: object) -> None:
+    def __init__(self, log_path: Path, *, nofile: int | None = None, **settings: object) -> None:
         env = dict(os.environ)
         env.update({f"CONVSERVE_{k.upper()}": str(v) for k, v in settings.items()})
         env.setdefault("CONVSERVE_PORT", "0")
@@ -87,6 +92,7 @@ class ServiceProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
         )
         try:
             self.base_url = f"http://127.0.0.1:{self._port()}"
@@ -128,6 +134,10 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _limit_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -1,0 +1,377 @@
+"""Connections, below HTTP: a deadline for every request head and body, a cap on open ones.
+
+uvicorn (0.54) has neither. Its keep-alive timer runs only once a response is complete, and any
+byte received cancels it; `limit_concurrency` answers 503 only to a complete request head. So a
+client that sent nothing, or part of a request head, held its connection, and a file descriptor,
+for ever: 1,100 of them under a 1,024-descriptor limit left the process unable to accept anyone,
+health probes included (docs/security.md).
+
+`ConnectionGuard` is what uvicorn calls to make each connection's protocol (`uvicorn.Config`'s
+`http`): it wraps the HTTP protocol uvicorn would choose itself (`http="auto"`), passes every
+asyncio Protocol call on to it, and reads the bytes received only to find where each request's
+head and body end (`RequestFraming`). Only the asyncio Protocol and Transport interfaces are
+used; nothing of uvicorn's protocol but its constructor, called with uvicorn's own arguments.
+
+- A request head must be complete within `header_timeout_s` of its first byte (of the
+  connection's opening, for the first request), or the connection is closed. Between requests
+  uvicorn's keep-alive timeout (5 s) closes idle connections.
+- A request body must have arrived within `body_timeout_s` + 1 s of its head, or the connection
+  is closed. Routes that read the body answer 408 at `body_timeout_s` (service/api/edge.py);
+  this closes the connections of routes that answered without reading it, whose body would
+  otherwise trickle in for ever.
+- At most `max_connections` are open. A new connection beyond them closes the open one that has
+  waited longest for its request head: those do no work yet, and a client's own head arrives
+  within a round trip (nginx likewise reuses connections that wait). When none waits, the new
+  one is answered 503 `too_many_connections` and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.importer import import_from_string
+
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Extra time a body gets before its connection is closed: the app's own 408, due at
+# body_timeout_s, goes out first.
+BODY_GRACE_S = 1.0
+# Warnings about closed and refused connections: at most one line per interval.
+REPORT_INTERVAL_S = 10.0
+# Bytes of one line kept while looking for its end (the framing headers' names and values).
+MAX_LINE_BYTES = 8192
+
+IDLE, HEAD, BODY, OPAQUE = "idle", "head", "body", "opaque"
+# Where a chunked body is (RFC 9112 §7.1).
+CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS = "size", "data", "end", "trailers"
+
+_REFUSAL_BODY = (
+    b'{"error":{"code":"too_many_connections","message":"the server has as many connections '
+    b'open as it allows: retry later"}}'
+)
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: application/json\r\n"
+    b"content-length: %d\r\n"
+    b"retry-after: 1\r\n"
+    b"connection: close\r\n"
+    b"x-content-type-options: nosniff\r\n"
+    b"x-frame-options: DENY\r\n"
+    b"\r\n" % len(_REFUSAL_BODY)
+) + _REFUSAL_BODY
+
+
+class RequestFraming:
+    """Where each request's head and body end in one connection's bytes (RFC 9112): a head
+    ends at its empty line; its body is then `Content-Length` bytes, or chunks up to the last
+    one and its trailers, or nothing. `phase` is IDLE (between requests), HEAD, BODY, or
+    OPAQUE once a head's framing cannot be read (the HTTP parser behind refuses such heads);
+    `heads` counts the heads completed."""
+
+    __slots__ = (
+        "_bad",
+        "_chunk",
+        "_chunked",
+        "_length",
+        "_line",
+        "_remaining",
+        "_started",
+        "heads",
+        "phase",
+    )
+
+    def __init__(self) -> None:
+        self.phase = HEAD
+        self.heads = 0
+        self._line = b""  # the line so far, when it spans several reads (at most MAX_LINE_BYTES)
+        self._started = False  # the head's request line seen
+        self._length: int | None = None
+        self._chunked = False
+        self._bad = False
+        self._remaining = 0  # body bytes left: the whole body's, or the chunk's
+        self._chunk = CHUNK_SIZE
+
+    def feed(self, data: bytes) -> None:
+        position, end = 0, len(data)
+        while position < end and self.phase != OPAQUE:
+            if self.phase == IDLE:
+                self.phase = HEAD
+            if self.phase == BODY and (self._length is not None or self._chunk == CHUNK_DATA):
+                taken = min(self._remaining, end - position)
+                self._remaining -= taken
+                position += taken
+                if not self._remaining:
+                    if self._chunked:
+                        self._chunk = CHUNK_END
+                    else:
+                        self._end_body()
+                continue
+            if self.phase == HEAD and not self._line and not self._started:
+                head_end = data.find(b"\r\n\r\n", position)
+                if head_end >= 0 and self._whole_head(data[position : head_end + 2]):
+                    position = head_end + 4
+                    continue
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                self._line = (self._line + data[position:])[:MAX_LINE_BYTES]
+                return
+            line = data[position:newline]
+            if self._line:
+                line = (self._line + line)[:MAX_LINE_BYTES]
+                self._line = b""
+            position = newline + 1
+            line = line.removesuffix(b"\r")
+            if self.phase == HEAD:
+                self._head_line(line)
+            else:
+                self._chunk_line(line)
+
+    def _whole_head(self, head: bytes) -> bool:
+        """The usual case, a whole head in one read (`head`: up to the CRLF of its last line),
+        read at once; False, and nothing read, for anything unusual (an empty line before or
+        inside it, as bare LF line ends allow; Transfer-Encoding; several Content-Lengths):
+        `_head_line` reads those line by line."""
+        if head.startswith((b"\r\n", b"\n")) or b"\n\n" in head or b"\n\r\n" in head:
+            return False
+        lower = head.lower()
+        if b"\ntransfer-encoding:" in lower:
+            return False
+        at = lower.find(b"\ncontent-length:")
+        if at >= 0:
+            if lower.find(b"\ncontent-length:", at + 1) >= 0:
+                return False
+            value = head[at + len(b"\ncontent-length:") : head.find(b"\n", at + 1)].strip()
+            self._length = int(value) if value.isdigit() else -1
+            self._bad = self._length < 0
+        self._started = True
+        self._end_head()
+        return True
+
+    def _head_line(self, line: bytes) -> None:
+        if not line:
+            if self._started:  # empty lines before a request line are allowed (RFC 9112 §2.2)
+                self._end_head()
+            return
+        if not self._started:
+            self._started = True
+            return
+        name, colon, value = line.partition(b":")
+        name = name.lower()
+        if name == b"content-length":
+            text = value.strip()
+            length = int(text) if colon and text.isdigit() and len(line) < MAX_LINE_BYTES else -1
+            if length < 0 or self._length not in (None, length):
+                self._bad = True
+            self._length = length
+        elif name == b"transfer-encoding":
+            # chunked must be the last coding; anything else a request cannot frame a body with
+            last = value.rpartition(b",")[2].strip().lower()
+            self._chunked = last == b"chunked" and len(line) < MAX_LINE_BYTES
+            self._bad = self._bad or not self._chunked
+
+    def _end_head(self) -> None:
+        self.heads += 1
+        self._started = False
+        if self._bad:
+            self.phase = OPAQUE
+        elif self._chunked:
+            self.phase, self._chunk, self._length = BODY, CHUNK_SIZE, None
+        elif self._length:
+            self.phase, self._remaining = BODY, self._length
+        else:
+            self._end_body()
+
+    def _chunk_line(self, line: bytes) -> None:
+        if self._chunk == CHUNK_SIZE:
+            size = line.partition(b";")[0].strip()
+            try:
+                self._remaining = int(size, 16) if size.isalnum() else -1
+            except ValueError:
+                self._remaining = -1
+            if self._remaining < 0:
+                self.phase = OPAQUE
+            else:
+                self._chunk = CHUNK_DATA if self._remaining else TRAILERS
+        elif self._chunk == CHUNK_END:
+            if line:
+                self.phase = OPAQUE
+            self._chunk = CHUNK_SIZE
+        elif not line:  # TRAILERS: the empty line ends the request
+            self._end_body()
+
+    def _end_body(self) -> None:
+        self.phase = IDLE
+        self._length = None
+        self._chunked = False
+
+
+class GuardedConnection(asyncio.Protocol):
+    """One connection: uvicorn's protocol (`inner`) behind the guard's deadlines."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.framing = RequestFraming()
+        self.timer: asyncio.TimerHandle | None = None
+        self.admitted = False  # passed to `inner` (a refused connection never is)
+        self.counted = False  # one of the guard's open connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is one, though not an asyncio.Transport subclass).
+        transport = self.transport = cast(asyncio.Transport, transport)
+        if not self.guard.admit(self):
+            transport.write(REFUSAL)
+            transport.close()
+            return
+        self.admitted = self.counted = True
+        self.inner.connection_made(transport)
+        self._enter_phase()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        framing = self.framing
+        phase, heads = framing.phase, framing.heads
+        framing.feed(data)
+        if framing.phase != phase or framing.heads != heads:  # a new head or body began
+            self._enter_phase()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.admitted else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.forget(self)
+        if self.admitted:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.admitted:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.admitted:
+            self.inner.resume_writing()
+
+    def _enter_phase(self) -> None:
+        """Arm the deadline of the phase the connection is now in (none between requests)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        guard = self.guard
+        phase = self.framing.phase
+        guard.waiting.pop(self, None)
+        if phase == HEAD:
+            guard.waiting[self] = None  # the newest to wait: the last to be closed at the cap
+            timeout_s = guard.header_timeout_s
+        else:
+            timeout_s = None if phase == IDLE else guard.body_deadline_s
+        if timeout_s is not None:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(timeout_s, self._expired, phase)
+
+    def _expired(self, phase: str) -> None:
+        self.timer = None
+        self.guard.close(self, "header_timeout" if phase == HEAD else "body_timeout")
+
+
+class ConnectionGuard:
+    """The per-process state and limits, and the factory uvicorn calls for each connection
+    (`uvicorn.Config(http=guard)`: any callable returning an asyncio Protocol; this one is
+    picklable, for uvicorn's worker processes)."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        protocol: type[asyncio.Protocol] | None = None,
+    ) -> None:
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s or None
+        self.body_deadline_s = body_timeout_s + BODY_GRACE_S if body_timeout_s else None
+        # uvicorn's HTTP protocol: the one it would choose itself by default.
+        self.protocol: type[asyncio.Protocol] = protocol or import_from_string(
+            HTTP_PROTOCOLS["auto"]
+        )
+        self.open = 0
+        # Connections waiting for (the rest of) a request head, the longest waiting first.
+        self.waiting: dict[GuardedConnection, None] = {}
+        self.closed = dict.fromkeys(("header_timeout", "body_timeout", "evicted", "refused"), 0)
+        self._reported_at = float("-inf")
+        self._report: asyncio.TimerHandle | None = None
+
+    def __call__(self, **uvicorn_args: Any) -> asyncio.Protocol:
+        return GuardedConnection(self, self.protocol(**uvicorn_args))
+
+    def admit(self, connection: GuardedConnection) -> bool:
+        """Count a new connection in, closing the longest waiting one at the cap; False when
+        the cap is reached and none waits (the new one is then refused)."""
+        if self.open >= self.max_connections:
+            if not self.waiting:
+                self._note("refused")
+                return False
+            self.close(next(iter(self.waiting)), "evicted")
+        self.open += 1
+        return True
+
+    def close(self, connection: GuardedConnection, reason: str) -> None:
+        """Close `connection` at once (reset: nothing it still had to send is awaited)."""
+        self.forget(connection)
+        if connection.transport is not None:
+            connection.transport.abort()
+        self._note(reason)
+
+    def forget(self, connection: GuardedConnection) -> None:
+        if connection.timer is not None:
+            connection.timer.cancel()
+            connection.timer = None
+        self.waiting.pop(connection, None)
+        if connection.counted:
+            connection.counted = False
+            self.open -= 1
+
+    def _note(self, reason: str) -> None:
+        self.closed[reason] += 1
+        if self._report is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay_s = self._reported_at + REPORT_INTERVAL_S - loop.time()
+        self._report = loop.call_later(max(0.0, delay_s), self._log)
+
+    def _log(self) -> None:
+        self._report = None
+        self._reported_at = asyncio.get_running_loop().time()
+        counts = self.closed
+        crowded = counts["evicted"] or counts["refused"]
+        logger.log(
+            logging.WARNING if crowded else logging.DEBUG,
+            "connections: %d closed waiting for a request head (%.3g s), %d for a body, %d "
+            "closed at the cap of %d open to make room, %d refused with 503 (%d open now)",
+            counts["header_timeout"],
+            self.header_timeout_s or 0,
+            counts["body_timeout"],
+            counts["evicted"],
+            self.max_connections,
+            counts["refused"],
+            self.open,
+        )
+        self.closed = dict.fromkeys(counts, 0)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options that put every connection behind a guard built from `settings`."""
+    guard = ConnectionGuard(
+        max_connections=settings.effective_max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    # No route speaks WebSocket; an upgraded connection would leave the guard.
+    return {"http": guard, "ws": "none"}
