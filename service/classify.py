@@ -138,6 +138,9 @@ class Classifier:
                 )
             else:  # softmax + top-k of a few logits costs less than a thread hop
                 results = self._postprocess(loaded, raw, options)
+            for result in results:  # every image: the top-1 is first whatever top_k asked
+                top = result.predictions[0]
+                loaded.predictions.record(top.index, top.probability)
             return ClassifyResponse(
                 model=meta.name,
                 version=meta.version,

@@ -27,7 +27,7 @@ from service.errors import (
     VersionNotFound,
 )
 from service.metadata import ModelMetadata
-from service.metrics import Metrics
+from service.metrics import Metrics, Predictions
 from service.repository import Fingerprint, VersionRef
 from service.runtime import ORT_ERRORS, FaultInjector, Runtime, resolve_providers
 from service.settings import Settings, parse_fault_spec
@@ -56,6 +56,7 @@ class LoadedVersion:
     runtime: Runtime
     batcher: Batcher
     cam_weights: npt.NDArray[np.float32] | None
+    predictions: Predictions
     leases: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -282,7 +283,8 @@ class ModelManager:
             metrics=self.metrics,
             batch_timeout_s=s.batch_timeout_s,
         )
-        loaded = LoadedVersion(ref, fp, meta, runtime, batcher, files.cam_weights)
+        predictions = self.metrics.prediction_series(ref.model, ref.version, meta.labels)
+        loaded = LoadedVersion(ref, fp, meta, runtime, batcher, files.cam_weights, predictions)
         loaded.idle.set()
         return loaded
 
@@ -308,7 +310,15 @@ class ModelManager:
     async def _close_when_idle(self, old: LoadedVersion) -> None:
         await old.idle.wait()
         await old.batcher.close()
-        logger.info("closed old session of %s version %d", old.ref.model, old.ref.version)
+        ref = old.ref
+        current = self.loaded.get((ref.model, ref.version))
+        if current is None:
+            self.metrics.forget_predictions(ref.model, ref.version, old.metadata.labels)
+        else:  # changed in place: the new session shares the series of the labels it kept
+            kept = set(current.metadata.labels)
+            dropped = [label for label in old.metadata.labels if label not in kept]
+            self.metrics.forget_predictions(ref.model, ref.version, dropped, confidence=False)
+        logger.info("closed old session of %s version %d", ref.model, ref.version)
 
     # --- repository extension (v2 load / unload) --------------------------------------------
     async def load_model(self, model: str) -> None:

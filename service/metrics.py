@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -48,6 +48,9 @@ LATENCY_BUCKETS_S = (
     20.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+# Top-1 probabilities: at least 1/classes, so the low end is coarse; confident predictions
+# crowd towards 1, so the high end is fine (a drift shows first as mass leaving 0.95 .. 0.999).
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.999)
 
 
 class Metrics:
@@ -117,6 +120,21 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",  # several workers: 1 only when every one serves it
         )
+        # Labels of `predictions` come from a version's metadata, never from a request: the
+        # series are bounded by the models served (`prediction_series`).
+        self.predictions = Counter(
+            f"{PREFIX}predictions_total",
+            "Images classified, by top-1 label.",
+            ["model", "version", "label"],
+            registry=r,
+        )
+        self.top1_confidence = Histogram(
+            f"{PREFIX}top1_confidence",
+            "Softmax probability of the top-1 label per image classified.",
+            ["model", "version"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
         # Children looked up once per label set (`_series`): `labels()` validates, converts and
         # locks on every call (tens of microseconds per request on a cold cache). Never pruned:
         # the label sets of the hot paths are bounded (known models, route templates, codes).
@@ -160,6 +178,31 @@ class Metrics:
         elif labels in self._ready_series():
             self.model_ready.labels(*labels).set(RETIRED)
 
+    def prediction_series(self, model: str, version: int, labels: Sequence[str]) -> Predictions:
+        """A version's `predictions_total` (every label's, created at 0 so that a label's share
+        is 0 rather than absent until it is first predicted) and `top1_confidence` series."""
+        v = str(version)
+        return Predictions(
+            [self.predictions.labels(model, v, label) for label in labels],
+            self.top1_confidence.labels(model, v),
+        )
+
+    def forget_predictions(
+        self, model: str, version: int, labels: Sequence[str], *, confidence: bool = True
+    ) -> None:
+        """Drop a retired version's `predictions_total` series of `labels` and, with
+        `confidence`, its `top1_confidence`. With several workers prometheus_client cannot
+        remove a series: they stay at their last values, which rate() reads as 0."""
+        if self.multiprocess:
+            return
+        v = str(version)
+        for label in labels:
+            with contextlib.suppress(KeyError):
+                self.predictions.remove(model, v, label)
+        if confidence:
+            with contextlib.suppress(KeyError):
+                self.top1_confidence.remove(model, v)
+
     def _ready_series(self) -> set[tuple[str, ...]]:
         return {
             (s.labels["model"], s.labels["version"], s.labels["provider"])
@@ -182,6 +225,22 @@ class Metrics:
         """At a worker's exit: its live gauges leave the sums (counters and histograms stay)."""
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+class Predictions:
+    """One version's prediction series, looked up once at load: recording an image is one
+    counter and one histogram increment, nothing allocated or looked up per request."""
+
+    __slots__ = ("_confidence", "_labels")
+
+    def __init__(self, labels: list[Any], confidence: Any) -> None:
+        self._labels = labels  # the `predictions_total` child of each class index
+        self._confidence = confidence
+
+    def record(self, index: int, probability: float) -> None:
+        """One image whose top-1 class is `index` with softmax probability `probability`."""
+        self._labels[index].inc()
+        self._confidence.observe(probability)
 
 
 class NvmlCollector(Collector):

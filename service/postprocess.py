@@ -57,6 +57,16 @@ def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Pr
     ]
 
 
+def top1(logits: npt.NDArray[np.float32]) -> tuple[int, float]:
+    """The most probable class and its probability: the first of `top_k`, the same values."""
+    if len(logits) <= PYTHON_MAX_CLASSES:
+        values = logits.tolist()
+        top = max(values)
+        return values.index(top), 1.0 / sum([math.exp(v - top) for v in values])
+    index = int(np.argmax(logits))
+    return index, float(1.0 / np.exp(logits.astype(np.float64) - float(logits[index])).sum())
+
+
 def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[FeatureMap]:
     """Feature maps named in the options (validated before any work is done), each once
     however often it is named: a repeated name must not multiply the response's size.

@@ -17,6 +17,7 @@ from service.classify import Classifier, WaitDisconnect
 from service.errors import BadRequest
 from service.manager import LoadedVersion, ModelManager
 from service.metadata import ModelMetadata
+from service.postprocess import top1
 from service.runtime import Outputs
 from service.v2.codec import (
     OutputTensor,
@@ -213,6 +214,9 @@ async def infer(
         deadline = _deadline(request, deadline)
         plans = plan_outputs(meta, request)
         raw = await _run(classifier, loaded, decoded.rows, plans, deadline, wait_disconnect)
+        if any(p.classification is not None for p in plans):  # the server ranks the classes
+            for out in raw:
+                loaded.predictions.record(*top1(out[meta.output.name]))
     header: dict[str, object] = {"model_name": meta.name, "model_version": str(meta.version)}
     if request.id is not None:
         header["id"] = request.id

@@ -10,12 +10,14 @@ HISTOGRAMS = {
     "convserve_queue_duration_seconds",
     "convserve_compute_duration_seconds",
     "convserve_batch_size",
+    "convserve_top1_confidence",
 }
 OTHERS = {
     "convserve_requests_total",
     "convserve_queue_depth",
     "convserve_failures_total",
     "convserve_model_ready",
+    "convserve_predictions_total",
     "convserve_gpu_utilization_ratio",
     "convserve_gpu_memory_used_bytes",
 }

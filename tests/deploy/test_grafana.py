@@ -25,6 +25,8 @@ REQUIRED_PANELS = {
     "Failures by reason": {"convserve_failures_total"},
     "GPU utilisation": {"convserve_gpu_utilization_ratio"},
     "GPU memory used": {"convserve_gpu_memory_used_bytes"},
+    "Top-1 confidence: mean, p10, p50": {"convserve_top1_confidence"},
+    "Label mix (share of top-1 predictions)": {"convserve_predictions_total"},
 }
 
 

@@ -14,12 +14,15 @@ from tests.deploy.metrics import HISTOGRAMS, OTHERS, metric_names
 
 PROMETHEUS = REPO_ROOT / "deploy/prometheus"
 RULES = PROMETHEUS / "rules/convserve.yml"
-RULE_TESTS = PROMETHEUS / "tests/convserve_test.yml"
+# convserve_test.yml; drift_test.yml (the input-drift alerts, evaluated once a minute).
+RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*_test.yml"))
 REQUIRED_ALERTS = {
     "ConvserveHighP99Latency",
     "ConvserveHigh5xxRatio",
     "ConvserveQueueSaturated",
     "ConvserveModelNotReady",
+    "ConvserveConfidenceDrop",
+    "ConvserveLabelMixShift",
 }
 
 
@@ -51,7 +54,7 @@ def test_check_config_with_the_rules_loaded(promtool: str, tmp_path: Path) -> No
     copy.write_text(yaml.safe_dump(config))
     done = run(promtool, "check", "config", str(copy))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 rules found" in done.stdout + done.stderr
+    assert "7 rules found" in done.stdout + done.stderr
     done = run(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -62,7 +65,8 @@ def test_check_rules(promtool: str) -> None:
 
 
 def test_rule_unit_tests_pass(promtool: str) -> None:
-    done = run(promtool, "test", "rules", str(RULE_TESTS))
+    assert len(RULE_TESTS) == 2
+    done = run(promtool, "test", "rules", *map(str, RULE_TESTS))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -70,7 +74,7 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
     names = {rule["alert"] for rule in alerts()}
     assert names >= REQUIRED_ALERTS
     cases: dict[str, set[bool]] = {name: set() for name in names}
-    for test in load(RULE_TESTS)["tests"]:
+    for test in (t for path in RULE_TESTS for t in load(path)["tests"]):
         for case in test.get("alert_rule_test", []):
             cases[case["alertname"]].add(bool(case["exp_alerts"]))
     for name, kinds in cases.items():
@@ -90,8 +94,9 @@ def test_unit_tests_fail_when_an_alert_never_fires(
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / RULES.name).write_text(yaml.safe_dump(rules))
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
-    done = run(promtool, "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name))
+    for path in RULE_TESTS:
+        (tmp_path / "tests" / path.name).write_text(path.read_text())
+    done = run(promtool, "test", "rules", *(str(tmp_path / "tests" / p.name) for p in RULE_TESTS))
     assert done.returncode != 0
     assert alert in done.stdout + done.stderr
 

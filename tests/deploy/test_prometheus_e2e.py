@@ -241,7 +241,7 @@ def test_alert_rules_load_and_evaluate(endpoints: Endpoints) -> None:
         if (rules and evaluated) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
-    assert len(rules) == 5
+    assert len(rules) == 7
     for rule in rules:
         assert rule["health"] == "ok", rule
     # The service is healthy and lightly loaded: nothing may fire.

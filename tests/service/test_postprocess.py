@@ -17,6 +17,7 @@ from service.postprocess import (
     most_active,
     required_outputs,
     softmax,
+    top1,
     top_k,
 )
 from service.render import grid_shape
@@ -63,6 +64,22 @@ def test_top_k_python_and_numpy_paths_agree(classes: int, monkeypatch: pytest.Mo
     np.testing.assert_allclose(
         [p.probability for p in results[0]], [p.probability for p in results[1]], rtol=1e-12
     )
+
+
+@pytest.mark.parametrize("classes", [4, 10, 1000])
+@pytest.mark.parametrize("limit", [10_000, 0])
+def test_top1_is_the_first_of_top_k(
+    classes: int, limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the v2 classification path records is what a native request answers first, in
+    Python and in numpy, a tie at the top going to the lower index."""
+    monkeypatch.setattr(postprocess, "PYTHON_MAX_CLASSES", limit)
+    rng = np.random.default_rng(classes + 1)
+    logits = rng.standard_normal(classes).astype(np.float32) * 4
+    logits[classes // 2] = logits[classes // 3] = logits.max() + 1  # a tie at the top
+    (first,) = top_k(logits, [str(i) for i in range(classes)], 1)
+    assert top1(logits) == (first.index, first.probability)
+    assert first.index == classes // 3
 
 
 def test_most_active_channels_first() -> None:
