@@ -19,6 +19,7 @@ NAME_RE = re.compile(NAME_PATTERN)
 MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
 COLOR_MODE_CHANNELS = {"L": 1, "RGB": 3}
+Precision = Literal["float32", "float16", "int8"]
 
 
 def is_valid_name(name: str) -> bool:
@@ -126,10 +127,11 @@ class ExportInfo(BaseModel):
         description="Largest per-output error max|onnx-torch|/max(1,max|torch|) on real samples."
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of model.onnx.")
-    precision: Literal["float32", "float16"] = Field(
+    precision: Precision = Field(
         "float32",
         description="Weights and compute of the graph (its inputs and outputs are float32 "
-        "either way); float16 from `training.export --fp16`. Absent in older versions: float32.",
+        "either way); float16 from `training.export --fp16`, int8 (statically quantized, "
+        "details in `quantization`) from `--int8`. Absent in older versions: float32.",
     )
 
 

@@ -9,7 +9,10 @@ first conv layer's filter grid and, for GAP + linear heads, cam_weights.npy. It 
 Runtime against PyTorch on real test images and refuses to write when any output differs by more
 than 1e-4 (relative to max(1, max|torch|)). A version is staged in a hidden folder and moved into
 place only when complete; an existing version is replaced only with --force. With --fp16 the
-graph computes in float16 (inputs and outputs stay float32) and the tolerance is 1e-2.
+graph computes in float16 (inputs and outputs stay float32) and the tolerance is 1e-2. With --int8
+the parity-checked float32 graph is statically quantized (training/export_int8.py), calibrated on
+the training split (or --calibration-data), and written only when it agrees with float32 on
+held-out images (the test split; for --weights, images disjoint from the calibration ones).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +30,17 @@ from training.requirements import require_training_extra
 # ruff: noqa: E402 - the imports below come after this check on purpose
 require_training_extra(__name__)  # before torch: one ERROR line naming `make setup`, no traceback
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
 from training.cli import positive_int, run_cli
 from training.data.datasets import DatasetBundle, subset, with_transform
-from training.data.photos import photo_views
+from training.data.photos import PHOTO_NAMES, photo_views, sample_photo
 from training.data.transforms import Preprocessing, eval_transform
 from training.errors import UserError
 from training.evaluate import (
@@ -45,6 +51,21 @@ from training.evaluate import (
     split_loader,
 )
 from training.export_fp16 import FP16_PARITY_TOLERANCE, Precision, convert_to_float16
+from training.export_int8 import (
+    CALIBRATION_BATCH_SIZE,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_EVALUATION_IMAGES,
+    Comparison,
+    Images,
+    Int8Plan,
+    Labels,
+    check_int8_options,
+    fallback_notice,
+    folder_split,
+    photo_split,
+    plan_from_sets,
+    quantize_version,
+)
 from training.onnx_check import (
     INPUT_NAME,
     LOGITS_NAME,
@@ -235,6 +256,11 @@ class ExportConfig:
     evaluate: bool = True
     threads: int | None = None
     fp16: bool = False
+    int8: bool = False
+    calibration: int = DEFAULT_CALIBRATION_IMAGES
+    calibration_data: str | None = None
+    gate_images: int | None = None
+    accept_accuracy_loss: bool = False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -302,6 +328,37 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="float16 weights and compute for GPUs (inputs and outputs stay float32); "
         "parity tolerance 1e-2 instead of 1e-4",
     )
+    int8 = p.add_argument_group("int8 (statically quantized with ONNX Runtime, for CPUs)")
+    int8.add_argument(
+        "--int8",
+        action="store_true",
+        help="uint8 activations and int8 per-channel weights (inputs and outputs stay float32); "
+        "written only when top-1 agreement with float32 is at least 99%% and test accuracy "
+        "drops at most 1 percentage point on held-out images",
+    )
+    int8.add_argument(
+        "--calibration",
+        type=positive_int,
+        default=d.calibration,
+        help="images to calibrate activation ranges on",
+    )
+    int8.add_argument(
+        "--calibration-data",
+        help="imagefolder:PATH to calibrate on (default: the checkpoint's training split; for "
+        "--weights, crops of the bundled photos); for --weights the gate compares on other "
+        "images of PATH (PATH/val or PATH/test when PATH/train exists)",
+    )
+    int8.add_argument(
+        "--gate-images",
+        type=positive_int,
+        help="held-out images the accuracy gate compares float32 and int8 on (default: the "
+        f"whole test split; for --weights all of PATH/val, else {DEFAULT_EVALUATION_IMAGES})",
+    )
+    int8.add_argument(
+        "--accept-accuracy-loss",
+        action="store_true",
+        help="write the int8 version even when the accuracy gate refuses it",
+    )
     return p
 
 
@@ -325,6 +382,11 @@ def check_config(cfg: ExportConfig) -> None:
         raise UserError("--max-batch-size must be at least 1")
     if cfg.parity_samples < 2:
         raise UserError("--parity-samples must be at least 2")
+    if cfg.int8 and cfg.fp16:
+        raise UserError("pass one of --fp16 and --int8")
+    check_int8_options(
+        cfg.int8, cfg.calibration, cfg.calibration_data, cfg.gate_images, cfg.accept_accuracy_loss
+    )
     check_repository(cfg.repository, cfg.name)
 
 
@@ -384,23 +446,32 @@ def main(cfg: ExportConfig) -> Path:
         },
     )
 
+    plan = checkpoint_int8_plan(cfg, data, pre, loader) if cfg.int8 else None
+
     def measure(folder: Path, metadata: dict[str, Any]) -> None:
+        compared = None
+        if plan is not None:
+            compared = quantize_staged(folder, metadata, plan, samples)
         if not cfg.evaluate:
             return
-        onnx_report = evaluate_onnx(
-            ort_session(folder / MODEL_FILE, cfg.threads), loader, len(labels)
-        )
+        if compared is not None and compared.accuracy_int8 is not None and not cfg.gate_images:
+            onnx_accuracy, onnx_total = compared.accuracy_int8, compared.images  # the test split
+        else:
+            onnx_report = evaluate_onnx(
+                ort_session(folder / MODEL_FILE, cfg.threads), loader, len(labels)
+            )
+            onnx_accuracy, onnx_total = onnx_report.accuracy, onnx_report.total
         torch_report = evaluate_module(model, loader, len(labels))
         metadata["training"] |= {
-            "test_accuracy": round(onnx_report.accuracy, 4),
+            "test_accuracy": round(onnx_accuracy, 4),
             "test_accuracy_torch": round(torch_report.accuracy, 4),
-            "test_samples": onnx_report.total,
+            "test_samples": onnx_total,
         }
         logger.info(
             "test accuracy: onnxruntime %.4f, pytorch %.4f on %d images",
-            onnx_report.accuracy,
+            onnx_accuracy,
             torch_report.accuracy,
-            onnx_report.total,
+            onnx_total,
         )
         write_metadata(folder, metadata)
 
@@ -430,9 +501,84 @@ def export_pretrained(cfg: ExportConfig) -> Path:
         precision="float16" if cfg.fp16 else "float32",
         source=pretrained.source,
     )
-    target = stage_and_publish(model, spec, samples, cfg.repository, cfg.force)
+    after_write = None
+    if cfg.int8:
+        if cfg.calibration_data is not None:
+            calibration, held_out = folder_split(
+                cfg.calibration_data, cfg.calibration, cfg.gate_images, spec.labels
+            )
+        else:
+            fallback_notice()
+            photos = [sample_photo(name) for name in PHOTO_NAMES]
+            calibration, held_out = photo_split(photos, cfg.calibration, cfg.gate_images)
+
+        def preprocess(image: Image.Image) -> Images:
+            return transform(image).numpy()  # type: ignore[no-any-return]
+
+        plan = plan_from_sets(
+            calibration, held_out, preprocess, cfg.accept_accuracy_loss, cfg.threads
+        )
+
+        def after_write(folder: Path, metadata: dict[str, Any]) -> None:
+            quantize_staged(folder, metadata, plan, samples)
+
+    target = stage_and_publish(model, spec, samples, cfg.repository, cfg.force, after_write)
     logger.info("wrote %s", target)
     return target
+
+
+def checkpoint_int8_plan(
+    cfg: ExportConfig, data: DatasetBundle, pre: Preprocessing, test: DataLoader[Any]
+) -> Int8Plan:
+    """--int8 of a checkpoint: calibrated on a fixed random subset of the training split (or
+    --calibration-data), judged on the test split (`test`, or --gate-images of it) with its
+    labels."""
+    transform = eval_transform(pre)
+    if cfg.calibration_data is not None:
+        images, _ = folder_split(cfg.calibration_data, cfg.calibration, 0, data.labels)
+        calibration: Any = [(transform(images.image(i)), -1) for i in range(len(images))]
+        source = images.description
+    else:
+        calibration = subset(with_transform(data.train, transform), cfg.calibration)
+        source = f"{data.name} training split, a fixed random subset"
+    loader = DataLoader(calibration, batch_size=CALIBRATION_BATCH_SIZE, shuffle=False)
+
+    def calibrate() -> Iterator[Images]:
+        return (batch.numpy() for batch, _ in loader)
+
+    held_out = test
+    what = f"{data.name} test split"
+    if cfg.gate_images is not None:
+        held_out = split_loader(data, pre, cfg.gate_images)
+        what += ", a fixed random subset"
+
+    def evaluate() -> Iterator[tuple[Images, Labels]]:
+        return ((x.numpy(), y.numpy().astype(np.int64)) for x, y in held_out)
+
+    return Int8Plan(
+        calibration=calibrate,
+        calibration_count=len(calibration),
+        calibration_source=source,
+        evaluation=evaluate,
+        evaluation_source=what,
+        evaluation_count=len(held_out.dataset),  # type: ignore[arg-type]
+        accept_accuracy_loss=cfg.accept_accuracy_loss,
+        threads=cfg.threads,
+    )
+
+
+def quantize_staged(
+    folder: Path, metadata: dict[str, Any], plan: Int8Plan, samples: torch.Tensor
+) -> Comparison:
+    """--int8: replace the staged float32 model.onnx by its int8 graph (training/export_int8.py)
+    and record it in metadata.json; raises `UserError` when the accuracy gate refuses."""
+    export = metadata["export"]
+    changes, comparison = quantize_version(
+        folder, MODEL_FILE, samples.numpy(), plan, export["parity_max_abs_diff"]
+    )
+    export |= {**changes, "sha256": sha256_of(folder / MODEL_FILE)}
+    write_metadata(folder, metadata)
+    return comparison
 
 
 def parity_samples(data: DatasetBundle, pre: Preprocessing, count: int) -> torch.Tensor:

@@ -5,9 +5,10 @@ output of shape (N, num_classes), an opset ONNX Runtime loads), adds feature map
 outputs and renames the logits output `logits`, makes a fixed batch of 1 dynamic where that is
 safe, and writes model.onnx, metadata.json, the first conv layer's filter grid and, for a
 GAP + linear head, cam_weights.npy. Before writing, the original and the written graph run
-through ONNX Runtime on real photos and their logits must agree within 1e-4. Needs onnx and
-onnxruntime only, never torch. Each refusal is one ERROR line and exit status 2, with nothing
-written to the repository.
+through ONNX Runtime on real photos and their logits must agree within 1e-4. With --int8 the
+written graph is then statically quantized and kept only when it agrees with float32 on held-out
+images (training/export_int8.py). Needs onnx and onnxruntime only, never torch. Each refusal is
+one ERROR line and exit status 2, with nothing written to the repository.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ from PIL import Image, ImageOps
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.cli import positive_int, run_cli
 from training.errors import UserError
+from training.export_int8 import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_EVALUATION_IMAGES,
+    Images,
+    Int8Plan,
+    check_int8_options,
+    fallback_notice,
+    folder_split,
+    photo_split,
+    plan_from_sets,
+    quantize_version,
+)
 from training.labels import IMAGENET, IMAGENET_CLASSES, resolve_labels
 from training.onnx_check import (
     LOGITS_NAME,
@@ -180,6 +193,11 @@ class ImportConfig:
     preprocess: str = "imagenet"
     feature_maps: str = "auto"
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    int8: bool = False
+    calibration: int = DEFAULT_CALIBRATION_IMAGES
+    calibration_data: str | None = None
+    gate_images: int | None = None
+    accept_accuracy_loss: bool = False
 
 
 def one_line(err: BaseException) -> str:
@@ -367,15 +385,22 @@ def preprocess_image(image: Image.Image, pre: Preprocess) -> npt.NDArray[np.floa
     return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
 
 
-def parity_images(pre: Preprocess) -> npt.NDArray[np.float32]:
-    """(8, C, H, W): each bundled photo whole, mirrored and cropped two ways, preprocessed."""
-    views = []
+def sample_photos() -> list[Image.Image]:
+    """The photos the service bundles, RGB."""
+    photos = []
     for name in PHOTOS:
         try:
             with Image.open(PHOTO_DIR / name) as opened:
-                photo = opened.convert("RGB")
+                photos.append(opened.convert("RGB"))
         except OSError as err:
             raise UserError(f"cannot read the sample photo {PHOTO_DIR / name}: {err}") from err
+    return photos
+
+
+def parity_images(pre: Preprocess) -> npt.NDArray[np.float32]:
+    """(8, C, H, W): each bundled photo whole, mirrored and cropped two ways, preprocessed."""
+    views = []
+    for photo in sample_photos():
         views.append(ImageOps.mirror(photo))
         for left, upper, right, lower in VIEW_BOXES:
             w, h = photo.size
@@ -538,6 +563,9 @@ def main(cfg: ImportConfig) -> Path:
         raise UserError("--version must be at least 1")
     if cfg.max_batch_size < 1:
         raise UserError("--max-batch-size must be at least 1")
+    check_int8_options(
+        cfg.int8, cfg.calibration, cfg.calibration_data, cfg.gate_images, cfg.accept_accuracy_loss
+    )
     check_repository(cfg.repository, cfg.name)
     model = read_graph(cfg.model)
     info = input_info(model)
@@ -617,6 +645,7 @@ def main(cfg: ImportConfig) -> Path:
 
     graph, max_batch_size = decide_batch(written, info, images, cfg.max_batch_size)
     figure = parity_figure(graph, images, reference[logits], maps, batched=max_batch_size > 1)
+    plan = int8_plan(cfg, pre, labels, max_batch_size) if cfg.int8 else None
     filters = first_conv_weight(model)
     version = cfg.version or next_version(cfg.repository / cfg.name)
     with publishing(cfg.repository, cfg.name, version, cfg.force) as (staging, target):
@@ -669,9 +698,38 @@ def main(cfg: ImportConfig) -> Path:
             write_cam_weights(head.weights, staging / CAM_FILE)
             fm = output_name(names[head.feature_tensor])
             metadata["cam"] = {"feature_map": fm, "weights": CAM_FILE}
+        if plan is not None:
+            changes, _ = quantize_version(staging, MODEL_FILE, images, plan, figure)
+            metadata["export"] |= {**changes, "sha256": sha256_of(staging / MODEL_FILE)}
         write_metadata(staging, metadata)
     logger.info("wrote %s", target)
     return target
+
+
+def int8_plan(
+    cfg: ImportConfig, pre: Preprocess, labels: list[str], max_batch_size: int
+) -> Int8Plan:
+    """--int8: calibration and held-out images, disjoint, from --calibration-data or else
+    random crops of the sample photos the service bundles (scikit-learn's full-size copies need
+    the training extra; these need nothing)."""
+    if cfg.calibration_data is not None:
+        calibration, held_out = folder_split(
+            cfg.calibration_data, cfg.calibration, cfg.gate_images, labels
+        )
+    else:
+        fallback_notice()
+        calibration, held_out = photo_split(sample_photos(), cfg.calibration, cfg.gate_images)
+
+    def preprocess(image: Image.Image) -> Images:
+        return preprocess_image(image, pre)
+
+    return plan_from_sets(
+        calibration,
+        held_out,
+        preprocess,
+        cfg.accept_accuracy_loss,
+        max_batch_size=max_batch_size,
+    )
 
 
 def class_labels(choice: str | None, num_classes: int) -> list[str]:
@@ -808,6 +866,36 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=d.max_batch_size,
         help="largest batch the service sends (1 where the batch axis cannot be dynamic)",
+    )
+    int8 = p.add_argument_group("int8 (statically quantized with ONNX Runtime, for CPUs)")
+    int8.add_argument(
+        "--int8",
+        action="store_true",
+        help="uint8 activations and int8 per-channel weights (inputs and outputs stay float32); "
+        "written only when top-1 agreement with float32 is at least 99%% (and, where the "
+        "held-out images are labelled, accuracy drops at most 1 percentage point)",
+    )
+    int8.add_argument(
+        "--calibration",
+        type=positive_int,
+        default=d.calibration,
+        help="images to calibrate activation ranges on",
+    )
+    int8.add_argument(
+        "--calibration-data",
+        help="imagefolder:PATH: calibrate on its images and compare on others (PATH/train and "
+        "PATH/val or PATH/test where they exist); default: crops of the bundled photos",
+    )
+    int8.add_argument(
+        "--gate-images",
+        type=positive_int,
+        help="held-out images the accuracy gate compares float32 and int8 on (default: all of "
+        f"PATH/val, else {DEFAULT_EVALUATION_IMAGES})",
+    )
+    int8.add_argument(
+        "--accept-accuracy-loss",
+        action="store_true",
+        help="write the int8 version even when the accuracy gate refuses it",
     )
     return p
 

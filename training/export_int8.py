@@ -1,0 +1,573 @@
+"""Opt-in INT8 export (`training.export --int8`, `training.import_onnx --int8`): the float32 graph
+statically quantized with ONNX Runtime's own tooling, kept only when an accuracy gate passes.
+
+1. `onnxruntime.quantization.shape_inference.quant_pre_process` folds and fuses the float32 graph
+   (ONNX shape inference; symbolic shape inference, which needs sympy, adds nothing for CNNs).
+2. `onnxruntime.quantization.quantize_static` calibrates activation ranges (MinMax) on the
+   calibration images and writes a QDQ graph: uint8 activations, int8 weights per output channel.
+   QDQ rather than QOperator: on this project's CPU both run equally fast (ONNX Runtime fuses
+   QuantizeLinear → Conv → DequantizeLinear into QLinearConv when it loads the graph), and only QDQ
+   also runs on the CUDA and TensorRT providers. uint8 rather than int8 activations: ONNX
+   Runtime's x86 kernels take the VNNI fast path for uint8 × int8 only; int8 × int8 ran no faster
+   than float32 (docs/training.md, "INT8 export").
+3. The gate: on held-out images, never the calibration ones, the float32 and the int8 graph are
+   compared: top-1 agreement at least `MIN_AGREEMENT` and, where the images have labels, an
+   accuracy drop of at most `MAX_ACCURACY_DROP`; otherwise the export refuses (one `UserError`)
+   unless the loss is accepted explicitly.
+
+The input, `logits` and every `fm.<layer>` output stay float32 (DequantizeLinear before each), so
+the service, clients and metadata see no change but `export.precision: "int8"`.
+
+No torch: `training.import_onnx` uses this with the service extra alone (onnx, onnxruntime,
+numpy, Pillow); the calibration progress bar is drawn where tqdm is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from PIL import Image, ImageOps
+
+from training.errors import UserError
+from training.onnx_check import LOGITS_NAME, Arrays, ort_session, parity_errors, run_onnx
+
+logger = logging.getLogger(__name__)
+DEFAULT_CALIBRATION_IMAGES = 256
+# Held-out images the gate compares on without a test split or val/ folder (photo crops, the
+# rest of a flat image folder); `--gate-images` chooses.
+DEFAULT_EVALUATION_IMAGES = 256
+MIN_AGREEMENT = 0.99  # top-1 of int8 equal to float32's on at least 99 % of held-out images
+MAX_ACCURACY_DROP = 0.01  # and test accuracy at most 1 percentage point lower
+CALIBRATION_BATCH_SIZE = 16
+EVALUATION_BATCH_SIZE = 64
+PROGRESS_DELAY_S = 2.0  # draw a bar only for steps that take longer
+IMAGEFOLDER_PREFIX = "imagefolder:"
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+)
+SPLIT_SEED = 0
+# Random crops of the bundled photos: each side at least this fraction of the photo's.
+MIN_CROP_FRACTION = 0.3
+QUANTIZATION = {
+    "tool": "onnxruntime.quantization.quantize_static",
+    "format": "QDQ",
+    "activations": "uint8, per tensor",
+    "weights": "int8, per channel",
+    "calibrate_method": "MinMax",
+}
+# A BatchNormalization that could not be folded into its conv (the conv's output is a feature
+# map) has rank-1 scales: one per channel along axis 0, not the default axis 1 of conv weights.
+EXTRA_OPTIONS = {"QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}}
+# ONNX Runtime's own exceptions derive from Exception, not RuntimeError.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    RuntimeError,
+    ValueError,
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
+Images = npt.NDArray[np.float32]  # (N, C, H, W), preprocessed as the service does
+Labels = npt.NDArray[np.int64]  # (N,) class indices
+Preprocess = Callable[[Image.Image], Images]  # one PIL image -> (C, H, W)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images for calibration or for the gate, read when needed: files or in-memory views, with
+    class indices where the source knows them in the model's labels."""
+
+    description: str
+    items: Sequence[Path | Image.Image]
+    labels: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, index: int) -> Image.Image:
+        item = self.items[index]
+        if isinstance(item, Image.Image):
+            return item
+        try:
+            with Image.open(item) as opened:
+                return opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise UserError(f"calibration data: cannot read image {item}: {err}") from err
+
+    def batches(self, preprocess: Preprocess, batch_size: int) -> Iterator[tuple[Images, Labels]]:
+        """(images, labels) in order; labels are -1 where unknown."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            images = np.stack([preprocess(self.image(i)) for i in range(start, stop)])
+            known = self.labels[start:stop] if self.labels is not None else [-1] * (stop - start)
+            yield images.astype(np.float32), np.asarray(known, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """Where calibration and the gate's held-out images come from.
+
+    `calibration()` yields image batches (`calibration_count` images in all); `evaluation()`
+    yields (images, labels) batches, labels -1 where unknown (agreement only).
+    """
+
+    calibration: Callable[[], Iterable[Images]]
+    calibration_count: int
+    calibration_source: str
+    evaluation: Callable[[], Iterable[tuple[Images, Labels]]]
+    evaluation_source: str
+    evaluation_count: int | None = None  # for the progress bar
+    accept_accuracy_loss: bool = False
+    threads: int | None = None
+    max_batch_size: int | None = None  # a graph that runs only this many images at a time
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """float32 against int8 on the gate's held-out images."""
+
+    images: int
+    agreement: float
+    accuracy_float32: float | None = None
+    accuracy_int8: float | None = None
+    logits_max_abs_diff: float = 0.0
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.accuracy_float32 is None or self.accuracy_int8 is None:
+            return None
+        return self.accuracy_float32 - self.accuracy_int8
+
+    def problems(self) -> list[str]:
+        """Why the gate refuses; empty when it passes (NaN figures fail)."""
+        found = []
+        if not self.agreement >= MIN_AGREEMENT:
+            found.append(f"top-1 agreement {self.agreement:.2%} < {MIN_AGREEMENT:.0%}")
+        drop = self.accuracy_drop
+        if drop is not None and not drop <= MAX_ACCURACY_DROP:
+            found.append(
+                f"accuracy {self.accuracy_float32:.4f} -> {self.accuracy_int8:.4f}, a drop of "
+                f"{100 * drop:.2f} > {100 * MAX_ACCURACY_DROP:g} percentage points"
+            )
+        return found
+
+    def describe(self) -> str:
+        text = f"top-1 agreement {self.agreement:.2%}"
+        if self.accuracy_float32 is not None and self.accuracy_int8 is not None:
+            text += f", accuracy float32 {self.accuracy_float32:.4f} int8 {self.accuracy_int8:.4f}"
+        return text
+
+
+class Progress:
+    """A tqdm bar once a step has run `PROGRESS_DELAY_S`; nothing where tqdm is not installed."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar: Any = None
+        if importlib.util.find_spec("tqdm") is not None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img", delay=PROGRESS_DELAY_S, leave=False)
+
+    def update(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        err: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class BatchReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
+    """Feeds calibration batches to `quantize_static`, advancing the progress bar."""
+
+    def __init__(self, input_name: str, batches: Iterable[Images], progress: Progress) -> None:
+        self.input_name = input_name
+        self.batches = iter(batches)
+        self.progress = progress
+        self.seen = 0
+
+    def get_next(self) -> dict[str, Images] | None:
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        self.seen += len(batch)
+        self.progress.update(len(batch))
+        return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def quantize_model(source: Path, target: Path, plan: Int8Plan) -> int:
+    """Write the int8 QDQ graph of the float32 graph `source` to `target`; returns the number
+    of calibration images it was calibrated on."""
+    graph = onnx.load(str(source), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}  # older graphs list weights as inputs too
+    input_name = next(i.name for i in graph.input if i.name not in constants)
+    with tempfile.TemporaryDirectory(prefix="convserve-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            with Progress(plan.calibration_count, "calibrating") as progress:
+                reader = BatchReader(input_name, plan.calibration(), progress)
+                quantize_static(
+                    str(prepared),
+                    str(target),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options=EXTRA_OPTIONS,
+                )
+        except ORT_ERRORS as err:
+            message = " ".join(str(err).split())
+            raise UserError(f"int8 quantization failed: {message}") from err
+    if reader.seen == 0:
+        raise UserError("int8 quantization: no calibration images")
+    return reader.seen
+
+
+def run_chunked(
+    session: ort.InferenceSession,
+    images: Images,
+    outputs: list[str] | None = None,
+    chunk: int | None = None,
+) -> Arrays:
+    """`run_onnx` in runs of at most `chunk` images (None: one run)."""
+    if chunk is None or len(images) <= chunk:
+        return run_onnx(session, images, outputs)
+    runs = [run_onnx(session, images[i : i + chunk], outputs) for i in range(0, len(images), chunk)]
+    return {name: np.concatenate([run[name] for run in runs]) for name in runs[0]}
+
+
+def compare(
+    float32: ort.InferenceSession,
+    int8: ort.InferenceSession,
+    batches: Iterable[tuple[Images, Labels]],
+    total: int | None = None,
+    chunk: int | None = None,
+) -> Comparison:
+    """Top-1 agreement of the two graphs on `batches` and, where every image has a label
+    (>= 0), the accuracy of each."""
+    count = agree = labelled = right32 = right8 = 0
+    worst = 0.0
+    with Progress(total or 0, "int8 vs float32") as progress:
+        for images, labels in batches:
+            reference = run_chunked(float32, images, [LOGITS_NAME], chunk)
+            got = run_chunked(int8, images, [LOGITS_NAME], chunk)
+            worst = max(worst, parity_errors(reference, got)[LOGITS_NAME])
+            top32 = reference[LOGITS_NAME].argmax(axis=1)
+            top8 = got[LOGITS_NAME].argmax(axis=1)
+            known = labels >= 0
+            count += len(images)
+            agree += int((top32 == top8).sum())
+            labelled += int(known.sum())
+            right32 += int((top32 == labels)[known].sum())
+            right8 += int((top8 == labels)[known].sum())
+            progress.update(len(images))
+    if count == 0:
+        raise UserError("int8 accuracy gate: no held-out images to compare on")
+    # Accuracy only where every image has a label: a partly labelled set measures nothing whole.
+    every = labelled == count
+    return Comparison(
+        images=count,
+        agreement=agree / count,
+        accuracy_float32=right32 / count if every else None,
+        accuracy_int8=right8 / count if every else None,
+        logits_max_abs_diff=worst,
+    )
+
+
+def quantize_version(
+    folder: Path, model_file: str, parity_images: Images, plan: Int8Plan, float32_parity: float
+) -> tuple[dict[str, Any], Comparison]:
+    """Replace `folder/model_file` (float32) by its int8 graph if the gate passes.
+
+    Returns the metadata `export` fields that change (precision, opset, parity against the float32
+    graph on `parity_images`, `quantization` with `float32_parity`, the float32 graph's own parity
+    figure) and the comparison; raises `UserError` when the gate refuses and the loss is not
+    accepted (the caller discards the folder).
+    """
+    path = folder / model_file
+    with tempfile.TemporaryDirectory(prefix="convserve-float32-") as tmp:
+        float_path = Path(tmp) / model_file
+        shutil.move(path, float_path)
+        logger.info(
+            "int8: calibrating on %d images (%s)", plan.calibration_count, plan.calibration_source
+        )
+        calibrated = quantize_model(float_path, path, plan)
+        float32 = ort_session(float_path, plan.threads)
+        int8 = ort_session(path, plan.threads)
+        check_outputs(float32, int8)
+        chunk = plan.max_batch_size
+        parity = parity_errors(
+            run_chunked(float32, parity_images, chunk=chunk),
+            run_chunked(int8, parity_images, chunk=chunk),
+        )
+        comparison = compare(float32, int8, plan.evaluation(), plan.evaluation_count, chunk)
+    report = (
+        f"int8 against float32 on {comparison.images} held-out images "
+        f"({plan.evaluation_source}): {comparison.describe()}"
+    )
+    problems = comparison.problems()
+    if problems and not plan.accept_accuracy_loss:
+        raise UserError(
+            f"int8 accuracy gate refused: {'; '.join(problems)} on {comparison.images} held-out "
+            f"images ({plan.evaluation_source}); nothing written (pass --accept-accuracy-loss to "
+            "write it anyway)"
+        )
+    if problems:
+        logger.warning(
+            "%s; written anyway (--accept-accuracy-loss): %s", report, "; ".join(problems)
+        )
+    else:
+        logger.info("%s", report)
+    drop = comparison.accuracy_drop
+    quantization: dict[str, Any] = {
+        **QUANTIZATION,
+        "onnxruntime": ort.__version__,
+        "calibration": {"source": plan.calibration_source, "images": calibrated},
+        "evaluation": {"source": plan.evaluation_source, "images": comparison.images},
+        "top1_agreement": round(comparison.agreement, 6),
+        **(
+            {
+                "accuracy_float32": round(comparison.accuracy_float32, 6),
+                "accuracy_int8": round(comparison.accuracy_int8, 6),
+                "accuracy_drop_pp": round(100 * drop, 4),
+            }
+            if comparison.accuracy_float32 is not None
+            and comparison.accuracy_int8 is not None
+            and drop is not None
+            else {}
+        ),
+        "logits_max_abs_diff": comparison.logits_max_abs_diff,
+        "float32_parity_max_abs_diff": float32_parity,
+        "gate": {
+            "min_top1_agreement": MIN_AGREEMENT,
+            "max_accuracy_drop_pp": 100 * MAX_ACCURACY_DROP,
+            "passed": not problems,
+        },
+    }
+    export = {
+        "precision": "int8",
+        "opset": default_opset(path),
+        "parity_reference": "float32 graph",
+        "parity_tolerance": None,
+        "parity_max_abs_diff": max(parity.values()),
+        "parity_per_output": parity,
+        "quantization": quantization,
+    }
+    return export, comparison
+
+
+def check_outputs(float32: ort.InferenceSession, int8: ort.InferenceSession) -> None:
+    """The int8 graph keeps the float32 graph's input and outputs: names, order, float32."""
+    want = [(o.name, o.type) for o in float32.get_outputs()]
+    got = [(o.name, o.type) for o in int8.get_outputs()]
+    inputs = [(i.name, i.type) for i in int8.get_inputs()]
+    if got != want or inputs != [(i.name, i.type) for i in float32.get_inputs()]:
+        raise UserError(f"the int8 graph changed the inputs or outputs: {inputs} -> {got}")
+
+
+def default_opset(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return int(next(o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}))
+
+
+def check_int8_options(
+    int8: bool,
+    calibration: int,
+    calibration_data: str | None,
+    gate_images: int | None,
+    accept_accuracy_loss: bool,
+) -> None:
+    """The --int8 options of both commands: none without --int8, counts at least 1."""
+    given = [
+        flag
+        for flag, on in (
+            ("--calibration", calibration != DEFAULT_CALIBRATION_IMAGES),
+            ("--calibration-data", calibration_data is not None),
+            ("--gate-images", gate_images is not None),
+            ("--accept-accuracy-loss", accept_accuracy_loss),
+        )
+        if on
+    ]
+    if given and not int8:
+        raise UserError(f"{', '.join(given)} go with --int8")
+    if calibration < 1 or (gate_images is not None and gate_images < 1):
+        raise UserError("--calibration and --gate-images must be at least 1")
+
+
+# --- calibration and held-out images without a training set -----------------------------------
+def folder_of(spec: str) -> Path:
+    """`imagefolder:PATH` → PATH, a directory."""
+    if not spec.startswith(IMAGEFOLDER_PREFIX) or not spec.removeprefix(IMAGEFOLDER_PREFIX):
+        raise UserError(f"--calibration-data {spec!r}: expected {IMAGEFOLDER_PREFIX}PATH")
+    path = Path(spec.removeprefix(IMAGEFOLDER_PREFIX)).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--calibration-data {spec}: {path} is not a directory")
+    return path
+
+
+def image_files(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def with_labels(
+    description: str, root: Path, files: Sequence[Path], labels: Sequence[str]
+) -> ImageSet:
+    """`files` with a class index each where its class folder (first folder below `root`) is
+    one of the model's `labels`; without labels unless every file has one."""
+    index = {label: i for i, label in enumerate(labels)}
+    classes = [
+        index.get(f.relative_to(root).parts[0]) if len(f.relative_to(root).parts) > 1 else None
+        for f in files
+    ]
+    known = [c for c in classes if c is not None]
+    return ImageSet(description, list(files), known if len(known) == len(files) else None)
+
+
+def folder_split(
+    spec: str, calibration: int, evaluation: int | None, labels: Sequence[str]
+) -> tuple[ImageSet, ImageSet]:
+    """Calibration and held-out images from `imagefolder:PATH`, disjoint.
+
+    Where PATH/train and PATH/val (or PATH/test) exist: `calibration` images of train/, a fixed
+    random choice, and `evaluation` of val/ (None: all of them). Otherwise one fixed shuffle of
+    every image below PATH: its first `calibration` images, then the next `evaluation` (None:
+    `DEFAULT_EVALUATION_IMAGES`).
+    """
+    root = folder_of(spec)
+    rng = np.random.default_rng(SPLIT_SEED)
+    train = root / "train"
+    held = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if train.is_dir() and held is not None:
+        calib_files, eval_files = image_files(train), image_files(held)
+        calib = [calib_files[i] for i in rng.permutation(len(calib_files))[:calibration]]
+        picked = [eval_files[i] for i in sorted(rng.permutation(len(eval_files))[:evaluation])]
+        if not calib:
+            raise UserError(f"--calibration-data {spec}: no images in {train}")
+        return (
+            ImageSet(f"{spec} train/, {len(calib)} of {len(calib_files)}", calib),
+            with_labels(
+                f"{spec} {held.name}/, {len(picked)} of {len(eval_files)}", held, picked, labels
+            ),
+        )
+    files = image_files(root)
+    order = rng.permutation(len(files))
+    stop = calibration + (DEFAULT_EVALUATION_IMAGES if evaluation is None else evaluation)
+    calib = [files[i] for i in order[:calibration]]
+    picked = [files[i] for i in order[calibration:stop]]
+    if not calib:
+        raise UserError(f"--calibration-data {spec}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return (
+        ImageSet(f"{spec}, shuffled: the first {len(calib)}", calib),
+        with_labels(f"{spec}, shuffled: the next {len(picked)}", root, picked, labels),
+    )
+
+
+def photo_split(
+    photos: Sequence[Image.Image], calibration: int, evaluation: int | None
+) -> tuple[ImageSet, ImageSet]:
+    """Random crops (and their mirror images) of the bundled photos: the first `calibration`
+    to calibrate, the next `evaluation` for the gate; every crop box differs."""
+    evaluation = DEFAULT_EVALUATION_IMAGES if evaluation is None else evaluation
+    rng = np.random.default_rng(SPLIT_SEED)
+    views: list[Image.Image] = []
+    boxes: set[tuple[int, int, int, int, int, bool]] = set()
+    while len(views) < calibration + evaluation:
+        which = int(rng.integers(len(photos)))
+        photo = photos[which]
+        width, height = photo.size
+        crop_w = int(width * rng.uniform(MIN_CROP_FRACTION, 1.0))
+        crop_h = int(height * rng.uniform(MIN_CROP_FRACTION, 1.0))
+        left = int(rng.integers(0, width - crop_w + 1))
+        upper = int(rng.integers(0, height - crop_h + 1))
+        mirrored = bool(rng.integers(2))
+        key = (which, left, upper, crop_w, crop_h, mirrored)
+        if key in boxes:
+            continue
+        boxes.add(key)
+        view = photo.crop((left, upper, left + crop_w, upper + crop_h))
+        views.append(ImageOps.mirror(view) if mirrored else view)
+    what = f"random crops of the bundled photos, seed {SPLIT_SEED}"
+    return (
+        ImageSet(f"{what}: the first {calibration}", views[:calibration]),
+        ImageSet(f"{what}: the next {evaluation}", views[calibration:]),
+    )
+
+
+def plan_from_sets(
+    calibration: ImageSet,
+    evaluation: ImageSet,
+    preprocess: Preprocess,
+    accept_accuracy_loss: bool,
+    threads: int | None = None,
+    max_batch_size: int | None = None,
+) -> Int8Plan:
+    """The plan for images that are not a training set's (photos, an image folder)."""
+    if len(evaluation) == 0:
+        raise UserError(
+            f"{evaluation.description}: no images left to compare float32 and int8 on; give the "
+            "folder train/ and val/ subfolders, more images, or a smaller --calibration"
+        )
+
+    calibration_batch = min(CALIBRATION_BATCH_SIZE, max_batch_size or CALIBRATION_BATCH_SIZE)
+
+    def calibrate() -> Iterator[Images]:
+        return (images for images, _ in calibration.batches(preprocess, calibration_batch))
+
+    def evaluate() -> Iterator[tuple[Images, Labels]]:
+        return evaluation.batches(preprocess, EVALUATION_BATCH_SIZE)
+
+    return Int8Plan(
+        calibration=calibrate,
+        calibration_count=len(calibration),
+        calibration_source=calibration.description,
+        evaluation=evaluate,
+        evaluation_source=evaluation.description
+        + (", labelled" if evaluation.labels is not None else ""),
+        evaluation_count=len(evaluation),
+        accept_accuracy_loss=accept_accuracy_loss,
+        threads=threads,
+        max_batch_size=max_batch_size,
+    )
+
+
+def fallback_notice() -> None:
+    logger.warning(
+        "int8: no --calibration-data: calibrating on random crops of the bundled photos and "
+        "comparing on other crops; pass --calibration-data imagefolder:PATH with images like the "
+        "model's inputs for a representative calibration"
+    )
