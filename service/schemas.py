@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.metadata import Source
+from service.metadata import Precision, Source
 
 DEFAULT_TOP_K = 5
 DEFAULT_CHANNELS = 16
@@ -138,6 +138,10 @@ class ModelDetail(BaseModel):
     source: Source = Field(
         description="Where the weights came from (metadata.json `source`); a version whose "
         'metadata has none was exported from a convserve training run: {"kind": "training"}.'
+    )
+    precision: Precision = Field(
+        description="Weights and compute of model.onnx (metadata.json `export.precision`): "
+        "float32, float16 or int8; inputs and outputs are float32 either way."
     )
 
 

@@ -63,6 +63,7 @@ def _detail(manager: ModelManager, model: str, version: int | None) -> ModelDeta
         max_batch_size=meta.max_batch_size,
         training=meta.training,
         source=meta.source or TRAINING_SOURCE,
+        precision=meta.export.precision,
     )
 
 
