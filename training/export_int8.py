@@ -38,7 +38,6 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -50,7 +49,14 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image, ImageOps
 
 from training.errors import UserError
-from training.onnx_check import LOGITS_NAME, Arrays, ort_session, parity_errors, run_onnx
+from training.onnx_check import (
+    LOGITS_NAME,
+    ORT_ERRORS,
+    Arrays,
+    ort_session,
+    parity_errors,
+    run_onnx,
+)
 
 logger = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 256
@@ -79,16 +85,6 @@ QUANTIZATION = {
 # A BatchNormalization that could not be folded into its conv (the conv's output is a feature
 # map) has rank-1 scales: one per channel along axis 0, not the default axis 1 of conv weights.
 EXTRA_OPTIONS = {"QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}}
-# ONNX Runtime's own exceptions derive from Exception, not RuntimeError.
-ORT_ERRORS: tuple[type[Exception], ...] = (
-    RuntimeError,
-    ValueError,
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-    ort_state.InvalidGraph,
-    ort_state.NotImplemented,
-    ort_state.RuntimeException,
-)
 Images = npt.NDArray[np.float32]  # (N, C, H, W), preprocessed as the service does
 Labels = npt.NDArray[np.int64]  # (N,) class indices
 Preprocess = Callable[[Image.Image], Images]  # one PIL image -> (C, H, W)

@@ -28,7 +28,6 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from PIL import Image, ImageOps
 
 from training.artifacts import sha256_of, write_cam_weights, write_filters
@@ -49,6 +48,7 @@ from training.export_int8 import (
 from training.labels import IMAGENET, IMAGENET_CLASSES, resolve_labels
 from training.onnx_check import (
     LOGITS_NAME,
+    ORT_ERRORS,
     PARITY_TOLERANCE,
     Arrays,
     ort_session,
@@ -125,18 +125,6 @@ ALL_MAP_OPS = frozenset(
         "Tanh",
         "Clip",
     }
-)
-# ONNX Runtime's own exceptions derive from Exception, not RuntimeError.
-ORT_ERRORS: tuple[type[Exception], ...] = (
-    RuntimeError,
-    ValueError,
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-    ort_state.InvalidGraph,
-    ort_state.InvalidProtobuf,
-    ort_state.NoSuchFile,
-    ort_state.NotImplemented,
-    ort_state.RuntimeException,
 )
 ORT_SOURCE_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ [^(]*\([^)]*\) ")
 ColorMode = Literal["L", "RGB"]
