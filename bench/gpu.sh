@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark on a GPU host (unmeasured so far: no GPU was lent to the tasks that wrote it).
+# The benchmark on a GPU host (no GPU figures yet).
 #
 #   bench/gpu.sh [compare.py flags]          # e.g. --models resnet50 --duration 6
 #

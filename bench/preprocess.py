@@ -1,4 +1,4 @@
-"""Decode + preprocessing, stage by stage: the pipeline before issue 8 and today's, same run.
+"""Decode + preprocessing, stage by stage: the earlier pipeline and today's, same run.
 
     .venv/bin/python bench/preprocess.py [--repeat 50]
 
@@ -138,7 +138,7 @@ def cases(tmp: Path) -> list[Case]:
 
 
 def before(case: Case) -> dict[str, Stage]:
-    """The pre-issue-8 pipeline, stage by stage (its arithmetic, its copies)."""
+    """The earlier pipeline, stage by stage (its arithmetic, its copies)."""
     spec, mode = case.metadata.preprocessing, case.metadata.input.color_mode
 
     def decode(opened: Image.Image) -> Image.Image:

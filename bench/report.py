@@ -79,7 +79,7 @@ def model_table(entry: dict[str, Any]) -> list[str]:
 
 
 def verdicts(entry: dict[str, Any]) -> list[str]:
-    """The issue's targets for one model, each met or missed with the figures."""
+    """The benchmark's targets for one model, each met or missed with the figures."""
     model, rows, ceil = entry["model"], entry["rows"], entry["ceiling"]
     conv = by(rows, "convserve")
     if not conv:

@@ -50,9 +50,9 @@ class ConvserveApp(FastAPI):
     limit. The edge catches every exception first and limits the body itself, so with FastAPI's
     telemetry unconfigured (no OpenTelemetry SDK set up) those layers do nothing for an HTTP
     request but cost it five coroutine frames, each resumed at every await (docs/benchmarks.md,
-    item 21). With telemetry configured, a root path set, or a middleware added outside the
-    edge, every request takes FastAPI's whole path; telemetry is looked at once, at the first
-    request (OpenTelemetry set up later than that is not seen)."""
+    "Where the time goes"). With telemetry configured, a root path set, or a middleware added
+    outside the edge, every request takes FastAPI's whole path; telemetry is looked at once, at
+    the first request (OpenTelemetry set up later than that is not seen)."""
 
     _edge: ASGIApp | None = None
     _edge_searched = False

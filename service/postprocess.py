@@ -23,7 +23,7 @@ from service.schemas import (
 ALL_LAYERS = "all"
 # Up to this many classes, softmax and top-k run in plain Python: each numpy call costs
 # microseconds of dispatch, more than the arithmetic on a few values (LeNet-5: 250 -> 220 us of
-# event-loop time per request, docs/benchmarks.md item 20); more (ImageNet's 1000) in numpy.
+# event-loop time per request); more (ImageNet's 1000) in numpy.
 # Both give the same probabilities and break ties by the lower index.
 PYTHON_MAX_CLASSES = 128
 

@@ -1,12 +1,12 @@
 """Several server processes on one port (`CONVSERVE_WORKERS` > 1).
 
-One Python event loop answers ~1,500 small-model requests a second (docs/benchmarks.md); more
-need more processes. uvicorn's supervisor binds the port once and starts the workers, restarting
-any that dies. Each worker builds the same Settings from the environment (`settings_env`) and
-loads its own models, batchers and ORT sessions: memory grows with the workers and batches form
-per worker. Metrics are shared through prometheus_client's multiprocess files, so any worker's
-/metrics answers for all of them. Repository load/unload would reach one worker only, so they
-are refused (409); MODEL_POLL_SECONDS reloads every worker from the folder instead.
+One Python event loop caps how many small-model requests a second one process answers
+(docs/benchmarks.md); more need more processes. uvicorn's supervisor binds the port once and starts
+the workers, restarting any that dies. Each worker builds the same Settings from the environment
+(`settings_env`) and loads its own models, batchers and ORT sessions: memory grows with the workers
+and batches form per worker. Metrics are shared through prometheus_client's multiprocess files, so
+any worker's /metrics answers for all of them. Repository load/unload would reach one worker only,
+so they are refused (409); MODEL_POLL_SECONDS reloads every worker from the folder instead.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ SOLO_GAIN = 0.8
 # SOLO_MAX_TRIALS rounds), the fastest run of each compared: a disturbance (the decoders' warm-up,
 # another model loading) then slows both. Timed one after the other, 3 runs each, LeNet-5's own
 # session was once measured at 0.26 ms against 0.04 and the solo session kept: c=1 fell from
-# ~1,950 to ~1,230 requests/s in-process (docs/benchmarks.md item 21).
+# ~1,950 to ~1,230 requests/s in-process.
 SOLO_TRIALS = 5
 SOLO_MAX_TRIALS = 50
 SOLO_MIN_S = 0.05
@@ -244,7 +244,7 @@ class Runtime:
         # it: ~4 ms of CPU per 5 ms idle gap, taken from HTTP handling and decoding on a few
         # shared cores). Only for the sessions that run alone, the only instance and the solo
         # one (taken when no other batch runs): two spinning side by side would oversubscribe
-        # the cores. Elsewhere idle threads sleep (docs/benchmarks.md, item 19).
+        # the cores. Elsewhere idle threads sleep (docs/benchmarks.md, "Defaults").
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.add_session_config_entry("session.force_spinning_stop", "1")
         try:

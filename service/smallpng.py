@@ -2,7 +2,7 @@
 
 A 28x28 greyscale PNG costs Pillow ~50 us of Python (open, plugin, decoder set-up, EXIF), and
 libspng ~6 us; on the tiny model that is a fifth of the event loop's time per request
-(docs/benchmarks.md, item 22). PNG is lossless, so both give the same pixels; this path takes
+(docs/benchmarks.md). PNG is lossless, so both give the same pixels; this path takes
 only the files where nothing else can differ, and leaves every other one to Pillow:
 
 - 8-bit greyscale or RGB, already in the model's colour mode (no conversion), not interlaced;

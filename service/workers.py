@@ -81,8 +81,8 @@ class InstanceThread:
     ) -> asyncio.Future[Outputs]:
         """Run `fn` on this thread; its outcome lands in the returned future of the calling
         event loop with one `call_soon_threadsafe` (a concurrent future wrapped for the loop
-        cost the loop ~12 us more per batch, docs/benchmarks.md item 20). Past `timeout_s` the
-        future fails with `Stalled` (the run itself cannot be interrupted)."""
+        cost the loop ~12 us more per batch). Past `timeout_s` the future fails with `Stalled`
+        (the run itself cannot be interrupted)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         watchdog = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
