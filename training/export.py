@@ -86,6 +86,7 @@ from training.onnx_io import (
 from training.pretrained import build_pretrained, load_pretrained
 from training.publish import (
     CAM_FILE,
+    DEFAULT_MAX_BATCH_SIZE,
     MODEL_FILE,
     NAME_PATTERN,
     check_name,
@@ -97,7 +98,6 @@ from training.publish import (
 from training.registry import get_spec
 
 logger = logging.getLogger(__name__)
-DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PARITY_SAMPLES = 32
 
 

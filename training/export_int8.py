@@ -52,11 +52,11 @@ from training.errors import UserError
 from training.onnx_check import (
     LOGITS_NAME,
     ORT_ERRORS,
-    Arrays,
     ort_session,
     parity_errors,
-    run_onnx,
+    run_rows,
 )
+from training.onnx_graph import default_opset
 
 logger = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 256
@@ -252,19 +252,6 @@ def quantize_model(source: Path, target: Path, plan: Int8Plan) -> int:
     return reader.seen
 
 
-def run_chunked(
-    session: ort.InferenceSession,
-    images: Images,
-    outputs: list[str] | None = None,
-    chunk: int | None = None,
-) -> Arrays:
-    """`run_onnx` in runs of at most `chunk` images (None: one run)."""
-    if chunk is None or len(images) <= chunk:
-        return run_onnx(session, images, outputs)
-    runs = [run_onnx(session, images[i : i + chunk], outputs) for i in range(0, len(images), chunk)]
-    return {name: np.concatenate([run[name] for run in runs]) for name in runs[0]}
-
-
 def compare(
     float32: ort.InferenceSession,
     int8: ort.InferenceSession,
@@ -278,8 +265,8 @@ def compare(
     worst = 0.0
     with Progress(total or 0, "int8 vs float32") as progress:
         for images, labels in batches:
-            reference = run_chunked(float32, images, [LOGITS_NAME], chunk)
-            got = run_chunked(int8, images, [LOGITS_NAME], chunk)
+            reference = run_rows(float32, images, [LOGITS_NAME], chunk)
+            got = run_rows(int8, images, [LOGITS_NAME], chunk)
             worst = max(worst, parity_errors(reference, got)[LOGITS_NAME])
             top32 = reference[LOGITS_NAME].argmax(axis=1)
             top8 = got[LOGITS_NAME].argmax(axis=1)
@@ -326,8 +313,8 @@ def quantize_version(
         check_outputs(float32, int8)
         chunk = plan.max_batch_size
         parity = parity_errors(
-            run_chunked(float32, parity_images, chunk=chunk),
-            run_chunked(int8, parity_images, chunk=chunk),
+            run_rows(float32, parity_images, chunk=chunk),
+            run_rows(int8, parity_images, chunk=chunk),
         )
         comparison = compare(float32, int8, plan.evaluation(), plan.evaluation_count, chunk)
     report = (
@@ -375,7 +362,7 @@ def quantize_version(
     }
     export = {
         "precision": "int8",
-        "opset": default_opset(path),
+        "opset": default_opset(onnx.load(str(path), load_external_data=False)),
         "parity_reference": "float32 graph",
         "parity_tolerance": None,
         "parity_max_abs_diff": max(parity.values()),
@@ -392,11 +379,6 @@ def check_outputs(float32: ort.InferenceSession, int8: ort.InferenceSession) -> 
     inputs = [(i.name, i.type) for i in int8.get_inputs()]
     if got != want or inputs != [(i.name, i.type) for i in float32.get_inputs()]:
         raise UserError(f"the int8 graph changed the inputs or outputs: {inputs} -> {got}")
-
-
-def default_opset(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    return int(next(o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}))
 
 
 def check_int8_options(

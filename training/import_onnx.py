@@ -55,6 +55,7 @@ from training.onnx_check import (
     output_name,
     parity_errors,
     run_onnx,
+    run_rows,
 )
 from training.onnx_graph import (
     BATCH_DIM,
@@ -72,6 +73,7 @@ from training.onnx_graph import (
 )
 from training.publish import (
     CAM_FILE,
+    DEFAULT_MAX_BATCH_SIZE,
     MODEL_FILE,
     NAME_PATTERN,
     check_name,
@@ -82,7 +84,6 @@ from training.publish import (
 )
 
 logger = logging.getLogger(__name__)
-DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -398,22 +399,6 @@ def parity_images(pre: Preprocess) -> npt.NDArray[np.float32]:
 
 
 # --- running graphs ---------------------------------------------------------------------------
-def run_rows(
-    session: ort.InferenceSession,
-    images: npt.NDArray[np.float32],
-    outputs: list[str],
-    chunk: int | None,
-) -> Arrays:
-    """`outputs` for every image: in one batch (`chunk` None), or in runs of `chunk` images
-    (a fixed batch size; the last run is filled up with the first images again)."""
-    if chunk is None:
-        return run_onnx(session, images, outputs)
-    count = len(images)
-    filled = images[np.arange(math.ceil(count / chunk) * chunk) % count]
-    runs = [run_onnx(session, filled[i : i + chunk], outputs) for i in range(0, len(filled), chunk)]
-    return {name: np.concatenate([run[name] for run in runs])[:count] for name in outputs}
-
-
 def run_or_refuse(
     session: ort.InferenceSession,
     images: npt.NDArray[np.float32],
@@ -435,9 +420,7 @@ def intermediate_maps(
     tensors = [out for node in model.graph.node for out in node.output if out]
     probe = probe_graph(model, tensors)
     try:
-        session = ort.InferenceSession(
-            probe.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"]
-        )
+        session = ort_session(probe.SerializeToString())
         names = [o.name for o in session.get_outputs() if o.type == "tensor(float)"]
         values = run_onnx(session, image, names)
     except ORT_ERRORS as err:
@@ -452,23 +435,11 @@ def intermediate_maps(
     return shapes
 
 
-def quiet_options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return options
-
-
-def session_of(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(
-        model.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"]
-    )
-
-
 def batch_problem(model: onnx.ModelProto, images: npt.NDArray[np.float32]) -> str | None:
     """None when a batch of two different images gives, row by row, what each gives alone
     (every output, within the parity tolerance); else what went wrong."""
     try:
-        session = session_of(model)
+        session = ort_session(model.SerializeToString())
         outputs = [o.name for o in session.get_outputs()]
         pair = run_onnx(session, images[:2], outputs)
         alone = run_rows(session, images[:2], outputs, chunk=1)
@@ -743,7 +714,7 @@ def parity_figure(
     """The written graph's logits against the original's (`reference`) on `images`, all in one
     batch when `batched`; UserError beyond the tolerance or for a map of another shape."""
     try:
-        session = session_of(graph)
+        session = ort_session(graph.SerializeToString())
     except ORT_ERRORS as err:
         raise UserError(f"ONNX Runtime cannot load the written graph: {one_line(err)}") from err
     wanted = [LOGITS_NAME, *(output_name(m.layer) for m in maps)]

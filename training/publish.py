@@ -23,6 +23,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CAM_FILE = "cam_weights.npy"
+DEFAULT_MAX_BATCH_SIZE = 64  # metadata max_batch_size unless --max-batch-size says otherwise
 
 
 def check_name(name: str) -> None:
