@@ -17,14 +17,11 @@ from service.metadata import ModelMetadata
 from service.postprocess import softmax
 from service.preprocess import preprocess
 from service.settings import Settings
-from tests.conftest import require_system_part
 from tests.service.server import threaded_server
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR, load_fashion_mnist
+from training.data.idx import load_fashion_mnist
 from training.export import ExportConfig
 from training.export import main as export_main
 from training.onnx_check import ort_session, run_onnx
-from training.train import TrainConfig
-from training.train import main as train_main
 
 pytestmark = pytest.mark.slow
 IMAGES = 4
@@ -33,23 +30,12 @@ MAP_RELATIVE_TOLERANCE = 2e-3  # float16 on the wire: 11-bit mantissa
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repository(resnet18_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding resnet18-int8/1: one epoch on 256 images, quantized. So brief a
     training leaves logits too close for the accuracy gate, which this export overrides."""
-    require_system_part(
-        (DEBIAN_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-        "Fashion-MNIST",
-        "apt-get install -y dataset-fashion-mnist",
-    )
     root = tmp_path_factory.mktemp("int8-serve")
-    run = train_main(
-        TrainConfig(
-            arch="resnet18", dataset="fashion-mnist", out=root / "run", epochs=1,
-            batch_size=32, train_subset=256, test_subset=64, threads=2, augment="none",
-        )
-    )  # fmt: skip
     export_main(
-        ExportConfig(checkpoint=run.best_checkpoint, name="resnet18-int8",
+        ExportConfig(checkpoint=resnet18_checkpoint, name="resnet18-int8",
                      repository=root / "models", evaluate=False, parity_samples=8, threads=2,
                      int8=True, calibration=32, gate_images=64, accept_accuracy_loss=True)
     )  # fmt: skip

@@ -20,16 +20,13 @@ from PIL import Image
 
 from service.metadata import ModelMetadata
 from service.settings import Settings
-from tests.conftest import require_system_part
 from tests.service.server import threaded_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR, load_fashion_mnist
+from training.data.idx import load_fashion_mnist
 from training.data.transforms import eval_transform
 from training.export import ExportConfig
 from training.export import main as export_main
 from training.onnx_io import FeatureMapModel
-from training.train import TrainConfig
-from training.train import main as train_main
 
 IMAGES = 6
 PROBABILITY_TOLERANCE = 1e-4
@@ -37,25 +34,16 @@ MAP_RELATIVE_TOLERANCE = 2e-3  # float16 on the wire: 11-bit mantissa
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def exported(
+    resnet18_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     """(repository root, checkpoint) of a briefly trained ResNet-18."""
-    require_system_part(
-        (DEBIAN_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-        "Fashion-MNIST",
-        "apt-get install -y dataset-fashion-mnist",
-    )
     root = tmp_path_factory.mktemp("roundtrip")
-    run = train_main(
-        TrainConfig(
-            arch="resnet18", dataset="fashion-mnist", out=root / "run", epochs=1,
-            batch_size=32, train_subset=256, test_subset=64, threads=2, augment="none",
-        )
-    )  # fmt: skip
     export_main(
-        ExportConfig(checkpoint=run.best_checkpoint, name="resnet18-rt",
+        ExportConfig(checkpoint=resnet18_checkpoint, name="resnet18-rt",
                      repository=root / "models", evaluate=False, parity_samples=8, threads=2)
     )  # fmt: skip
-    return root / "models", run.best_checkpoint
+    return root / "models", resnet18_checkpoint
 
 
 def _png(pixels: np.ndarray) -> bytes:
