@@ -214,7 +214,7 @@ def fit_errors(
     return problems
 
 
-def preprocessing_of(entry: WeightsEnum | None) -> Preprocessing:
+def entry_preprocessing(entry: WeightsEnum | None) -> Preprocessing:
     """The eval preprocessing of `entry`'s transforms (ImageNet 256/224 bilinear without one)."""
     if entry is None:
         size = DEFAULT_IMAGE_SIZE
@@ -251,53 +251,50 @@ def load_pretrained(
         entry = entry_for_file(arch, path)
         if entry is None:
             enum = weights_enum(arch)
-            assumed = None if enum is None else enum["DEFAULT"]
-            what = f"{assumed}" if assumed else "ImageNet 256/224 bilinear"
+            entry = None if enum is None else enum["DEFAULT"]
             logger.info(
                 "%s matches no torchvision weights file name of %s: assuming the preprocessing "
                 "of %s%s",
                 path.name,
                 arch,
-                what,
+                entry or "ImageNet 256/224 bilinear",
                 "" if labels else " and its labels",
             )
-            entry_for_meta = assumed
         else:
             logger.info("%s has the published file name of %s", path.name, entry)
-            entry_for_meta = entry
     else:
-        entry_for_meta = resolve_entry(arch, weights)
-        path = fetch(entry_for_meta, download)
+        entry = resolve_entry(arch, weights)
+        path = fetch(entry, download)
         state = read_state_dict(path)
     sha256 = sha256_of(path)
     # The name is recorded only for the published file itself: its sha256 starts with the hash
     # in torchvision's file name. Another file (retrained, or just renamed) keeps the entry's
     # preprocessing and labels, but is not called by the entry's name.
     name = None
-    if entry_for_meta is not None and path.name == hub_path(entry_for_meta).name:
-        if is_published_file(entry_for_meta, sha256):
-            name = str(entry_for_meta)
+    if entry is not None and path.name == hub_path(entry).name:
+        if is_published_file(entry, sha256):
+            name = str(entry)
         else:
             logger.warning(
                 "%s is named as %s's file but its sha256 %s does not start with %s: not the "
                 "published weights; using that entry's preprocessing and labels",
                 path.name,
-                entry_for_meta,
+                entry,
                 sha256[:12],
-                published_hash(entry_for_meta),
+                published_hash(entry),
             )
     state = normalise_keys(arch, state)
     classes = head_classes(state)
     if labels is not None:
         label_list = resolve_labels(labels, classes)
     else:
-        categories = None if entry_for_meta is None else entry_for_meta.meta.get("categories")
+        categories = None if entry is None else entry.meta.get("categories")
         label_list = list(categories or [])
     return Pretrained(
         arch=arch,
         state_dict=state,
         labels=label_list,
-        preprocessing=preprocessing_of(entry_for_meta),
+        preprocessing=entry_preprocessing(entry),
         source={"kind": "weights", "name": name, "file": path.name, "sha256": sha256},
         arch_kwargs=dict(PRETRAINED_ARCH_KWARGS.get(arch, {})),
     )
