@@ -26,7 +26,6 @@ from service.preprocess import ALLOWED_FORMATS, DECODE_ERRORS, decode, preproces
 from service.runtime import Outputs
 from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
 from service.settings import Settings, cpu_count
-from service.smallpng import png_size
 
 logger = logging.getLogger(__name__)
 WaitDisconnect = Callable[[], Awaitable[None]]
@@ -47,7 +46,7 @@ def decodes_inline(images: list[bytes]) -> bool:
     for data in images:
         if len(data) > INLINE_MAX_BYTES:
             return False
-        size = png_size(data) or _header_size(data)
+        size = _header_size(data)
         if size is None or size[0] * size[1] > INLINE_MAX_PIXELS:
             return False  # undecodable or a bomb header: the pool path reports it
     return True

@@ -41,7 +41,6 @@ from service.errors import (
     UnsupportedImage,
 )
 from service.metadata import ModelMetadata, Preprocessing
-from service.smallpng import decode_plain
 
 # JPEG, PNG and WebP cover cameras, screenshots and the web; other Pillow plugins (TIFF, BMP,
 # PSD, EPS, ...) are attack surface without a use here. GIF is refused: animated, palette-only.
@@ -374,14 +373,6 @@ def preprocess(
     limit) is refused before its pixels are decoded (`decode_bytes`)."""
     spec = metadata.preprocessing
     color_mode = metadata.input.color_mode
-    pixels = decode_plain(data, color_mode)  # a small plain PNG, without Pillow
-    if pixels is not None:
-        height, width = pixels.shape[:2]
-        _check_size(width, height, max_pixels=max_pixels, min_side=min_side)
-        _check_resized(width, height, spec.resize, max_pixels)
-        if resize_size(width, height, spec.resize) == (width, height) == (spec.center_crop,) * 2:
-            return to_input(pixels, spec)  # already the model's input size
-        return to_input(resize_and_crop(Image.fromarray(pixels), spec), spec)
     with _decode_errors():
         opened = _open(data, max_pixels=max_pixels, min_side=min_side)
         _check_resized(*opened.size, spec.resize, max_pixels)

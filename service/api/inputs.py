@@ -27,7 +27,6 @@ from service.errors import (
 )
 from service.jsonbounds import holds_more_values
 from service.schemas import JsonImages
-from service.smallpng import PNG_SIGNATURE
 
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
@@ -38,7 +37,7 @@ FILE_FIELD = "file"
 # A body with no media type, or with curl's default for `--data-binary`, is taken as a raw image
 # when its first bytes are one (`curl --data-binary @photo.jpg URL` works); anything else is 415.
 SNIFFED_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", PNG_SIGNATURE)  # JPEG, PNG
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG
 WEBP_SIGNATURE = (b"RIFF", b"WEBP")  # bytes 0-3 and 8-11
 # zlib's wbits: gzip framing, and zlib framing (what HTTP calls "deflate").
 DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
