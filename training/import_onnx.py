@@ -69,6 +69,7 @@ from training.onnx_graph import (
     probe_graph,
     producers,
     serving_graph,
+    softmax_input,
     tensor_names,
 )
 from training.publish import (
@@ -94,6 +95,7 @@ INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
 }
 COLOR_MODES = {1: "L", 3: "RGB"}
+PROBABILITY_SUM_TOLERANCE = 1e-4  # rows of an output summing to 1 within this are probabilities
 PREPROCESS_KEYS = ("resize", "center_crop", "interpolation", "mean", "std", "color_mode")
 REQUIRED_PREPROCESS_KEYS = ("resize", "center_crop", "mean", "std")
 # scikit-learn's two sample photos (224x149 thumbnails), bundled with the service for its web page.
@@ -412,6 +414,39 @@ def run_or_refuse(
         raise UserError(f"ONNX Runtime failed to run {what}: {one_line(err)}") from err
 
 
+def served_logits(
+    model: onnx.ModelProto,
+    output: str,
+    values: npt.NDArray[np.float32],
+    images: npt.NDArray[np.float32],
+    chunk: int | None,
+) -> tuple[str, npt.NDArray[np.float32]]:
+    """The tensor served as logits and its values on `images`: `output`, or the input of the
+    Softmax that computes it. The service applies softmax to the logits itself: probabilities
+    given to it would come back flattened towards uniform (the ranking unchanged)."""
+    source = softmax_input(model, output)
+    if source is not None:
+        session = ort_session(probe_graph(model, [source]).SerializeToString())
+        before = run_or_refuse(session, images, [source], chunk, "the graph's final softmax")
+        if before[source].shape == values.shape:
+            logger.info(
+                "logits: %s, the input of the softmax that computes %s (the service applies "
+                "softmax itself)",
+                source,
+                output,
+            )
+            return source, before[source]
+    rows = values.sum(axis=1)
+    if values.min() >= 0 and np.allclose(rows, 1, atol=PROBABILITY_SUM_TOLERANCE):
+        logger.warning(
+            "%s looks like probabilities (every row ≥ 0 and sums to 1), not logits: the service "
+            "applies softmax again, which flattens the probabilities it reports (the top-k order "
+            "is unchanged); import the graph without its final softmax",
+            output,
+        )
+    return output, values
+
+
 def intermediate_maps(
     model: onnx.ModelProto, image: npt.NDArray[np.float32]
 ) -> dict[str, tuple[int, int, int]]:
@@ -562,6 +597,8 @@ def main(cfg: ImportConfig) -> Path:
     chunk = info.batch or 1  # the original runs at its own batch size
     what = f"{cfg.model} on the sample photos"
     reference = run_or_refuse(original, images, [logits], chunk, what)
+    output = logits
+    logits, reference_logits = served_logits(model, output, reference[logits], images, chunk)
     shapes = intermediate_maps(model, images[np.zeros(chunk, dtype=np.intp)])
     names = layer_names(model)
     maps = choose_feature_maps(model, cfg.feature_maps, shapes, names)
@@ -603,7 +640,7 @@ def main(cfg: ImportConfig) -> Path:
         )
 
     graph, max_batch_size = decide_batch(written, info, images, cfg.max_batch_size)
-    figure = parity_figure(graph, images, reference[logits], maps, batched=max_batch_size > 1)
+    figure = parity_figure(graph, images, reference_logits, maps, batched=max_batch_size > 1)
     plan = int8_plan(cfg, pre, labels, max_batch_size) if cfg.int8 else None
     filters = first_conv_weight(model)
     version = cfg.version or next_version(cfg.repository / cfg.name)
@@ -644,11 +681,13 @@ def main(cfg: ImportConfig) -> Path:
                 "parity_max_abs_diff": figure,
                 "parity_per_output": {LOGITS_NAME: figure},
                 "parity_samples": len(images),
-                "original_logits": logits,
+                "original_logits": output,
                 "batch": "dynamic" if graph_batch(graph) is None else "fixed",
                 "sha256": sha256_of(staging / MODEL_FILE),
             },
         }
+        if logits != output:
+            metadata["export"]["logits_before_softmax"] = logits
         if filters is not None:
             layer, weight = filters
             metadata["filters"] = [write_filters(layer, weight, staging)]

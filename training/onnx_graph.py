@@ -199,6 +199,21 @@ def _reduces_spatial_axes(node: onnx.NodeProto, values: dict[str, npt.NDArray[np
     return isinstance(axes, list) and {int(a) for a in axes} in SPATIAL_AXES
 
 
+def softmax_input(model: onnx.ModelProto, output: str) -> str | None:
+    """The input of the Softmax over the last axis that computes `output` (through
+    PASS_THROUGH nodes), if one does: the graph then ends in probabilities, not logits."""
+    made_by = producers(model)
+    node = made_by.get(output)
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = made_by.get(node.input[0])
+    if node is None or node.op_type != "Softmax":
+        return None
+    # Of an (N, classes) output, axis 1 and -1 are the classes (the default is 1 before opset
+    # 13, -1 after); the caller checks that the input has the output's shape.
+    axis = _attribute(node, "axis", -1)
+    return node.input[0] if axis in (1, -1) else None
+
+
 def cam_head(model: onnx.ModelProto, logits: str) -> CamHead | None:
     """The GlobalAveragePool (or ReduceMean over H, W) → Flatten/Reshape/Squeeze →
     Gemm or MatMul (+ Add) head that ends in `logits`, if the graph ends in one with constant

@@ -308,6 +308,68 @@ def test_feature_maps_by_tensor_or_layer_name_and_the_cam_map_added(
     assert meta.architecture == f"onnx:tiny (pytorch {torch.__version__.split('+')[0]})"
 
 
+class Probabilities(nn.Module):
+    """TinyCNN ending in probabilities: a Softmax node, or the same computed by hand."""
+
+    def __init__(self, by_hand: bool) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = TinyCNN().eval()
+        self.by_hand = by_hand
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        if self.by_hand:
+            exp = torch.exp(logits - logits.amax(1, keepdim=True))
+            return exp / exp.sum(1, keepdim=True)
+        return torch.softmax(logits, 1)
+
+
+def test_a_final_softmax_is_left_to_the_service(
+    labels10: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sample = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    path = torchscript_export(
+        Probabilities(by_hand=False), tmp_path / "p.onnx", sample, **dynamic_batch()
+    )
+    folder = main(ImportConfig(path, "probs", repository=tmp_path / "m", labels=str(labels10)))
+    meta = validated(folder)
+    export = json.loads((folder / "metadata.json").read_text())["export"]
+    assert export["logits_before_softmax"] != export["original_logits"]
+    assert "the input of the softmax" in caplog.text
+
+    # Served logits are the network's logits: their softmax is the original graph's output.
+    images = photo_inputs(meta)
+    with torch.no_grad():
+        logits = Probabilities(by_hand=False).net(torch.from_numpy(images)).numpy()
+    served = run_onnx(ort_session(folder / "model.onnx"), images)["logits"]
+    np.testing.assert_allclose(served, logits, atol=1e-5)
+    probabilities = logits_one_by_one(path, images)
+    exp = np.exp(served - served.max(1, keepdims=True))
+    np.testing.assert_allclose(exp / exp.sum(1, keepdims=True), probabilities, atol=1e-6)
+    assert meta.cam is not None  # the head under the softmax is still found
+
+
+def test_probabilities_without_a_softmax_node_are_flagged(
+    labels10: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sample = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    path = torchscript_export(Probabilities(by_hand=True), tmp_path / "p.onnx", sample)
+    folder = main(ImportConfig(path, "probs", repository=tmp_path / "m", labels=str(labels10)))
+    export = json.loads((folder / "metadata.json").read_text())["export"]
+    assert "logits_before_softmax" not in export
+    assert "looks like probabilities" in caplog.text
+
+
+def test_logits_are_not_flagged(
+    tiny_file: Path, labels10: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    main(ImportConfig(tiny_file, "tiny", repository=tmp_path, labels=str(labels10)))
+    assert "looks like probabilities" not in caplog.text
+    assert "softmax" not in caplog.text
+
+
 def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_path: Path) -> None:
     def layers(choice: str) -> list[str]:
         cfg = ImportConfig(
