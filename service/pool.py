@@ -206,6 +206,7 @@ class InstancePool:
 
     @property
     def has_free(self) -> bool:
+        """An instance is free to `claim`."""
         return bool(self._free)
 
     @property
