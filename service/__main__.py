@@ -1,25 +1,33 @@
-"""`python -m service`: serve the model repository (settings: `python -m service --help`)."""
+"""`python -m service`: serve the model repository (settings: `python -m service --help`).
+
+The command line: every Settings field is a flag, each read from its environment variable too
+(a flag wins over the variable); `--help` lists each with its variable and default.
+"""
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from service import logs
 from service.app import create_app
 from service.connections import uvicorn_options
 from service.processes import run_workers
-from service.settings import ENV_PREFIX, Settings, env_name, is_loopback, settings_from_args
+from service.settings import ENV_PREFIX, Settings, env_name, is_loopback
 
 logger = logging.getLogger("service")
 # Read by docker-compose.yml on the host (the published address and port), not by the service.
 HOST_SIDE = frozenset({"CONVSERVE_BIND", "CONVSERVE_HOST_PORT"})
+HIDDEN_SETTINGS = frozenset({"fault_injection"})  # testing only: not listed by --help
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +79,61 @@ def warn_if_exposed(settings: Settings) -> None:
         )
     if settings.fault_injection:
         logger.warning("TESTING ONLY: fault injection %r is on", settings.fault_injection)
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="convserve: serve the ONNX models of a model repository over HTTP. Every "
+        "flag also reads from its environment variable; a flag wins over the variable.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = flag_name(name)
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        help_text = f"{field.description} [env {env_name(name)}; default {default!r}]"
+        choices = None
+        if name in {"providers", "log_format", "log_level"}:
+            choices = list(field.annotation.__args__) if field.annotation else None
+        if name in HIDDEN_SETTINGS:
+            help_text = argparse.SUPPRESS
+        parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by the flags given on the command line; an
+    invalid value exits with status 2 and one line naming each problem, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(_describe(problem) for problem in err.errors())
+        parser.exit(2, f"{parser.prog}: invalid settings: {problems}\n")
+    if not settings.model_repository.is_dir() and not settings.model_poll_seconds:
+        # Without polling nothing would ever be loaded: a server that can never be ready.
+        where = f"{flag_name('model_repository')} / {env_name('model_repository')}"
+        parser.exit(
+            2,
+            f"{parser.prog}: invalid settings: {where}: {settings.model_repository} is not a "
+            f"directory (or set {env_name('model_poll_seconds')} to wait for it)\n",
+        )
+    return settings
+
+
+def _describe(problem: Any) -> str:
+    """`--flag / CONVSERVE_FLAG: message` for one pydantic problem (the value is not echoed:
+    it may be a secret)."""
+    name = str(problem["loc"][0]) if problem.get("loc") else ""
+    where = f"{flag_name(name)} / {env_name(name)}: " if name else ""
+    return f"{where}{problem['msg']}"
 
 
 if __name__ == "__main__":

@@ -2,17 +2,16 @@
 
 One bounded queue (a deque with a size check: `submit` never blocks, a full queue raises
 `Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`
-and to what fits the compute budget (`batch_limit`). While every runtime instance is busy it
-lets the batch fill for at most `max_queue_delay_s`; an idle runtime runs at once. Expired or
-cancelled requests are dropped before compute. Each instance has its own thread (workers.py).
+and to what fits the compute budget (`batch_limit`). While every instance of the pool
+(service/pool.py) is busy it lets the batch fill for at most `max_queue_delay_s`; an idle
+instance runs it at once. Expired or cancelled requests are dropped before compute.
 
 A request whose deadline has passed is answered `DeadlineExceeded` (504) without queueing; one
 that the work ahead of it and its own compute would finish past its deadline (`admit`) is
 refused at once with `Overloaded` (503, Retry-After) instead of being answered after it.
 
-Faults: a batch whose `run` raises fails its own futures with `RuntimeFailure` (503); one that
-outlives the watchdog (`batch_timeout_s`) fails them with `RuntimeStalled` (504). Either way the
-session it ran on is recreated in the background while its instance is out of service.
+A batch that fails (`RuntimeFailure`, 503) or outlives the watchdog (`RuntimeStalled`, 504)
+fails its own futures; the pool recreates the session it ran on.
 """
 
 from __future__ import annotations
@@ -37,27 +36,11 @@ from service.errors import (
     RuntimeFailure,
     RuntimeStalled,
 )
-from service.estimates import ImageTimes, start_after
 from service.metrics import Metrics
+from service.pool import BatchRunner, InstancePool
 from service.runtime import Outputs
-from service.workers import BatchRunner, InstanceThread, Stalled
 
 logger = logging.getLogger(__name__)
-
-
-RECOVERY_RETRY_S = 1.0
-
-
-def nonfinite_rows(outputs: Outputs) -> dict[int, list[str]]:
-    """The rows (images) of a batch whose outputs hold NaN or infinity, each with the names of
-    those outputs; empty when every value is finite."""
-    rows: dict[int, list[str]] = {}
-    for name, values in outputs.items():
-        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if not finite.all():
-            for row in np.flatnonzero(~finite).tolist():
-                rows.setdefault(row, []).append(name)
-    return rows
 
 
 class Reservation:
@@ -86,6 +69,9 @@ class Item:
 
 
 class Batcher:
+    """The queue of one model version, the batches it forms and the deadlines it keeps; its
+    `pool` computes them."""
+
     def __init__(
         self,
         runner: BatchRunner,
@@ -100,7 +86,6 @@ class Batcher:
         max_batch_compute_s: float = 0.0,
     ) -> None:
         self.model = model
-        self._runner = runner
         self._required = tuple(required_outputs)
         self.max_batch_size = max_batch_size
         self._delay_s = max_queue_delay_s
@@ -110,19 +95,19 @@ class Batcher:
         # This version's series, looked up once (labels() takes a lock and builds a key).
         self._depth_gauge = metrics.queue_depth.labels(model)
         self._queue_seconds = metrics.queue_duration.labels(model)
-        self._compute_seconds = metrics.compute_duration.labels(model)
         self._batch_sizes = metrics.batch_size.labels(model)
         self._pending: deque[Item] = deque()
         self._wakeup = asyncio.Event()
-        self._free = list(range(runner.instances))
-        self._busy_until: dict[int, float] = {}  # instance -> expected end of its batch
-        self._slot_freed = asyncio.Event()
+        # An instance coming free wakes the worker: a filling batch then runs at once.
+        self.pool = InstancePool(
+            runner,
+            model=model,
+            metrics=metrics,
+            batch_timeout_s=batch_timeout_s,
+            on_free=self._wakeup.set,
+        )
         self._running: set[asyncio.Task[None]] = set()
-        self._timeout_s = batch_timeout_s or None
-        self.times = ImageTimes()  # compute seconds per image, alone and beside another
         self._reserved = 0  # images admitted and being decoded, not queued yet
-        self._threads = [self._thread(i) for i in range(runner.instances)]
-        self._recovering: dict[int, asyncio.Task[None]] = {}
         self._closing = False
         self._worker = asyncio.get_running_loop().create_task(
             self._guarded_work(), name=f"batcher-{model}"
@@ -173,32 +158,17 @@ class Batcher:
                 model=self.model,
             )
 
-    def _in_service(self) -> list[int]:
-        return [i for i in range(len(self._threads)) if i not in self._recovering]
-
     def _work_ahead(self) -> bool:
         """Images queued or decoding, or a batch running (beside which the request's own batch
-        would run at part width, on its instance's own session: runtime.Runtime)."""
-        return bool(self._pending or self._reserved or self._busy_until)
+        would share the cores)."""
+        return bool(self._pending or self._reserved or self.pool.busy)
 
     def expected_wait_s(self, count: int) -> float:
-        """Seconds until `count` more images would be computed, at the measured seconds per
-        image: the instances in service start on the work ahead (queued, and admitted but still
-        decoding) as each finishes its running batch, then the images' own compute follows on
-        the first instance to reach them, alone if nothing runs or waits, else beside others."""
-        now = time.monotonic()
-        free_in = sorted(max(0.0, self._busy_until.get(i, now) - now) for i in self._in_service())
-        ahead = (len(self._pending) + self._reserved) * self.times.per_image(solo=False)
-        own = count * self.times.per_image(solo=not self._work_ahead())
-        return start_after(free_in or [0.0], ahead) + own
-
-    @property
-    def available(self) -> bool:
-        """False while every instance is out of service (its session being recreated)."""
-        return len(self._recovering) < len(self._threads)
-
-    def _thread(self, instance: int) -> InstanceThread:
-        return InstanceThread(f"ort-{self.model}-{instance}")
+        """Seconds until `count` more images would be computed (`InstancePool.wait_s`) behind
+        the work ahead, queued and admitted but still decoding: alone if nothing runs or waits,
+        else beside others."""
+        ahead = len(self._pending) + self._reserved
+        return self.pool.wait_s(ahead, count, alone=not self._work_ahead())
 
     def submit(
         self,
@@ -227,25 +197,21 @@ class Batcher:
         return items
 
     async def close(self) -> None:
-        """Stop accepting, finish everything accepted, then stop the worker and its threads."""
+        """Stop accepting, finish everything accepted, then stop the worker and the pool."""
         self._closing = True
         self._wakeup.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        for task in self._recovering.values():
-            task.cancel()
-        await asyncio.gather(*self._recovering.values(), return_exceptions=True)
-        for thread in self._threads:
-            thread.stop()
+        await self.pool.close()
 
     def batch_limit(self) -> int:
         """Images per batch: `max_batch_size`, or fewer when the measured compute seconds per
         image would make a full batch outlast `max_batch_compute_s`. On CPU a large CNN computes
         no faster per image in a batch, and every image in it waits for the whole batch
         (docs/benchmarks.md), so it runs one at a time; a tiny model still batches fully."""
-        image_s = self.times.slowest  # a batch may run beside another
+        image_s = self.pool.times.slowest  # a batch may run beside another
         if not self._compute_budget_s or not image_s:
             return self.max_batch_size
         fits = int(self._compute_budget_s / image_s)
@@ -303,26 +269,22 @@ class Batcher:
             batch: list[Item] = []
             self._take(batch)
             fill_until = time.monotonic() + self._delay_s
-            # Busy runtime: let the batch fill, for at most the queue delay.
-            while len(batch) < self.batch_limit() and not self._free and not self._closing:
+            # Every instance busy: let the batch fill, for at most the queue delay.
+            pool = self.pool
+            while len(batch) < self.batch_limit() and not pool.has_free and not self._closing:
                 remaining = fill_until - time.monotonic()
                 if remaining <= 0 or not await self._wait(self._wakeup, remaining):
                     break
                 self._take(batch)
-            while not self._free:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+            if not pool.has_free:
+                await pool.wait_free()
             self._take(batch)  # what arrived while waiting for an instance
             self._trim(batch)  # to the limit measured meanwhile
             ready = self._drop_unservable(batch)
             if not ready:
                 continue
-            instance = self._free.pop()
-            solo = not self._busy_until  # no other batch running: the runtime's solo session
-            self._busy_until[instance] = time.monotonic() + len(ready) * self.times.per_image(
-                solo=solo
-            )
-            task = asyncio.get_running_loop().create_task(self._run(instance, ready, solo))
+            instance = pool.claim(len(ready))
+            task = asyncio.get_running_loop().create_task(self._run(instance, ready))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -342,7 +304,7 @@ class Batcher:
             ready.append(item)
         return ready
 
-    async def _run(self, instance: int, items: list[Item], solo: bool) -> None:
+    async def _run(self, instance: int, items: list[Item]) -> None:
         outputs = sorted(set(self._required).union(*(i.outputs for i in items)))
         started = time.perf_counter()
         for item in items:
@@ -352,38 +314,14 @@ class Batcher:
             batch = np.ascontiguousarray(items[0].tensor[None])
         else:
             batch = np.stack([item.tensor for item in items])
-        nonfinite: dict[int, list[str]] = {}
-
-        def run() -> Outputs:
-            result = self._runner.run(instance, batch, outputs, solo)
-            nonfinite.update(nonfinite_rows(result))  # in the instance's thread, not the loop's
-            return result
-
-        running = self._threads[instance].submit(run, self._timeout_s)
         try:
-            result = await running
-        except Stalled:
-            model = self.model
-            message = "%s: batch of %d still running after %.1f s: session abandoned, recreating"
-            logger.error(message, model, len(items), self._timeout_s)
-            self._fail(items, RuntimeStalled(f"{self.model}: inference timed out", model=model))
-            self._threads[instance].stop()  # its thread is stuck in run(); a new one replaces it
-            self._threads[instance] = self._thread(instance)
-            self._recover(instance, solo)
+            result, nonfinite, compute_s = await self.pool.run(instance, batch, outputs, started)
+        except (RuntimeFailure, RuntimeStalled) as err:
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(err)
             return
-        except Exception as err:  # noqa: BLE001 - a failed batch fails all its futures
-            logger.exception(
-                "%s: batch of %d failed: recreating its session", self.model, len(items)
-            )
-            failure = RuntimeFailure(f"{self.model}: inference failed: {err}", model=self.model)
-            self._fail(items, failure)
-            self._recover(instance, solo)
-            return
-        self._release(instance)
-        compute_s = time.perf_counter() - started
-        self._compute_seconds.observe(compute_s)
         self._batch_sizes.observe(len(items))
-        self.times.record(solo=solo, per_image_s=compute_s / len(items))
         for index, item in enumerate(items):
             item.compute_s = compute_s
             if item.future.done():
@@ -403,35 +341,3 @@ class Batcher:
                 )
             else:
                 item.future.set_result({name: value[index] for name, value in result.items()})
-
-    @staticmethod
-    def _fail(items: list[Item], error: Exception) -> None:
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(error)
-
-    def _release(self, instance: int) -> None:
-        self._busy_until.pop(instance, None)
-        self._free.append(instance)
-        self._slot_freed.set()
-        self._wakeup.set()
-
-    def _recover(self, instance: int, solo: bool) -> None:
-        self._busy_until.pop(instance, None)
-        task = asyncio.get_running_loop().create_task(self._recreate(instance, solo))
-        self._recovering[instance] = task
-
-    async def _recreate(self, instance: int, solo: bool) -> None:
-        """A fresh session for `instance`, retried until it works; then back in service."""
-        try:
-            while True:
-                try:
-                    await asyncio.to_thread(self._runner.recreate, instance, solo)
-                    break
-                except Exception:  # noqa: BLE001 - keep trying: the model stays unavailable
-                    logger.exception("%s: recreating session %d failed", self.model, instance)
-                    await asyncio.sleep(RECOVERY_RETRY_S)
-            logger.info("%s: session %d recreated, back in service", self.model, instance)
-            self._release(instance)
-        finally:
-            self._recovering.pop(instance, None)

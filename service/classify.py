@@ -18,6 +18,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from service.batching import Item, Reservation
+from service.cpus import cpu_count
 from service.errors import BadRequest, ClientDisconnected, InvalidOption
 from service.manager import LoadedVersion, ModelManager
 from service.metrics import Metrics
@@ -25,7 +26,7 @@ from service.postprocess import build_result, required_outputs
 from service.preprocess import ALLOWED_FORMATS, DECODE_ERRORS, decode, preprocess_many
 from service.runtime import Outputs
 from service.schemas import ClassifyOptions, ClassifyResponse, ImageResult, Timing
-from service.settings import Settings, cpu_count
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 WaitDisconnect = Callable[[], Awaitable[None]]

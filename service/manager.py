@@ -26,20 +26,15 @@ from service.errors import (
     RepositoryError,
     VersionNotFound,
 )
+from service.faults import FaultInjector
 from service.metadata import ModelMetadata
 from service.metrics import Metrics, Predictions
 from service.repository import Fingerprint, VersionRef
-from service.runtime import ORT_ERRORS, FaultInjector, Runtime, resolve_providers
-from service.settings import Settings, parse_fault_spec
+from service.runtime import ORT_ERRORS, Runtime, resolve_providers
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 ABSENT_SCANS_BEFORE_REMOVAL = 2
-FAULT_STALL_FACTOR = 3  # an injected stall outlives the watchdog, then ends on its own
-NO_WATCHDOG_STALL_S = 10.0
-
-
-def _watchdog(settings: Settings) -> float:
-    return settings.batch_timeout_s or NO_WATCHDOG_STALL_S
 
 
 def one_line(message: str) -> str:
@@ -84,12 +79,8 @@ class ModelManager:
         # join it.
         self.unloaded: set[str] = set()
         self._loaded_by_name: set[str] = set()
-        self.faults: FaultInjector | None = None
-        if settings.fault_injection:  # testing only (docs/security.md)
-            mode, count = parse_fault_spec(settings.fault_injection)
-            self.faults = FaultInjector(
-                mode, count, stall_s=FAULT_STALL_FACTOR * _watchdog(settings)
-            )
+        # Testing only (docs/security.md): one injector for every model of the process.
+        self.faults = FaultInjector.from_spec(settings.fault_injection, settings.batch_timeout_s)
 
     # --- queries -------------------------------------------------------------------------
     def versions(self, model: str) -> list[int]:
@@ -125,7 +116,7 @@ class ModelManager:
 
     def unavailable_models(self) -> list[str]:
         """Models whose every session is being recreated after a runtime fault."""
-        serving = {m for (m, _), v in self.loaded.items() if v.batcher.available}
+        serving = {m for (m, _), v in self.loaded.items() if v.batcher.pool.available}
         return [m for m in self.model_names() if m not in serving]
 
     def is_ready(self) -> bool:

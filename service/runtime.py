@@ -10,7 +10,6 @@ a plain `session.run` is used (no copies to save there, and it costs less per ca
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from service.errors import RepositoryError
+from service.faults import FaultInjector
 from service.metadata import ModelMetadata
 from service.settings import DEFAULT_TRT_CACHE_DIR
 
@@ -143,43 +143,18 @@ def _preload_cuda_libraries() -> None:
         logger.warning("could not preload CUDA libraries from the nvidia wheels: %s", err)
 
 
-class InjectedFault(RuntimeError):
-    """Raised by FaultInjector in place of a real ONNX Runtime failure (tests only)."""
-
-
-class FaultInjector:
-    """TESTING ONLY (CONVSERVE_FAULT_INJECTION): the next `count` batches of the process raise
-    (mode "raise") or hang for `stall_s` seconds (mode "stall") inside `Runtime.run`, where an
-    ONNX Runtime failure or a hung session would. Warm-ups are never hit."""
-
-    def __init__(self, mode: str, count: int, stall_s: float) -> None:
-        self.mode = mode
-        self.remaining = count
-        self.stall_s = stall_s
-        self._lock = threading.Lock()
-
-    def before_run(self) -> None:
-        with self._lock:
-            if self.remaining <= 0:
-                return
-            self.remaining -= 1
-        logger.warning("fault injection: %s (%d left)", self.mode, self.remaining)
-        if self.mode == "raise":
-            raise InjectedFault("injected runtime fault (CONVSERVE_FAULT_INJECTION)")
-        time.sleep(self.stall_s)
-
-
 class Runtime:
     """`instances` InferenceSessions of one ONNX model, validated against its metadata.
 
     With `solo_threads` (on CPU) there is one more session, with that many intra-op threads, for
-    a batch that starts while no other runs (`run(..., solo=True)`): a lone request then uses
-    every core, while batches side by side use their own narrower sessions instead of
-    oversubscribing the cores. `warm_up` keeps it only where it is measured faster (not for a
-    tiny model, whose batch of one gains nothing from a second thread).
+    a batch that starts while no other runs: a lone request then uses every core, while batches
+    side by side use their own narrower sessions instead of oversubscribing the cores. `warm_up`
+    keeps it only where it is measured faster (not for a tiny model, whose batch of one gains
+    nothing from a second thread).
 
-    A session that failed or hung is replaced by `recreate(instance, solo)`; the model bytes are
-    kept for that (they are already in memory: sessions are built from bytes, never a path).
+    A session that failed or hung is replaced by `recreate(instance)`; the model bytes are kept
+    for that (they are already in memory: sessions are built from bytes, never a path).
+    `faults` (testing only) is consulted before each batch.
     """
 
     def __init__(
@@ -222,6 +197,10 @@ class Runtime:
         self._validate_io()
         self._solo_threads = solo_threads if self.provider == CPU else 0
         self.solo = self._new_session(self._solo_threads, spin=True) if self._solo_threads else None
+        # The instances whose batch is running (one whose run hung stays until `recreate`), and
+        # whether each instance's batch runs, or last ran, on the solo session.
+        self._running: set[int] = set()
+        self._on_solo = [False] * instances
 
     def _provider_entry(self, name: str, trt_cache_dir: Path) -> ProviderEntry:
         if name != TENSORRT:
@@ -274,24 +253,26 @@ class Runtime:
         if missing:
             raise RepositoryError(f"ONNX model lacks outputs {missing}")
 
-    def run(
-        self,
-        instance: int,
-        batch: npt.NDArray[np.float32],
-        outputs: Sequence[str],
-        solo: bool = False,
-    ) -> Outputs:
-        """Run `batch` (N, C, H, W) float32 on the instance's session, or on the solo session
-        when `solo` and there is one; only `outputs` are computed."""
-        if self.faults is not None:
-            self.faults.before_run()
-        session = self.solo if solo and self.solo is not None else self.sessions[instance]
-        return self._run(session, batch, outputs)
+    def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
+        """Run `batch` (N, C, H, W) float32 for `instance`: on the solo session when there is
+        one and no other batch is running, else on the instance's own; only `outputs` are
+        computed."""
+        solo, running = self.solo, self._running
+        running.add(instance)  # set operations are atomic: two starting at once both see 2
+        try:
+            session = solo if solo is not None and len(running) == 1 else self.sessions[instance]
+            self._on_solo[instance] = session is solo
+            if self.faults is not None:
+                self.faults.before_run()
+            return self._run(session, batch, outputs)
+        finally:
+            running.discard(instance)
 
-    def recreate(self, instance: int, solo: bool = False) -> None:
-        """Replace the session a failed or hung batch ran on (the instance's own, or the solo
-        one: lone batches use the instance's own session meanwhile) with a fresh, checked one."""
-        if solo and self.solo is not None:
+    def recreate(self, instance: int) -> None:
+        """Replace the session the instance's failed or hung batch ran on (its own, or the solo
+        one: lone batches use the instances' own sessions meanwhile) with a fresh, checked one."""
+        self._running.discard(instance)  # a hung run is abandoned
+        if self._on_solo[instance] and self.solo is not None:
             self.solo = None
             session = self._new_session(self._solo_threads, spin=True)
             self._check_outputs(session)

@@ -1,24 +1,23 @@
 """Service settings (docs/service.md, Settings): one pydantic-settings class, env prefix CONVSERVE_.
 
-`build_parser` turns every field into a command-line flag (flags override the environment), so
-`python -m service --help` lists each setting with its variable name and description.
+Each field is also a flag of `python -m service` (service/__main__.py), its description the
+flag's help; `settings_env` writes the settings back as environment variables.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import math
-import os
 import resource
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import cpu_count
+from service.faults import parse_fault_spec
+
 ENV_PREFIX = "CONVSERVE_"
-HIDDEN_SETTINGS = frozenset({"fault_injection"})  # testing only: not listed by --help
 MIB = 1024 * 1024
 # TensorRT builds an engine per model when a session starts; cached, later starts reuse it.
 DEFAULT_TRT_CACHE_DIR = Path("/tmp/convserve-trt")
@@ -29,40 +28,6 @@ DEFAULT_TRT_CACHE_DIR = Path("/tmp/convserve-trt")
 FD_HEADROOM = 128
 # The cap when the limit is unlimited.
 UNLIMITED_FD_CONNECTIONS = 65_536
-
-
-# A container's CPU limit: cgroup v2 "<quota> <period>" (or "max ..."); cgroup v1's two files.
-CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
-
-
-def cpu_count() -> int:
-    """Cores this process may use: the affinity mask (not the host's total), lowered to a
-    container's CPU limit (rounded up) as Kubernetes and `docker --cpus` set it: threads sized
-    to the node's cores would contend for a fraction of them."""
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cores = max(1, os.cpu_count() or 1)
-    limit = cgroup_cpu_limit(CGROUP_V2_CPU_MAX, CGROUP_V1_CPU)
-    return min(cores, limit) if limit else cores
-
-
-def cgroup_cpu_limit(v2_cpu_max: Path, v1_cpu: Path) -> int | None:
-    """The CPU limit as whole cores, rounded up; None when unlimited, absent or unreadable."""
-    try:
-        quota, period = v2_cpu_max.read_text(encoding="ascii").split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota = (v1_cpu / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
-            period = (v1_cpu / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
-        except OSError:
-            return None
-    try:
-        cores = int(quota) / int(period)  # "max" (v2) or -1 (v1): unlimited
-    except (ValueError, ZeroDivisionError):
-        return None
-    return max(1, math.ceil(cores)) if cores > 0 else None
 
 
 class Settings(BaseSettings):
@@ -273,17 +238,6 @@ class Settings(BaseSettings):
         return shown
 
 
-FAULT_MODES = ("raise", "stall")
-
-
-def parse_fault_spec(spec: str) -> tuple[str, int]:
-    """'raise:3' -> ("raise", 3): the fault-injection mode and how many batches it hits."""
-    mode, _, count = spec.partition(":")
-    if mode not in FAULT_MODES or not (count.isascii() and count.isdigit()) or int(count) < 1:
-        raise ValueError(f"fault injection must be 'raise:N' or 'stall:N' (N >= 1), not {spec!r}")
-    return mode, int(count)
-
-
 def is_loopback(host: str) -> bool:
     """True for 'localhost' and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
@@ -298,31 +252,6 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m service",
-        description="convserve: serve the ONNX models of a model repository over HTTP. Every "
-        "flag also reads from its environment variable; a flag wins over the variable.",
-    )
-    for name, field in Settings.model_fields.items():
-        flag = flag_name(name)
-        default = field.default
-        if isinstance(default, Path):
-            default = str(default)
-        help_text = f"{field.description} [env {env_name(name)}; default {default!r}]"
-        choices = None
-        if name in {"providers", "log_format", "log_level"}:
-            choices = list(field.annotation.__args__) if field.annotation else None
-        if name in HIDDEN_SETTINGS:
-            help_text = argparse.SUPPRESS
-        parser.add_argument(flag, dest=name, default=None, help=help_text, choices=choices)
-    return parser
-
-
 def settings_env(settings: Settings) -> dict[str, str | None]:
     """Every setting as its CONVSERVE_* variable (None: unset), so that processes started
     from this one (the workers) build the same Settings from their environment."""
@@ -333,33 +262,3 @@ def settings_env(settings: Settings) -> dict[str, str | None]:
             value = value.get_secret_value()
         env[env_name(name)] = None if value is None else str(value)
     return env
-
-
-def settings_from_args(argv: list[str] | None = None) -> Settings:
-    """Settings from the environment, overridden by the flags given on the command line; an
-    invalid value exits with status 2 and one line naming each problem, no traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as err:
-        problems = "; ".join(_describe(problem) for problem in err.errors())
-        parser.exit(2, f"{parser.prog}: invalid settings: {problems}\n")
-    if not settings.model_repository.is_dir() and not settings.model_poll_seconds:
-        # Without polling nothing would ever be loaded: a server that can never be ready.
-        where = f"{flag_name('model_repository')} / {env_name('model_repository')}"
-        parser.exit(
-            2,
-            f"{parser.prog}: invalid settings: {where}: {settings.model_repository} is not a "
-            f"directory (or set {env_name('model_poll_seconds')} to wait for it)\n",
-        )
-    return settings
-
-
-def _describe(problem: Any) -> str:
-    """`--flag / CONVSERVE_FLAG: message` for one pydantic problem (the value is not echoed:
-    it may be a secret)."""
-    name = str(problem["loc"][0]) if problem.get("loc") else ""
-    where = f"{flag_name(name)} / {env_name(name)}: " if name else ""
-    return f"{where}{problem['msg']}"

@@ -518,13 +518,11 @@ def test_disconnected_client_is_dropped_before_compute(
     batches: list[int] = []
     original = Runtime.run
 
-    def gated_run(
-        self: Runtime, instance: int, batch: np.ndarray, outputs: object, solo: bool = False
-    ) -> object:
+    def gated_run(self: Runtime, instance: int, batch: np.ndarray, outputs: object) -> object:
         batches.append(len(batch))
         started.set()
         gate.wait(20)
-        return original(self, instance, batch, outputs, solo)  # type: ignore[arg-type]
+        return original(self, instance, batch, outputs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Runtime, "run", gated_run)
 

@@ -31,7 +31,6 @@ class GatedRuntime:
         self.gate.set()
         self.started = threading.Event()
         self.calls: list[tuple[int, tuple[str, ...]]] = []
-        self.solos: list[bool] = []
         self.inputs: list[npt.NDArray[np.float32]] = []
 
     @property
@@ -43,17 +42,15 @@ class GatedRuntime:
         instance: int,
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
-        solo: bool = False,
     ) -> Outputs:
         self.calls.append((len(batch), tuple(outputs)))
-        self.solos.append(solo)
         self.inputs.append(batch.copy())
         self.started.set()
         self.gate.wait(30)
-        return self.runtime.run(instance, batch, outputs, solo)
+        return self.runtime.run(instance, batch, outputs)
 
-    def recreate(self, instance: int, solo: bool = False) -> None:
-        self.runtime.recreate(instance, solo)
+    def recreate(self, instance: int) -> None:
+        self.runtime.recreate(instance)
 
 
 def tiny_runtime(tiny_repo: Path, tiny_cnn: TinyModel, **layout: int) -> Runtime:

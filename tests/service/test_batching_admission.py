@@ -11,7 +11,6 @@ import pytest
 
 from service.batching import Batcher
 from service.errors import Overloaded
-from service.estimates import start_after
 from service.runtime import Runtime
 from tests.service.test_batching import (
     GatedRuntime,
@@ -94,15 +93,6 @@ async def test_running_batches_count_as_work_ahead(runtime: Runtime) -> None:
     await batcher.close()
 
 
-def test_start_after_shares_the_work_ahead_as_instances_free() -> None:
-    assert start_after([0.0], 0.0) == 0.0
-    assert start_after([0.0, 0.0], 0.1) == pytest.approx(0.05)  # two idle instances share it
-    assert start_after([0.02, 0.1], 0.0) == pytest.approx(0.02)  # first to free takes it
-    assert start_after([0.02, 0.1], 0.05) == pytest.approx(0.07)  # done before the second frees
-    assert start_after([0.02, 0.1], 0.1) == pytest.approx(0.11)  # 0.08 alone, then 0.02 / 2
-    assert start_after([0.0, 0.0, 0.3], 0.3) == pytest.approx(0.15)
-
-
 async def test_images_still_decoding_count_as_work_ahead(runtime: Runtime) -> None:
     gated, batcher = await measured_slow(runtime)
     assert batcher.depth == 0
@@ -137,20 +127,20 @@ async def test_alone_and_side_by_side_are_measured_apart(
     await asyncio.sleep(2 * SLOW_BATCH_S)
     gated.gate.set()
     await asyncio.gather(alone.future, beside.future)
-    assert gated.solos == [True, False]
-    assert batcher.times.per_image(solo=False) >= 2 * SLOW_BATCH_S
-    beside_s = batcher.times.per_image(solo=False)
+    assert batcher.pool.times.per_image(alone=False) >= 2 * SLOW_BATCH_S
+    beside_s = batcher.pool.times.per_image(alone=False)
     (quick,) = batcher.submit(images(1), frozenset(), None)  # alone, the gate open
     await quick.future
-    assert gated.solos[-1] is True
-    assert batcher.times.per_image(solo=False) == beside_s  # untouched by a lone batch
-    assert batcher.times.per_image(solo=True) < beside_s
+    assert batcher.pool.times.per_image(alone=False) == beside_s  # untouched by a lone batch
+    assert batcher.pool.times.per_image(alone=True) < beside_s
 
     gated.gate.clear()
     gated.started.clear()
     (busy,) = batcher.submit(images(1), frozenset(), None)
     await wait_started(gated)
-    assert batcher.expected_wait_s(1) >= batcher.times.per_image(solo=False)  # it would run beside
+    assert batcher.expected_wait_s(1) >= batcher.pool.times.per_image(
+        alone=False
+    )  # it would run beside
     gated.gate.set()
     await busy.future
     await batcher.close()

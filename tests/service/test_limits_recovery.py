@@ -41,7 +41,6 @@ class FaultyRunner:
         instance: int,
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
-        solo: bool = False,
     ) -> Outputs:
         self.runs += 1
         if self.runs == 1 and self.mode == "raise":
@@ -50,7 +49,7 @@ class FaultyRunner:
             self.release_stall.wait(30)
         return {"logits": np.full((len(batch), 1), len(batch), dtype=np.float32)}
 
-    def recreate(self, instance: int, solo: bool = False) -> None:
+    def recreate(self, instance: int) -> None:
         self.allow_recreate.wait(30)
         self.recreated += 1
 
@@ -70,14 +69,14 @@ def _batcher(runner: FaultyRunner, timeout_s: float = 0.0) -> Batcher:
 
 async def _recovers(batcher: Batcher, runner: FaultyRunner) -> None:
     """Unavailable while recreating, queued work waits; then it runs and all is well again."""
-    assert not batcher.available
+    assert not batcher.pool.available
     queued = batcher.submit([ROW, ROW], frozenset(), None)
     await asyncio.sleep(0.1)
     assert not queued[0].future.done()
     runner.allow_recreate.set()
     results = [await item.future for item in queued]
     assert [float(r["logits"][0]) for r in results] == [2.0, 2.0]
-    assert batcher.available
+    assert batcher.pool.available
     assert runner.recreated == 1
 
 

@@ -1,5 +1,5 @@
 """NaN and infinity never reach an answer: a row whose outputs hold them fails with 422
-`non_finite_output` (service/batching.py), on v2 and native routes alike."""
+`non_finite_output` (service/pool.py, service/batching.py), on v2 and native routes alike."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from service.batching import nonfinite_rows
 from service.metadata import ModelMetadata
+from service.pool import nonfinite_rows
 from service.settings import Settings
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import random_png, write_tiny_model

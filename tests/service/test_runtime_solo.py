@@ -3,22 +3,16 @@ batches side by side run on the instances' own narrower sessions."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service import runtime as runtime_module
+from service.faults import FaultInjector
 from service.runtime import Runtime
-from tests.service.test_batching import (
-    GatedRuntime,
-    images,
-    make,
-    tiny_runtime,
-    wait_started,
-)
+from tests.service.test_batching import images, tiny_runtime
 from tests.service.tiny_model import TinyModel
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -38,10 +32,12 @@ def solo_runtime(tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.Monke
     return runtime
 
 
-def test_solo_session_answers_as_the_instances_do(solo_runtime: Runtime) -> None:
+def test_solo_session_answers_as_the_instances_do(
+    solo_runtime: Runtime, tiny_repo: Path, tiny_cnn: TinyModel
+) -> None:
     batch = np.stack(images(3))
-    own = solo_runtime.run(0, batch, ["logits"])
-    alone = solo_runtime.run(0, batch, ["logits"], solo=True)
+    alone = solo_runtime.run(0, batch, ["logits"])  # nothing else runs: the solo session
+    own = tiny_runtime(tiny_repo, tiny_cnn, instances=2).run(0, batch, ["logits"])
     np.testing.assert_allclose(alone["logits"], own["logits"], rtol=1e-5, atol=1e-6)
 
 
@@ -57,7 +53,8 @@ def test_only_sessions_that_run_alone_spin(
     other session runs beside: the solo session and a lone instance, not side-by-side ones."""
     assert [spins(s) for s in solo_runtime.sessions] == ["0", "0"]
     assert spins(solo_runtime.solo) == "1"
-    solo_runtime.recreate(0, solo=True)
+    solo_runtime.run(0, np.stack(images(1)), ["logits"])  # alone: on the solo session
+    solo_runtime.recreate(0)
     solo_runtime.recreate(1)
     assert spins(solo_runtime.solo) == "1"
     assert spins(solo_runtime.sessions[1]) == "0"
@@ -76,67 +73,51 @@ def test_solo_session_is_dropped_where_it_is_not_faster(
     runtime.warm_up()
     assert runtime.solo is None
     batch = np.stack(images(2))
-    assert runtime.run(1, batch, ["logits"], solo=True)["logits"].shape[0] == 2  # own session
-
-
-def test_a_slow_start_of_the_timing_does_not_pick_the_solo_session(
-    tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The first three timed runs are slowed (as the decoders' warm-up or another model loading
-    slows them at startup): timed one session after the other, that fell on the instance's own
-    session alone and kept a solo session that the tiny model gains nothing from; timed in
-    turn, the disturbance hits both and the faster runs decide."""
-    runtime = build(tiny_repo, tiny_cnn)
-    real_run = runtime._run
-    timed: list[object] = []
-
-    def disturbed(session: object, batch: np.ndarray, outputs: list[str]) -> object:
-        if batch.shape[0] == 1:  # the timing runs (the output checks run batches of two)
-            timed.append(session)
-            if len(timed) <= 3:
-                time.sleep(0.002)
-        return real_run(session, batch, outputs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(runtime, "_run", disturbed)
-    runtime.warm_up()
-    assert runtime.solo is None
-    assert timed[:4] == [runtime.sessions[0], timed[1], runtime.sessions[0], timed[1]]
-    assert timed[1] is not runtime.sessions[0]
-    assert len(timed) >= 2 * runtime_module.SOLO_TRIALS
+    assert runtime.run(1, batch, ["logits"])["logits"].shape[0] == 2  # on its own session
 
 
 def test_recreate_replaces_the_session_that_ran(solo_runtime: Runtime) -> None:
+    """A lone batch runs on the solo session, so recreating its instance replaces that one;
+    an instance that has not run keeps the solo session and gets its own replaced."""
     own, solo = list(solo_runtime.sessions), solo_runtime.solo
-    solo_runtime.recreate(1, solo=True)
+    solo_runtime.run(1, np.stack(images(1)), ["logits"])
+    solo_runtime.recreate(1)
     assert solo_runtime.solo is not None
     assert solo_runtime.solo is not solo
     assert solo_runtime.sessions == own
-    solo_runtime.recreate(1)
-    assert solo_runtime.sessions[0] is own[0]
-    assert solo_runtime.sessions[1] is not own[1]
+    solo = solo_runtime.solo
+    solo_runtime.recreate(0)
+    assert solo_runtime.solo is solo
+    assert solo_runtime.sessions[0] is not own[0]
+    assert solo_runtime.sessions[1] is own[1]
+
+
+def test_a_batch_beside_a_running_one_runs_on_its_own_session(
+    tiny_repo: Path, tiny_cnn: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first batch hangs (an injected stall) on the solo session; a second, started beside
+    it, runs on its instance's own session: recreating that instance replaces its own session,
+    and the solo session stays."""
+    monkeypatch.setattr(runtime_module, "SOLO_GAIN", float("inf"))
+    faults = FaultInjector("stall", 1, stall_s=5.0)
+    runtime = tiny_runtime(tiny_repo, tiny_cnn, instances=2, solo_threads=2)
+    runtime.warm_up()
+    runtime.faults = faults
+    own, solo = list(runtime.sessions), runtime.solo
+    batch = np.stack(images(1))
+    hung = threading.Thread(target=runtime.run, args=(0, batch, ["logits"]), daemon=True)
+    hung.start()
+    while faults.remaining:  # until the first batch is running, stalled
+        hung.join(0.001)
+    runtime.run(1, batch, ["logits"])
+    runtime.recreate(1)
+    assert runtime.solo is solo
+    assert runtime.sessions[0] is own[0]
+    assert runtime.sessions[1] is not own[1]
+    hung.join()
 
 
 def test_without_solo_threads_there_is_no_solo_session(
     tiny_repo: Path, tiny_cnn: TinyModel
 ) -> None:
     assert tiny_runtime(tiny_repo, tiny_cnn, intra_op_threads=2).solo is None
-
-
-@pytest.mark.anyio
-async def test_batcher_runs_a_lone_batch_solo_and_side_by_side_ones_not(
-    solo_runtime: Runtime,
-) -> None:
-    gated = GatedRuntime(solo_runtime)
-    batcher = make(gated, max_batch_size=1)
-    gated.gate.clear()
-    (first,) = batcher.submit(images(1), frozenset(), None)
-    await wait_started(gated)
-    gated.started.clear()
-    (second,) = batcher.submit(images(1, start=1), frozenset(), None)
-    await wait_started(gated)  # on the other instance, beside the first
-    gated.gate.set()
-    await asyncio.gather(first.future, second.future)
-    (third,) = batcher.submit(images(1, start=2), frozenset(), None)
-    await third.future
-    assert gated.solos == [True, False, True]
-    await batcher.close()

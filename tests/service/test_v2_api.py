@@ -55,7 +55,7 @@ class Gate:
 @pytest.fixture(scope="module")
 def gate() -> Iterator[Gate]:
     gate = Gate()
-    original: Callable[[Runtime, int, npt.NDArray[np.float32], Sequence[str], bool], Outputs]
+    original: Callable[[Runtime, int, npt.NDArray[np.float32], Sequence[str]], Outputs]
     original = Runtime.run
 
     def gated(
@@ -63,11 +63,10 @@ def gate() -> Iterator[Gate]:
         instance: int,
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
-        solo: bool = False,
     ) -> Outputs:
         gate.batches.append(len(batch))
         assert gate.open.wait(30)
-        return original(self, instance, batch, outputs, solo)
+        return original(self, instance, batch, outputs)
 
     submit = Batcher.submit
 

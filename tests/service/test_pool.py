@@ -1,5 +1,6 @@
-"""`InstanceThread`: a job's outcome reaches the loop's future, and the watchdog gives up on a
-job that outlives it (the run itself goes on; its late outcome is dropped)."""
+"""The instance pool's parts: `InstanceThread` (a job's outcome reaches the loop's future, and
+the watchdog gives up on a job that outlives it: the run itself goes on, its late outcome is
+dropped) and `start_after`, when instances coming free reach work behind a queue."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
+from service.pool import InstanceThread, Stalled, start_after
 from service.runtime import Outputs
-from service.workers import InstanceThread, Stalled
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -56,3 +57,12 @@ async def test_watchdog_gives_up_on_a_hung_job_and_drops_its_late_outcome() -> N
         assert (await thread.submit(outputs))["logits"].shape == (3,)
     finally:
         thread.stop()
+
+
+def test_start_after_shares_the_work_ahead_as_instances_free() -> None:
+    assert start_after([0.0], 0.0) == 0.0
+    assert start_after([0.0, 0.0], 0.1) == pytest.approx(0.05)  # two idle instances share it
+    assert start_after([0.02, 0.1], 0.0) == pytest.approx(0.02)  # first to free takes it
+    assert start_after([0.02, 0.1], 0.05) == pytest.approx(0.07)  # done before the second frees
+    assert start_after([0.02, 0.1], 0.1) == pytest.approx(0.11)  # 0.08 alone, then 0.02 / 2
+    assert start_after([0.0, 0.0, 0.3], 0.3) == pytest.approx(0.15)

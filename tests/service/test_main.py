@@ -1,0 +1,95 @@
+"""`python -m service`: settings from flags and environment, `--help`, and the warnings it
+logs at startup about the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.__main__ import (
+    HIDDEN_SETTINGS,
+    build_parser,
+    settings_from_args,
+    warn_unknown_settings,
+)
+from service.settings import Settings, env_name
+from tests.service.server import REPO_ROOT
+
+
+def test_env_prefix_and_cli_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSERVE_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("CONVSERVE_PORT", "9000")
+    s = settings_from_args(["--port", "9100", "--providers", "cpu"])
+    assert s.max_batch_size == 7  # from the environment
+    assert s.port == 9100  # the flag wins
+    assert s.providers == "cpu"
+
+
+def test_a_value_outside_the_choices_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--providers", "tpu"])
+
+
+def test_invalid_setting_exits_with_one_line_not_a_traceback() -> None:
+    env = {**os.environ, "CONVSERVE_PORT": "99999", "CONVSERVE_API_KEY": "hunter2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--workers", "0"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "--workers / CONVSERVE_WORKERS: Input should be greater than or equal to 1" in (
+        result.stderr
+    )
+    assert "--port / CONVSERVE_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_a_missing_repository_without_polling_exits_with_one_line(tmp_path: Path) -> None:
+    """Nothing could ever be loaded: refused at startup, not served unready for ever. With
+    polling on, the folder may appear later (a volume mounted after start): accepted."""
+    missing = tmp_path / "not-there"
+    with pytest.raises(SystemExit) as exited:
+        settings_from_args(["--model-repository", str(missing)])
+    assert exited.value.code == 2
+    polled = settings_from_args(["--model-repository", str(missing), "--model-poll-seconds", "5"])
+    assert polled.model_repository == missing
+
+
+def test_help_lists_every_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    text = " ".join(result.stdout.split())
+    for name in Settings.model_fields:
+        if name in HIDDEN_SETTINGS:  # testing only: documented in docs/security.md
+            assert "--" + name.replace("_", "-") not in text
+            continue
+        assert "--" + name.replace("_", "-") in text
+        assert env_name(name) in text
+
+
+def test_a_misspelt_setting_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {
+        "CONVSERVE_MAX_BATCHSIZE": "4",  # the typo
+        "CONVSERVE_MAX_BATCH_SIZE": "8",
+        "CONVSERVE_HOST_PORT": "8080",  # docker-compose.yml's, on the host side
+        "PATH": "/usr/bin",
+    }
+    with caplog.at_level("WARNING"):
+        assert warn_unknown_settings(environ) == ["CONVSERVE_MAX_BATCHSIZE"]
+    assert "did you mean CONVSERVE_MAX_BATCH_SIZE?" in caplog.text
