@@ -1,4 +1,5 @@
-"""Reading classify bodies: raw image, multipart `file` parts, or JSON base64; size-limited."""
+"""Reading request bodies (classify: raw image, multipart `file` parts, or JSON base64), size-
+limited and inflated; and watching for the client's disconnect once the body is read."""
 
 from __future__ import annotations
 

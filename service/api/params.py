@@ -1,10 +1,11 @@
-"""Classify request parameters (path, query, X-Request-Timeout-Ms), read from the request itself.
+"""Request parameters read from the request itself: the classify routes' path and query, and
+X-Request-Timeout-Ms (the one reading of it, for native and v2 routes and the edge).
 
 FastAPI's per-request dependency solving (a dozen parameters and dependencies on the classify
 routes) cost more than the model on the tiny-model path (docs/benchmarks.md), so the classify
 routes take only the `Request` and read their parameters here: the same pydantic validation, the
-same 422 `invalid_request` answers (raised as FastAPI's `RequestValidationError`, so the one
-error mapping renders them), and `OPENAPI_PARAMETERS` describes them in /openapi.json.
+same 422 `invalid_request` answers (raised as FastAPI's `RequestValidationError`, so
+`render_error` answers them), and `openapi_parameters` describes them in /openapi.json.
 """
 
 from __future__ import annotations

@@ -38,11 +38,7 @@ MAX_ADMIN_BODY_BYTES = 64 * 1024
 
 health = APIRouter(prefix="/v2", tags=TAGS)
 models = APIRouter(prefix="/v2/models", tags=TAGS, dependencies=[Depends(require_api_key)])
-admin = APIRouter(
-    prefix="/v2/repository",
-    tags=TAGS,
-    dependencies=[Depends(require_admin_key)],
-)
+admin = APIRouter(prefix="/v2/repository", tags=TAGS, dependencies=[Depends(require_admin_key)])
 # X-Request-Timeout-Ms is read by `params.timeout_ms`, as on the native routes.
 INFER_OPENAPI: dict[str, Any] = {"parameters": [TIMEOUT_PARAMETER]}
 
