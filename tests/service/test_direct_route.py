@@ -29,9 +29,8 @@ def test_the_classify_routes_are_direct() -> None:
 
 @pytest.mark.parametrize("kind", ["query", "dependency", "no_request", "router_dependency"])
 def test_refuses_endpoints_with_anything_to_solve(kind: str) -> None:
-    router = APIRouter(route_class=DirectRoute)
-    if kind == "router_dependency":
-        router = APIRouter(route_class=DirectRoute, dependencies=[Depends(lambda: 1)])
+    dependencies = [Depends(lambda: 1)] if kind == "router_dependency" else None
+    router = APIRouter(route_class=DirectRoute, dependencies=dependencies)
 
     async def query(request: Request, top_k: int = 5) -> Response:
         return Response()
