@@ -10,10 +10,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import classify, health, models, v2, web
-from service.api.direct import DirectLane
 from service.api.edge import EdgeMiddleware
 from service.api.errors import install_error_handlers
 from service.classify import Classifier
@@ -22,7 +20,6 @@ from service.manager import ModelManager
 from service.metrics import Metrics
 from service.preprocess import configure_pillow
 from service.settings import Settings
-from service.v2.errors import install_v2_error_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -40,50 +37,6 @@ CORS_REQUEST_HEADERS = [
     "X-Request-Timeout-Ms",
     "Inference-Header-Content-Length",
 ]
-
-
-class ConvserveApp(FastAPI):
-    """FastAPI, with HTTP requests entering the middleware stack at the edge.
-
-    Above the edge (the outermost middleware of our own) sit FastAPI's and Starlette's layers:
-    the native OpenTelemetry entry, the 500 handler and its exception recorder, the app-wide body
-    limit. The edge catches every exception first and limits the body itself, so with FastAPI's
-    telemetry unconfigured (no OpenTelemetry SDK set up) those layers do nothing for an HTTP
-    request but cost it five coroutine frames, each resumed at every await (docs/benchmarks.md,
-    "Where the time goes"). With telemetry configured, a root path set, or a middleware added
-    outside the edge, every request takes FastAPI's whole path; telemetry is looked at once, at
-    the first request (OpenTelemetry set up later than that is not seen)."""
-
-    _edge: ASGIApp | None = None
-    _edge_searched = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._enters_at_edge():
-            await super().__call__(scope, receive, send)
-            return
-        scope["app"] = self  # as Starlette's entry sets it
-        await self._edge(scope, receive, send)  # type: ignore[misc]
-
-    def _enters_at_edge(self) -> bool:
-        """Decided at the first HTTP request: FastAPI asks OpenTelemetry's providers on every
-        request whether they are configured (environment lookups included, ~3 µs warm and
-        ~10 µs cold), which an app set up at startup need not ask again."""
-        if not self._edge_searched:
-            self._edge_searched = True
-            if not self.root_path and not self._native_telemetry.enabled():
-                self._edge = self._outermost_edge()
-        return self._edge is not None
-
-    def _outermost_edge(self) -> EdgeMiddleware | None:
-        outermost: object = self.user_middleware[0].cls if self.user_middleware else None
-        if outermost is not EdgeMiddleware:
-            return None
-        if self.middleware_stack is None:
-            self.middleware_stack = self.build_middleware_stack()
-        layer: ASGIApp | None = self.middleware_stack
-        while layer is not None and not isinstance(layer, EdgeMiddleware):
-            layer = getattr(layer, "app", None)
-        return layer
 
 
 # Every route, in the order the router tries them; v2 is the Open Inference Protocol (docs/v2.md).
@@ -132,14 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             classifier.close()
             metrics.close()
 
-    app = ConvserveApp(
+    app = FastAPI(
         title="convserve",
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
     )
-    # The innermost middleware: classify requests answered without the router's layers.
-    app.add_middleware(DirectLane, routes=classify.direct_routes())
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
             CORSMiddleware,
@@ -148,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=["Retry-After", "Inference-Header-Content-Length"],
         )
-    # Added last, so it runs first: limits, headers and metrics hold for every answer.
+    # Added last, so it is the outermost of the app's own middleware: limits, headers, metrics
+    # and the error answers of service/api/errors.py hold for every answer.
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -159,7 +111,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routes=[route for router in ROUTERS for route in router.routes],
     )
     install_error_handlers(app)
-    install_v2_error_handlers(app)  # after the native ones, which it wraps
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -1,8 +1,9 @@
 """The model-repository metadata schema (docs/repository.md): the one definition in code.
 
-`training.export` writes `metadata.json`; the service reads it through `ModelMetadata`. Training
-never imports the service, so tests on the training side validate what export writes against this
-model (tests may import both packages). Nothing here imports torch or the rest of the service.
+`training.export` writes `metadata.json`; the service reads it through `ModelMetadata`. This is
+the one module of the service that training imports (for the name rule, `NAME_PATTERN`); tests on
+the training side validate what export writes against this model. Nothing here imports torch,
+ONNX Runtime or the rest of the service.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ Precision = Literal["float32", "float16", "int8"]
 def is_valid_name(name: str) -> bool:
     """True for a model name allowed in the repository (also the rule for path parts)."""
     return bool(NAME_RE.fullmatch(name)) and name not in {".", ".."}
+
+
+def parse_version(text: str) -> int | None:
+    """A version as a folder or URL writes it: an integer >= 1 in ASCII digits ("¹".isdigit()
+    is True); None for anything else."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        return None
+    return int(text)
 
 
 def check_relative_file(path: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 
 import numpy as np
 import numpy.typing as npt
@@ -21,11 +20,6 @@ from service.schemas import (
 )
 
 ALL_LAYERS = "all"
-# Up to this many classes, softmax and top-k run in plain Python: each numpy call costs
-# microseconds of dispatch, more than the arithmetic on a few values (LeNet-5: 250 -> 220 us of
-# event-loop time per request); more (ImageNet's 1000) in numpy.
-# Both give the same probabilities and break ties by the lower index.
-PYTHON_MAX_CLASSES = 128
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -34,24 +28,11 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return exp / exp.sum()  # type: ignore[no-any-return]
 
 
-def _softmax_list(values: list[float]) -> list[float]:
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
 def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Prediction]:
-    """The k most probable classes (k capped at the class count), most probable first."""
-    count = min(k, len(labels))
-    probabilities: list[float] | npt.NDArray[np.float64]
-    if len(logits) <= PYTHON_MAX_CLASSES:
-        probabilities = _softmax_list(logits.tolist())
-        ranked = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)
-        order = ranked[:count]
-    else:
-        probabilities = softmax(logits)
-        order = np.argsort(-probabilities, kind="stable")[:count].tolist()
+    """The k most probable classes (k capped at the class count), most probable first; a tie
+    goes to the lower index."""
+    probabilities = softmax(logits)
+    order = np.argsort(-probabilities, kind="stable")[: min(k, len(labels))].tolist()
     return [
         Prediction(label=labels[i], index=i, probability=float(probabilities[i])) for i in order
     ]
@@ -59,12 +40,9 @@ def top_k(logits: npt.NDArray[np.float32], labels: list[str], k: int) -> list[Pr
 
 def top1(logits: npt.NDArray[np.float32]) -> tuple[int, float]:
     """The most probable class and its probability: the first of `top_k`, the same values."""
-    if len(logits) <= PYTHON_MAX_CLASSES:
-        values = logits.tolist()
-        top = max(values)
-        return values.index(top), 1.0 / sum([math.exp(v - top) for v in values])
-    index = int(np.argmax(logits))
-    return index, float(1.0 / np.exp(logits.astype(np.float64) - float(logits[index])).sum())
+    probabilities = softmax(logits)
+    index = int(np.argmax(probabilities))
+    return index, float(probabilities[index])
 
 
 def requested_maps(metadata: ModelMetadata, options: ClassifyOptions) -> list[FeatureMap]:

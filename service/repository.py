@@ -18,7 +18,13 @@ import onnx
 from pydantic import ValidationError
 
 from service.errors import RepositoryError, describe_validation
-from service.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata, is_valid_name
+from service.metadata import (
+    METADATA_FILENAME,
+    MODEL_FILENAME,
+    ModelMetadata,
+    is_valid_name,
+    parse_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +91,11 @@ def scan(root: Path, only: list[str] | None = None) -> tuple[list[VersionRef], l
                     where = f"{name}/{version_dir.name}"
                     problems.append(misplaced_onnx(where, f"{name}/1/{MODEL_FILENAME}"))
                 continue
-            name_ok = version_dir.name.isascii() and version_dir.name.isdigit()  # not "¹"
-            if not name_ok or int(version_dir.name) < 1:
+            version = parse_version(version_dir.name)
+            if version is None:
                 problems.append(f"{name}/{version_dir.name}: not an integer version, skipped")
                 continue
-            refs.append(VersionRef(name, int(version_dir.name), version_dir))
+            refs.append(VersionRef(name, version, version_dir))
     return refs, problems
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from service.metadata import NAME_PATTERN
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
 from training.cli import positive_int, run_cli
@@ -88,7 +89,6 @@ from training.publish import (
     CAM_FILE,
     DEFAULT_MAX_BATCH_SIZE,
     MODEL_FILE,
-    NAME_PATTERN,
     check_name,
     check_repository,
     next_version,

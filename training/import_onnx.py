@@ -30,6 +30,7 @@ import onnx
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+from service.metadata import NAME_PATTERN
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.cli import positive_int, run_cli
 from training.errors import UserError
@@ -76,7 +77,6 @@ from training.publish import (
     CAM_FILE,
     DEFAULT_MAX_BATCH_SIZE,
     MODEL_FILE,
-    NAME_PATTERN,
     check_name,
     check_repository,
     next_version,

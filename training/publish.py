@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,11 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from service.metadata import NAME_PATTERN, is_valid_name
 from training.errors import UserError
 
 PUBLISHED_DIR_MODE = 0o755  # mkdtemp makes 0700; the service may run as another user
-# The repository's name rule (service/metadata.py NAME_PATTERN; a test keeps the two equal).
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CAM_FILE = "cam_weights.npy"
@@ -27,7 +25,7 @@ DEFAULT_MAX_BATCH_SIZE = 64  # metadata max_batch_size unless --max-batch-size s
 
 
 def check_name(name: str) -> None:
-    if not re.fullmatch(NAME_PATTERN, name) or name in {".", ".."}:
+    if not is_valid_name(name):
         raise UserError(f"bad model name {name!r}: must match {NAME_PATTERN}")
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import check_api_key, request_deadline
 from service.api.direct import DirectRoute
-from service.api.inputs import read_images
+from service.api.inputs import read_images, wait_disconnect
 from service.api.params import classify_options, openapi_parameters, timeout_ms, version_param
 from service.classify import Classifier
 from service.schemas import ClassifyResponse, JsonImages
@@ -69,13 +70,13 @@ async def _classify(request: Request, model: str, version: int | None) -> Respon
         max_images=settings.max_images_per_request,
         executor=classifier.body_pool,
     )
-
-    async def wait_disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     response = await classifier.classify(
-        model, version, images, options, deadline=deadline, wait_disconnect=wait_disconnect
+        model,
+        version,
+        images,
+        options,
+        deadline=deadline,
+        wait_disconnect=functools.partial(wait_disconnect, request),
     )
     request.state.version = response.version
     return Response(response.model_dump_json(exclude_none=True), media_type=JSON_MEDIA_TYPE)
@@ -108,8 +109,3 @@ async def classify_version(request: Request) -> Response:
 async def classify_default(request: Request) -> Response:
     """Classify with the default model (CONVSERVE_DEFAULT_MODEL)."""
     return await _classify(request, request.app.state.settings.default_model, None)
-
-
-def direct_routes() -> list[DirectRoute]:
-    """The classify routes, for `direct.DirectLane`."""
-    return [route for route in router.routes if isinstance(route, DirectRoute)]

@@ -6,8 +6,9 @@ Admission:
 - A declared `Content-Length` above `max_body_bytes` is answered 413 before a byte of the body
   is read. A body without a length (chunked) or one that lies is counted as it streams: the
   first `http.request` message that takes the total past the limit raises `PayloadTooLarge`
-  inside the app, which the one error mapping turns into 413 (native or v2 body). Nothing
-  downstream can read more than `max_body_bytes`, whatever parser it uses.
+  inside the app, which `render_error` (service/api/errors.py) turns into 413 (native or v2
+  body). This is the service's one count of body bytes: nothing downstream can read more than
+  `max_body_bytes`, whatever parser it uses.
 - A body that takes longer than `body_timeout_s` to arrive gets 408.
 - The batcher's queue is bounded, but a request reaches it only after its body is read and its
   images decoded; under a flood decoding would queue without bound. So an inference request
@@ -23,8 +24,9 @@ Admission:
   would wait as long again. Health, metrics and the page are never refused.
 
 Every answer gets nosniff and DENY headers (the web page sets its own stricter set, never
-overwritten). An unexpected exception becomes the native error body with code `internal` (never a
-stack trace), is logged with its traceback and counted in `convserve_failures_total`.
+overwritten). An exception that no exception handler answered is answered here by
+`render_error` too: an unexpected one as 500 `internal` (never a stack trace), logged with its
+traceback and counted in `convserve_failures_total`.
 """
 
 from __future__ import annotations
@@ -35,29 +37,23 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response
-from service.api.labels import model_label
-from service.api.params import TIMEOUT_HEADER, finite_number
+from service.api.errors import count_failure, model_label, render_error
+from service.api.params import TIMEOUT_HEADER, parse_timeout_ms
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
 from service.looplag import LoopLag
 from service.metrics import Metrics
-from service.v2.errors import is_v2_path, v2_error
 
 logger = logging.getLogger(__name__)
 
 INFERENCE_SUFFIXES = ("/classify", "/infer")
 UNMATCHED_ROUTE = "unmatched"
-MATCHED_PATHS = 256  # refused paths whose route is remembered
 # Timer jitter is ~1 ms on an idle loop; a loop this far behind is saturated.
 SATURATED_LAG_MS = 10.0
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
-# Raised while the app reads the body (`EdgeMiddleware._limited`), answered here when that read
-# happened outside a route.
-READ_ERRORS = (PayloadTooLarge, RequestTimeout, Overloaded)
+TIMEOUT_HEADER_KEY = TIMEOUT_HEADER.lower().encode()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -85,21 +81,9 @@ def declared_too_large(scope: Scope, limit: int) -> PayloadTooLarge | None:
 
 
 def _timeout_ms(scope: Scope) -> float:
-    """X-Request-Timeout-Ms when it is a positive number, else 0 (the route reports bad ones)."""
-    value = _header(scope, TIMEOUT_HEADER.lower().encode())
-    number = finite_number(value) if value is not None else None
-    return number if number is not None and number > 0 else 0.0
-
-
-def error_answer(scope: Scope, error: ConvserveError) -> JSONResponse:
-    """The error in the body shape of the path's protocol (v2: `{"error": msg}`, docs/v2.md),
-    counted in convserve_failures_total as the exception handlers count theirs."""
-    metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
-    if metrics is not None:
-        metrics.count_failure("", error.code)
-    if is_v2_path(scope["path"]):
-        return v2_error(error.status_code, error.message, error.retry_after_s)
-    return error_response(error.status_code, error.code, error.message, error.retry_after_s)
+    """X-Request-Timeout-Ms when it is valid, else 0 (the route answers 422 for a bad one)."""
+    value = _header(scope, TIMEOUT_HEADER_KEY)
+    return (parse_timeout_ms(value) if value is not None else None) or 0.0
 
 
 def _with_security_headers(message: Message) -> Message:
@@ -130,7 +114,6 @@ class EdgeMiddleware:
         self.inflight = 0
         # The routes behind, to label a refusal answered here as the router would have.
         self.routes = list(routes)
-        self._matched: dict[tuple[str, str], dict[str, Any]] = {}  # (method, path) -> scope
         self.inference_routes = [
             r for r in routes if str(getattr(r, "path", "")).endswith(INFERENCE_SUFFIXES)
         ]
@@ -164,23 +147,22 @@ class EdgeMiddleware:
         try:
             refusal = self._refusal(scope, inference)
             if refusal is not None:
-                self._match_route(scope, inference)  # for its route and model labels
-                await error_answer(scope, refusal)(scope, receive, edge_send)
+                # Rendered, and its failure counted under no model, before the route is matched;
+                # the match labels the request's own metrics.
+                response = render_error(scope, refusal)
+                self._match_route(scope, inference)
+                await response(scope, receive, edge_send)
                 return
             await self.app(scope, self._limited(receive, admit if inference else None), edge_send)
-        except READ_ERRORS as err:  # read outside a route
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
             if not response_started:
-                await error_answer(scope, err)(scope, receive, edge_send)
+                await render_error(scope, exc)(scope, receive, edge_send)
+            elif isinstance(exc, ConvserveError):
+                logger.warning("%s after the answer began: %s", type(exc).__name__, exc.message)
             else:
-                logger.warning("%s after the answer began: %s", type(err).__name__, err.message)
-        except Exception:  # noqa: BLE001 - the last line of defence: a 500, never a traceback
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            status = 500
-            _metrics(scope).count_failure(model_label(scope), "internal")
-            if not response_started:
-                await error_response(500, "internal", "internal server error")(
-                    scope, receive, edge_send
-                )
+                logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+                status = 500
+                count_failure(scope, model_label(scope), "internal")
         finally:
             if counted:
                 self.inflight -= 1
@@ -209,22 +191,12 @@ class EdgeMiddleware:
     def _match_route(self, scope: Scope, inference: bool) -> None:
         """Put the route the request would have taken, and its path parameters, in `scope`, as
         the router does: a refusal answered here is counted under its route and model, not as
-        an unmatched request. Under a flood of refused inference requests only the few
-        inference routes are tried, and the answer for a path is remembered (a few hundred
-        paths: client-chosen names must not grow it without bound)."""
-        key = (scope["method"], scope["path"])
-        found = self._matched.get(key)
-        if found is None:
-            found = {}
-            for route in self.inference_routes if inference else self.routes:
-                match, child_scope = route.matches(scope)
-                if match == Match.FULL:
-                    found = {"route": route, **child_scope}
-                    break
-            if len(self._matched) >= MATCHED_PATHS:
-                self._matched.clear()
-            self._matched[key] = found
-        scope.update(found)
+        an unmatched request. A refused inference request tries only the inference routes."""
+        for route in self.inference_routes if inference else self.routes:
+            match, child_scope = route.matches(scope)
+            if match == Match.FULL:
+                scope.update(child_scope)
+                return
 
     def _limited(self, receive: Receive, on_body_end: Callable[[], None] | None) -> Receive:
         """`receive`, counting the body against the limit and its arrival against the timeout

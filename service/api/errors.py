@@ -1,20 +1,32 @@
-"""The one mapping from errors to HTTP answers (docs/service.md, API), each counted by reason."""
+"""Errors as HTTP answers (docs/service.md, API; docs/v2.md, Errors): `render_error` is the one
+mapping, used by the app's exception handlers and by the edge middleware.
+
+Every `ConvserveError` answers its class's status code and `code`; FastAPI's validation errors
+answer 422 `invalid_request`; Starlette's HTTP errors (404 and 405 from the router) their own
+status; anything else 500 `internal`, logged with its traceback and never sent. The body's shape
+follows the path: `{"error": {"code", "message"}}` natively, `{"error": "<message>"}` on /v2
+(the Open Inference Protocol). Each answer is counted in `convserve_failures_total` by reason.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
-from service.api.labels import model_label
 from service.errors import ConvserveError, answer_headers, describe_validation
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+V2_PREFIX = "/v2"
+INTERNAL = "internal"
+INTERNAL_MESSAGE = "internal server error"
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -28,46 +40,71 @@ HTTP_CODES = {
 }
 
 
+def is_v2_path(path: str) -> bool:
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def model_label(scope: Scope, named: str = "") -> str:
+    """The `model` label of a request's metrics: the model the request named (`named`, else the
+    route's, else its path's), when the server knows it; "" otherwise, so that requests for
+    made-up models cannot grow /metrics."""
+    state: dict[str, Any] = scope.get("state") or {}
+    path_params: dict[str, Any] = scope.get("path_params") or {}
+    name = str(named or state.get("model") or path_params.get("model") or "")
+    manager = getattr(scope["app"].state, "manager", None)
+    return name if name and manager is not None and manager.knows(name) else ""
+
+
 def error_response(
-    status: int, code: str, message: str, retry_after_s: int | None = None
+    path: str, status: int, code: str, message: str, retry_after_s: int | None = None
 ) -> JSONResponse:
-    """The native error body `{"error": {"code", "message"}}`, built as a plain dict: a refusal
-    under overload should cost little."""
-    body = {"error": {"code": code, "message": message}}
+    """The error body of `path`'s protocol, built as a plain dict: a refusal under overload
+    should cost little."""
+    body: dict[str, Any] = (
+        {"error": message} if is_v2_path(path) else {"error": {"code": code, "message": message}}
+    )
     return JSONResponse(body, status_code=status, headers=answer_headers(status, retry_after_s))
 
 
-def count_failure(request: Request, model: str, reason: str) -> None:
-    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+def render_error(scope: Scope, exc: BaseException) -> JSONResponse:
+    """The answer to `exc` raised while serving the request of `scope`, counted."""
+    named = ""
+    retry_after_s = None
+    if isinstance(exc, ConvserveError):
+        status, code, message = exc.status_code, exc.code, exc.message
+        named, retry_after_s = exc.model, exc.retry_after_s
+        if status >= 500 and code == INTERNAL:
+            logger.error("internal error: %s", message)
+    elif isinstance(exc, RequestValidationError):
+        status, code = 422, "invalid_request"
+        message = describe_validation(exc.errors()) or "invalid request"
+    elif isinstance(exc, HTTPException):
+        status, message = exc.status_code, str(exc.detail)
+        code = HTTP_CODES.get(status, "http_error")
+    else:
+        logger.error(
+            "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
+        )
+        status, code, message = 500, INTERNAL, INTERNAL_MESSAGE
+    model = model_label(scope, named)
+    if isinstance(exc, ConvserveError):  # the request's metrics carry the model it named
+        scope.setdefault("state", {})["model"] = model
+    count_failure(scope, model, code)
+    return error_response(scope["path"], status, code, message, retry_after_s)
+
+
+def count_failure(scope: Scope, model: str, reason: str) -> None:
+    metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
     if metrics is not None:
         metrics.count_failure(model, reason)
 
 
-async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ConvserveError)
-    model = model_label(request.scope, exc.model)
-    request.state.model = model
-    if exc.status_code >= 500 and exc.code == "internal":
-        logger.error("internal error: %s", exc.message)
-    count_failure(request, model, exc.code)
-    return error_response(exc.status_code, exc.code, exc.message, exc.retry_after_s)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    problems = describe_validation(exc.errors())
-    count_failure(request, model_label(request.scope), "invalid_request")
-    return error_response(422, "invalid_request", problems or "invalid request")
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = HTTP_CODES.get(exc.status_code, "http_error")
-    count_failure(request, model_label(request.scope), code)
-    return error_response(exc.status_code, code, str(exc.detail))
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return render_error(request.scope, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ConvserveError, _convserve_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    """`render_error` answers every error a route raises; the edge middleware answers the rest
+    (service/api/edge.py)."""
+    for kind in (ConvserveError, RequestValidationError, HTTPException):
+        app.add_exception_handler(kind, _handle)

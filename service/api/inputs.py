@@ -1,4 +1,5 @@
-"""Reading classify bodies: raw image, multipart `file` parts, or JSON base64; size-limited."""
+"""Reading request bodies (classify: raw image, multipart `file` parts, or JSON base64), size-
+limited and inflated; and watching for the client's disconnect once the body is read."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import base64
 import binascii
 import re
 import zlib
-from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 
 from fastapi import Request
@@ -51,16 +51,6 @@ JSON_VALUES_PER_IMAGE = 2
 JSON_ENVELOPE_VALUES = 16
 
 
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    """The body stream, failing with 413 as soon as it exceeds `limit` bytes."""
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        yield chunk
-
-
 def _check_declared_length(request: Request, limit: int) -> None:
     too_large = declared_too_large(request.scope, limit)
     if too_large is not None:
@@ -69,7 +59,9 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 async def _read(request: Request, limit: int, executor: Executor | None) -> bytes:
     """The body, at most `limit` bytes as sent and as its Content-Encoding inflates it."""
-    body = b"".join([chunk async for chunk in _limited(request, limit)])
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
     encoding = request.headers.get("content-encoding")
     if encoding is None:
         return body
@@ -79,10 +71,19 @@ async def _read(request: Request, limit: int, executor: Executor | None) -> byte
 
 
 async def read_body(request: Request, limit: int, executor: Executor | None = None) -> bytes:
-    """The whole body, refused with 413 past `limit` bytes (declared, streamed or inflated);
-    a compressed one is inflated in `executor` (None: the event loop's default)."""
+    """The whole body, refused with 413 past `limit` bytes (declared, as sent or inflated); a
+    compressed one is inflated in `executor` (None: the event loop's default). The edge stops
+    any body at CONVSERVE_MAX_BODY_BYTES as it streams (service/api/edge.py); a smaller `limit`
+    is checked on the body read."""
     _check_declared_length(request, limit)
     return await _read(request, limit, executor)
+
+
+async def wait_disconnect(request: Request) -> None:
+    """Return when the client has gone away; for after the body is read (the request's
+    messages are then only its disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -122,7 +123,7 @@ async def read_images(
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":  # the parts are parsed as they stream in
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} on a multipart body")
-        return await _multipart(request, max_body_bytes, max_images)
+        return await _multipart(request, max_images)
     if media == JSON:
         body = await _read(request, max_body_bytes, executor)
         if len(body) > THREAD_BODY_BYTES:
@@ -147,10 +148,9 @@ def is_image_signature(data: bytes) -> bool:
     return data.startswith(IMAGE_SIGNATURES) or (data.startswith(riff) and data[8:12] == webp)
 
 
-async def _multipart(request: Request, limit: int, max_images: int) -> list[bytes]:
-    parser = MultiPartParser(
-        request.headers, _limited(request, limit), max_files=max_images, max_fields=16
-    )
+async def _multipart(request: Request, max_images: int) -> list[bytes]:
+    """The `file` parts, parsed as the body streams in (bounded by the edge's body limit)."""
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_images, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as err:

@@ -1,10 +1,11 @@
-"""Classify request parameters (path, query, X-Request-Timeout-Ms), read from the request itself.
+"""Request parameters read from the request itself: the classify routes' path and query, and
+X-Request-Timeout-Ms (the one reading of it, for native and v2 routes and the edge).
 
 FastAPI's per-request dependency solving (a dozen parameters and dependencies on the classify
 routes) cost more than the model on the tiny-model path (docs/benchmarks.md), so the classify
 routes take only the `Request` and read their parameters here: the same pydantic validation, the
-same 422 `invalid_request` answers (raised as FastAPI's `RequestValidationError`, so the one
-error mapping renders them), and `OPENAPI_PARAMETERS` describes them in /openapi.json.
+same 422 `invalid_request` answers (raised as FastAPI's `RequestValidationError`, so
+`render_error` answers them), and `openapi_parameters` describes them in /openapi.json.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.metadata import parse_version
 from service.schemas import DEFAULT_CHANNELS, DEFAULT_TOP_K, ClassifyOptions
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -65,41 +67,35 @@ def classify_options(request: Request) -> ClassifyOptions:
     )
 
 
-def finite_number(text: str | bytes) -> float | None:
-    """`text` as a finite float, None when it is not one (nor Python-only syntax: "1_000")."""
+def parse_timeout_ms(text: str | bytes) -> float | None:
+    """An X-Request-Timeout-Ms value as a positive finite number of milliseconds; None for
+    anything else (Python-only syntax such as "1_000" included)."""
     if ("_" in text) if isinstance(text, str) else (b"_" in text):
         return None
     try:
         value = float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def timeout_ms(request: Request) -> float | None:
-    """X-Request-Timeout-Ms as a positive finite number; anything else is 422 (as a bad query
+    """X-Request-Timeout-Ms (`parse_timeout_ms`); anything else is 422 (as a bad query
     parameter is), whether it is no number or a number <= 0."""
     text = request.headers.get(TIMEOUT_HEADER)
     if text is None:
         return None
-    value = finite_number(text)
-    if value is None or value <= 0:
+    value = parse_timeout_ms(text)
+    if value is None:
         message = "must be a positive number of milliseconds"
         error = {"type": "float_parsing", "loc": (TIMEOUT_HEADER,), "msg": message}
         raise _invalid("header", [error])
     return value
 
 
-def positive_int(text: str) -> int | None:
-    """`text` as an integer >= 1 written in ASCII digits ("¹".isdigit() is True), else None."""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        return None
-    return int(text)
-
-
 def version_param(request: Request) -> int:
     """The `{version}` path parameter, a positive integer."""
-    version = positive_int(str(request.path_params["version"]))
+    version = parse_version(str(request.path_params["version"]))
     if version is None:
         error = {"type": "int_parsing", "loc": ("version",), "msg": "must be an integer >= 1"}
         raise _invalid("path", [error])
@@ -123,7 +119,7 @@ def _query_parameters() -> list[dict[str, Any]]:
     return parameters
 
 
-_TIMEOUT_PARAMETER = {
+TIMEOUT_PARAMETER = {
     "name": TIMEOUT_HEADER,
     "in": "header",
     "required": False,
@@ -148,4 +144,4 @@ _VERSION_PARAMETER = {
 def openapi_parameters(*path: str) -> list[dict[str, Any]]:
     """OpenAPI `parameters` of a classify route with these path parameters."""
     by_name = {"model": _MODEL_PARAMETER, "version": _VERSION_PARAMETER}
-    return [by_name[p] for p in path] + _query_parameters() + [_TIMEOUT_PARAMETER]
+    return [by_name[p] for p in path] + _query_parameters() + [TIMEOUT_PARAMETER]

@@ -6,9 +6,10 @@ Health and server metadata stay open; model metadata, config and infer take the 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import functools
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -21,31 +22,25 @@ from service.api.deps import (
     require_api_key,
 )
 from service.api.health import readiness
-from service.api.inputs import read_body
-from service.api.params import TIMEOUT_HEADER
+from service.api.inputs import read_body, wait_disconnect
+from service.api.params import TIMEOUT_PARAMETER, timeout_ms
+from service.classify import Classifier
 from service.errors import BadRequest, Conflict, describe_validation
+from service.manager import ModelManager
 from service.settings import Settings
 from service.v2 import infer as v2_infer
 from service.v2 import models as v2_models
-from service.v2.errors import V2Route
 from service.v2.schemas import HEADER_LENGTH, RepositoryIndexRequest, RepositoryLoadRequest
 
 TAGS: list[Any] = ["v2 (Open Inference Protocol)"]
 MAX_ADMIN_BODY_BYTES = 64 * 1024
 
 
-health = APIRouter(prefix="/v2", tags=TAGS, route_class=V2Route)
-models = APIRouter(
-    prefix="/v2/models", tags=TAGS, route_class=V2Route, dependencies=[Depends(require_api_key)]
-)
-admin = APIRouter(
-    prefix="/v2/repository",
-    tags=TAGS,
-    route_class=V2Route,
-    dependencies=[Depends(require_admin_key)],
-)
-# A positive finite number of milliseconds, as on the native routes (params.timeout_ms); else 422.
-TimeoutHeader = Annotated[float | None, Header(alias=TIMEOUT_HEADER, gt=0, allow_inf_nan=False)]
+health = APIRouter(prefix="/v2", tags=TAGS)
+models = APIRouter(prefix="/v2/models", tags=TAGS, dependencies=[Depends(require_api_key)])
+admin = APIRouter(prefix="/v2/repository", tags=TAGS, dependencies=[Depends(require_admin_key)])
+# X-Request-Timeout-Ms is read by `params.timeout_ms`, as on the native routes.
+INFER_OPENAPI: dict[str, Any] = {"parameters": [TIMEOUT_PARAMETER]}
 
 
 @health.get("")
@@ -110,22 +105,16 @@ async def version_config(
 
 async def _infer(
     request: Request,
-    manager: ManagerDep,
-    classifier: ClassifierDep,
+    manager: ModelManager,
+    classifier: Classifier,
     settings: Settings,
     model: str,
     version: int | None,
-    timeout_ms: float | None,
+    deadline: float | None,
 ) -> Response:
     request.state.model = model
-    deadline = request_deadline(settings, timeout_ms)
     # gzip / deflate undone, off the event loop
     body = await read_body(request, settings.max_body_bytes, classifier.body_pool)
-
-    async def wait_disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     result = await v2_infer.infer(
         manager,
         classifier,
@@ -134,7 +123,7 @@ async def _infer(
         body,
         request.headers.get(HEADER_LENGTH),
         deadline=deadline,
-        wait_disconnect=wait_disconnect,
+        wait_disconnect=functools.partial(wait_disconnect, request),
     )
     request.state.version = result.version
     if result.header_length is None:
@@ -146,20 +135,20 @@ async def _infer(
     )
 
 
-@models.post("/{model}/infer")
+@models.post("/{model}/infer", openapi_extra=INFER_OPENAPI)
 async def infer(
     request: Request,
     model: str,
     manager: ManagerDep,
     classifier: ClassifierDep,
     settings: SettingsDep,
-    timeout_ms: TimeoutHeader = None,
 ) -> Response:
     """Inference with JSON tensors or the binary tensor data extension (newest version)."""
-    return await _infer(request, manager, classifier, settings, model, None, timeout_ms)
+    deadline = request_deadline(settings, timeout_ms(request))
+    return await _infer(request, manager, classifier, settings, model, None, deadline)
 
 
-@models.post("/{model}/versions/{version}/infer")
+@models.post("/{model}/versions/{version}/infer", openapi_extra=INFER_OPENAPI)
 async def infer_version(
     request: Request,
     model: str,
@@ -167,10 +156,10 @@ async def infer_version(
     manager: ManagerDep,
     classifier: ClassifierDep,
     settings: SettingsDep,
-    timeout_ms: TimeoutHeader = None,
 ) -> Response:
+    deadline = request_deadline(settings, timeout_ms(request))
     number = v2_models.parse_version(version, model)
-    return await _infer(request, manager, classifier, settings, model, number, timeout_ms)
+    return await _infer(request, manager, classifier, settings, model, number, deadline)
 
 
 @admin.post("/index")

@@ -7,9 +7,9 @@ import asyncio
 from typing import Any
 
 from service import repository
-from service.api.params import positive_int
 from service.errors import VersionNotFound
 from service.manager import LoadedVersion, ModelManager
+from service.metadata import parse_version as parse_version_number
 from service.runtime import GPU_PROVIDERS
 from service.settings import Settings
 from service.v2.schemas import BACKEND, FP32, IMAGE_INPUT, PLATFORM
@@ -22,7 +22,7 @@ DYNAMIC = -1  # the batch axis in v2 metadata shapes
 
 def parse_version(text: str, model: str) -> int:
     """A path's version: a positive integer, else 404 (no such version can exist)."""
-    version = positive_int(text)
+    version = parse_version_number(text)
     if version is None:
         raise VersionNotFound(f"model {model!r} has no version {text!r}", model=model)
     return version

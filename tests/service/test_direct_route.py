@@ -8,12 +8,13 @@ import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import classify
-from service.api.direct import DirectLane, DirectRoute
+from service.api.direct import DirectRoute
+from service.api.edge import EdgeMiddleware
 from service.api.errors import install_error_handlers
 from service.errors import ModelNotFound
+from service.metrics import Metrics
 
 
 def test_the_classify_routes_are_direct() -> None:
@@ -26,9 +27,10 @@ def test_the_classify_routes_are_direct() -> None:
     }
 
 
-@pytest.mark.parametrize("kind", ["query", "dependency", "no_request"])
+@pytest.mark.parametrize("kind", ["query", "dependency", "no_request", "router_dependency"])
 def test_refuses_endpoints_with_anything_to_solve(kind: str) -> None:
-    router = APIRouter(route_class=DirectRoute)
+    dependencies = [Depends(lambda: 1)] if kind == "router_dependency" else None
+    router = APIRouter(route_class=DirectRoute, dependencies=dependencies)
 
     async def query(request: Request, top_k: int = 5) -> Response:
         return Response()
@@ -39,29 +41,23 @@ def test_refuses_endpoints_with_anything_to_solve(kind: str) -> None:
     async def no_request() -> Response:
         return Response()
 
-    endpoint = {"query": query, "dependency": dependency, "no_request": no_request}[kind]
+    async def request_only(request: Request) -> Response:
+        return Response()
+
+    endpoint = {
+        "query": query,
+        "dependency": dependency,
+        "no_request": no_request,
+        "router_dependency": request_only,
+    }[kind]
     with pytest.raises(TypeError, match="takes only the Request"):
         router.add_api_route("/x", endpoint, methods=["POST"])
 
 
-class Recorder:
-    """ASGI middleware inside the lane: records the paths that got past it to the router."""
-
-    def __init__(self, app: ASGIApp, reached: list[str]) -> None:
-        self.app = app
-        self.reached = reached
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.reached.append(scope["path"])
-        await self.app(scope, receive, send)
-
-
-def lane_app() -> tuple[FastAPI, list[str]]:
+def direct_app() -> FastAPI:
     """An app whose one DirectRoute answers, fails with a handled error or crashes (by query),
-    with the lane in front of a recorder of what reaches the router."""
+    with the exception handlers and edge middleware `create_app` installs."""
     router = APIRouter(route_class=DirectRoute)
-    reached: list[str] = []
 
     async def echo(request: Request) -> Response:
         kind = request.query_params.get("kind")
@@ -73,15 +69,15 @@ def lane_app() -> tuple[FastAPI, list[str]]:
 
     router.add_api_route("/x/{name}", echo, methods=["POST"])
     app = FastAPI()
+    app.state.metrics = Metrics(gpu=False)
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(Recorder, reached=reached)  # added first: innermost
-    app.add_middleware(DirectLane, routes=[r for r in router.routes if isinstance(r, DirectRoute)])
-    return app, reached
+    app.add_middleware(EdgeMiddleware, max_body_bytes=64, body_timeout_s=5, max_inflight_requests=4)
+    return app
 
 
 def requests(app: FastAPI, *calls: tuple[str, str]) -> list[httpx.Response]:
-    """(method, path) calls in order, over ASGI; an app exception is the 500 it answers."""
+    """(method, path) calls in order, over ASGI."""
 
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -91,21 +87,18 @@ def requests(app: FastAPI, *calls: tuple[str, str]) -> list[httpx.Response]:
     return asyncio.run(run())
 
 
-def test_lane_answers_direct_routes_and_passes_on_the_rest() -> None:
-    app, reached = lane_app()
-    (answered,) = requests(app, ("POST", "/x/a"))
+def test_the_router_calls_direct_routes_with_their_path_parameters() -> None:
+    (answered, wrong_method, no_route) = requests(
+        direct_app(), ("POST", "/x/a"), ("GET", "/x/a"), ("POST", "/y")
+    )
     assert answered.json() == {"name": "a"}
-    assert reached == []
-    wrong_method, no_route = requests(app, ("GET", "/x/a"), ("POST", "/y"))
-    assert wrong_method.status_code == 405  # not a POST: the router's answer
-    assert no_route.status_code == 404  # no route: the router's answer
-    assert reached == ["/x/a", "/y"]
+    assert wrong_method.status_code == 405
+    assert no_route.status_code == 404
 
 
-def test_lane_answers_errors_through_the_apps_handlers() -> None:
-    app, reached = lane_app()
-    handled, bug = requests(app, ("POST", "/x/a?kind=handled"), ("POST", "/x/a?kind=bug"))
+def test_direct_route_errors_reach_the_apps_handlers() -> None:
+    handled, bug = requests(direct_app(), ("POST", "/x/a?kind=handled"), ("POST", "/x/a?kind=bug"))
     assert handled.status_code == 404
     assert handled.json()["error"]["code"] == "model_not_found"
-    assert bug.status_code == 500  # no handler: raised on, to the outer layers
-    assert reached == []
+    assert bug.status_code == 500
+    assert bug.json() == {"error": {"code": "internal", "message": "internal server error"}}

@@ -6,7 +6,6 @@ see exactly which requests share a batch and when the queue is full.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import threading
@@ -21,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
-from prometheus_client import generate_latest
 
 from service.batching import Batcher, Item, Reservation
 from service.runtime import Outputs, Runtime
@@ -504,31 +502,3 @@ def test_api_key_and_disabled_repository(tiny_repo: Path, gate: Gate) -> None:
         assert disabled.status_code == 403
         assert "set CONVSERVE_ADMIN_KEY" in disabled.json()["error"]
         assert "model_repository" not in client.get("/v2").json()["extensions"]
-
-
-def test_a_bug_behind_a_v2_route_answers_500_with_the_v2_body() -> None:
-    from fastapi import APIRouter, FastAPI
-
-    from service.metrics import Metrics
-    from service.v2.errors import V2Route
-
-    router = APIRouter(prefix="/v2", route_class=V2Route)
-
-    @router.get("/boom")
-    async def boom() -> None:
-        raise RuntimeError("secret detail")
-
-    app = FastAPI()
-    app.state.metrics = Metrics(gpu=False)
-    app.include_router(router)
-
-    async def get() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.get("/v2/boom")
-
-    response = asyncio.run(get())
-    assert response.status_code == 500
-    assert response.json() == {"error": "internal server error"}
-    text = generate_latest(app.state.metrics.registry).decode()
-    assert metric_value(text, "convserve_failures_total", reason="internal") == 1

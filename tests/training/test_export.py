@@ -13,7 +13,6 @@ from tests.conftest import REPO_ROOT
 from training.errors import UserError
 from training.export import ExportConfig, stage_and_publish
 from training.export import main as export_main
-from training.publish import NAME_PATTERN
 from training.train import TrainResult
 
 
@@ -27,10 +26,6 @@ def _export(run: TrainResult, repo: Path, **changes: object) -> Path:
     }
     options.update(changes)
     return export_main(ExportConfig(**options))  # type: ignore[arg-type]
-
-
-def test_name_rule_matches_the_service_schema() -> None:
-    assert NAME_PATTERN == schema.NAME_PATTERN
 
 
 @pytest.mark.slow
