@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -428,8 +429,14 @@ def main() -> None:
         tolerance()
         return
     if args.draft_cost:
-        for name, cost in draft_costs(args.repeat).items():
-            print(f"{name}: {cost}")
+        costs = draft_costs(args.repeat)
+        for name, cost in costs.items():
+            print(
+                f"{name}: drafted 1/{cost['scale']}, input max {cost['max_levels']:.1f} mean "
+                f"{cost['mean_levels']:.3f} levels; exact {cost['exact_ms']:.1f} ms, draft "
+                f"{cost['draft_ms']:.1f} ms"
+            )
+        print(json.dumps(costs))  # the last line: what bench/compare.py records
         return
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for case in cases():
