@@ -281,7 +281,7 @@ def ceiling_lines(entry: dict[str, Any]) -> list[str]:
         )
     checks = []
     for r in entry["rounds"]:
-        drift = ", ".join(f"{k} {v:.0%}" for k, v in r["ceiling_drift"].items())
+        drift = ", ".join(f"{k} {v:+.0%}" for k, v in r["ceiling_change"].items())
         checks.append(
             f"round {r['round'] + 1}: {drift}" + (f" **{FLAG} flagged**" if r["flagged"] else "")
         )
