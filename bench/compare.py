@@ -511,10 +511,12 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PLANS), help="Comma-separated models.")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated systems.")
     parser.add_argument("--duration", type=float, help="Seconds per level (default: per model).")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="Rounds per model (>= 2).")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="Rounds per case (default 2).")
     parser.add_argument("--output", type=Path, default=RESULTS_JSON)
     parser.add_argument("--no-docs", action="store_true", help="Write the JSON only.")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     systems = tuple(s for s in args.systems.split(",") if s)
     repository = ensure_models(BENCH_REPOSITORY)
     started = time.time()
