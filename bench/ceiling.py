@@ -111,7 +111,7 @@ def measure(
     tensor = served.tensor(image)
     name = served.input_name
     layouts = layouts or all_layouts(cores)
-    grid = []
+    grid: list[dict[str, Any]] = []
     for sessions_n, threads, spinning in layouts:
         sessions = [session(path, threads, spinning) for _ in range(sessions_n)]
         for size in batches:

@@ -296,19 +296,25 @@ def ceiling(
     model: str, batches: str, repository: Path, phone: bool, layout: str | None = None
 ) -> dict[str, Any]:
     """`bench/ceiling.py` in the service's environment: every layout, or only `layout`."""
-    command = [str(SERVICE_PYTHON), "bench/ceiling.py", "--model", model, "--batches", batches]
+    command = ["bench/ceiling.py", "--model", model, "--batches", batches]
     command += ["--repository", str(repository)]
     command += ["--layout", layout] if layout else []
     command += ["--phone"] if phone else []
+    return run_json(command)
+
+
+def run_json(command: list[str]) -> dict[str, Any]:
+    """A bench script in the service's environment; the JSON object of its last line."""
     output = subprocess.run(
-        command,
+        [str(SERVICE_PYTHON), *command],
         cwd=REPO_ROOT,
         env={**os.environ, **CHILD_ENV},
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
 
 
 def ceilings(
@@ -493,17 +499,9 @@ def service_settings() -> dict[str, Any]:
     }
 
 
-def draft_costs() -> dict[str, dict[str, Any]]:
-    """`bench/preprocess.py --draft-cost` in the service's environment."""
-    output = subprocess.run(
-        [str(SERVICE_PYTHON), "bench/preprocess.py", "--draft-cost"],
-        cwd=REPO_ROOT,
-        env={**os.environ, **CHILD_ENV},
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def draft_costs() -> dict[str, Any]:
+    """`bench/preprocess.py --draft-cost`: exact against draft decoding of both photos."""
+    return run_json(["bench/preprocess.py", "--draft-cost"])
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import io
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -88,7 +89,7 @@ def image_for(model: str, phone: bool = False) -> bytes:
     return phone_photo() if phone else photo_bytes()
 
 
-def _parity_samples(pre: object) -> object:
+def _parity_samples(pre: object) -> Any:
     """(N, 3, 224, 224) real photos through training's eval transform (crops of both photos)."""
     import torch
 
@@ -157,7 +158,7 @@ def export_resnet(
         def after_write(folder: Path, metadata: dict[str, object]) -> None:
             quantize_staged(folder, metadata, plan, samples)
 
-    return stage_and_publish(model, spec, samples, repository, True, after_write)  # type: ignore[arg-type]
+    return stage_and_publish(model, spec, samples, repository, True, after_write)
 
 
 def ensure_models(
