@@ -1,10 +1,13 @@
 """The ceiling: ONNX Runtime `session.run` in-process on preprocessed tensors, no HTTP.
 
     python bench/ceiling.py --model resnet18            # prints JSON
+    python bench/ceiling.py --model resnet18 --batches 8 --layout 1x2   # one layout only
 
 Tries each batch size with each thread layout (one session with T intra-op threads, or S
 sessions x 1 thread run side by side) and reports images/s for each and the best. Also times
-batch-1 compute and the decode + preprocessing of the benchmark image (the c=1 latency target).
+batch-1 compute and the decode + preprocessing of the benchmark image (`--phone`: the 4000x3000
+photo) as convserve does it by default (JPEG draft decoding included), in one thread: the c=1
+latency target and the decode-bound limit of `bench/report.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import BENCH_REPOSITORY, image_for  # noqa: E402
-from bench.servers.common import Model, providers, version_dir  # noqa: E402
+from bench.servers.common import MAX_PIXELS, Model, providers, version_dir  # noqa: E402
+from service.preprocess import preprocess  # noqa: E402
 
 MIN_SECONDS = 1.5
 MIN_RUNS = 3
@@ -70,20 +74,44 @@ def median_ms(fn: Any, repeat: int) -> float:
     return float(np.median(times)) * 1000
 
 
-def measure(model: str, batches: list[int], repository: Path) -> dict[str, Any]:
+Layout = tuple[int, int, bool]  # (sessions, intra-op threads each, spinning)
+
+
+def all_layouts(cores: int) -> list[Layout]:
+    # ORT's default spins idle threads; convserve doesn't (docs/service.md), so the ceiling gets
+    # both and keeps the better.
+    layouts = [(1, t, False) for t in range(1, cores + 1)]
+    if cores > 1:
+        layouts += [(1, cores, True), (cores, 1, False)]
+    return layouts
+
+
+def layout_name(sessions: int, threads: int, spinning: bool) -> str:
+    """ "1x2", "2x1", "1x2s" (spinning): what `--layout` takes."""
+    return f"{sessions}x{threads}" + ("s" if spinning else "")
+
+
+def parse_layout(text: str) -> Layout:
+    sessions, _, threads = text.rstrip("s").partition("x")
+    return int(sessions), int(threads), text.endswith("s")
+
+
+def measure(
+    model: str,
+    batches: list[int],
+    repository: Path,
+    layouts: list[Layout] | None = None,
+    phone: bool = False,
+) -> dict[str, Any]:
     folder = version_dir(repository, model)
     path = folder / "model.onnx"
     cores = os.cpu_count() or 1
     served = Model(folder, cores)
-    image = image_for(model)
+    image = image_for(model, phone)
     tensor = served.tensor(image)
     name = served.input_name
-    # (sessions, intra-op threads, spinning): ORT's default spins idle threads; convserve
-    # doesn't (docs/service.md), so the ceiling gets both and keeps the better.
-    layouts = [(1, t, False) for t in range(1, cores + 1)]
-    if cores > 1:
-        layouts += [(1, cores, True), (cores, 1, False)]
-    grid = []
+    layouts = layouts or all_layouts(cores)
+    grid: list[dict[str, Any]] = []
     for sessions_n, threads, spinning in layouts:
         sessions = [session(path, threads, spinning) for _ in range(sessions_n)]
         for size in batches:
@@ -101,12 +129,14 @@ def measure(model: str, batches: list[int], repository: Path) -> dict[str, Any]:
     # The reference for c=1 (batch-1 compute): the faster of sleeping and spinning threads.
     alone = [session(path, cores), session(path, cores, spinning=True, stop_after_run=True)]
     compute_ms = min(median_ms(lambda s=s: s.run(None, {name: single}), 20) for s in alone)
-    decode_ms = median_ms(lambda: served.tensor(image), 30)
+    decode_ms = median_ms(lambda: preprocess(image, served.metadata, max_pixels=MAX_PIXELS), 30)
+    best = max(grid, key=lambda row: row["images_per_s"])
     return {
         "model": model,
         "cores": cores,
         "grid": grid,
-        "best": max(grid, key=lambda row: row["images_per_s"]),
+        "best": best,
+        "layout": layout_name(best["sessions"], best["threads"], best["spinning"]),
         "batch1_compute_ms": compute_ms,
         "decode_preprocess_ms": decode_ms,
     }
@@ -117,9 +147,12 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--batches", default="1,4,8,16,32")
     parser.add_argument("--repository", type=Path, default=BENCH_REPOSITORY)
+    parser.add_argument("--layout", help="only this layout, e.g. 1x2, 2x1, 1x2s (spinning)")
+    parser.add_argument("--phone", action="store_true", help="decode the 4000x3000 photo")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    print(json.dumps(measure(args.model, batches, args.repository)))
+    layouts = [parse_layout(args.layout)] if args.layout else None
+    print(json.dumps(measure(args.model, batches, args.repository, layouts, args.phone)))
 
 
 if __name__ == "__main__":

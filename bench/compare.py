@@ -1,16 +1,29 @@
 """The benchmark: convserve against the raw runtime and the servers users would otherwise pick,
 all in one run, on one machine, on the same model files and the same images.
 
-    /tmp/convserve-bench/bin/python bench/compare.py        # ~15 min on 2 cores; see below
+    /tmp/convserve-bench/bin/python bench/compare.py        # ~40 min on 2 cores; see below
+    /tmp/convserve-bench/bin/python bench/compare.py --models resnet18,resnet18-phone \
+        --systems naive,convserve,convserve-int8 --duration 1 --no-docs --output /tmp/b.json
 
-Per model: (1) ceiling, `bench/ceiling.py` (ORT in-process, best batch and thread layout);
-(2) HTTP floor, `POST /noop` on the naive app (same FastAPI/uvicorn stack); (3) naive,
-`bench/servers/naive.py`; (4) LitServe and (5) PyTriton with their batching on; (6) convserve
-with its defaults; for the HTTP-bound LeNet also "convserve-workers", the defaults with one
-worker process per core (`CONVSERVE_WORKERS`, not the default). Closed loop at each concurrency
-after a warm-up, then an open-loop run at 3x convserve's best measured throughput. Writes
-docs/bench/results.json, the table into docs/benchmarks.md (between the `results` markers) and
-docs/images/bench-<model>.png.
+Per case (`--models`: lenet5-fashion, resnet18, resnet50 on the 640x427 photo, resnet18-phone
+on a 4000x3000 JPEG): (1) ceiling, `bench/ceiling.py` (ORT in-process, best batch and thread
+layout; for the ResNets also on the int8 file); (2) HTTP floor, `POST /noop` on the naive app
+(same FastAPI/uvicorn stack); (3) naive, `bench/servers/naive.py`; (4) LitServe and (5)
+PyTriton with their batching on; (6) convserve with its defaults; for the ResNets also
+"convserve-int8", the same serving the `<resnet>-int8` export (the others serve float32); for the
+HTTP-bound LeNet also "convserve-workers", the defaults with one worker process per core
+(`CONVSERVE_WORKERS`, not the default). resnet18-phone runs naive and convserve at c=16 only.
+
+`--rounds` rounds (default 2): in each, every system runs its concurrency levels in turn (closed
+loop, after a warm-up), so a slow minute on a shared host falls on all of them; the ceiling is
+measured again after each round and a round whose ceilings before and after differ by more
+than 15 % is flagged. In the last round, an open loop at 3x convserve's best throughput. Then
+the cost of JPEG draft decoding on both photos (`bench/preprocess.py --draft-cost`). Writes
+docs/bench/results.json, the results into docs/benchmarks.md (between the `results` markers,
+`bench/report.py`) and docs/images/bench-<case>.png.
+
+Duration: ~40 min on 2 cores with the defaults (servers starting and stopping and the ceilings
+between rounds are a good part of it); one case at `--duration 1 --rounds 2`, 3-5 min.
 Setup of the benchmark-only venv: docs/benchmarks.md.
 """
 
@@ -39,6 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.load import (  # noqa: E402
+    CHILD_ENV,
     SERVICE_PYTHON,
     Target,
     closed_loop,
@@ -47,32 +61,65 @@ from bench.load import (  # noqa: E402
     start_service,
     wait_ready,
 )
-from bench.models import BENCH_REPOSITORY, LENET, ensure_models, image_for  # noqa: E402
+from bench.models import (  # noqa: E402
+    BENCH_REPOSITORY,
+    LENET,
+    RESNETS,
+    ensure_models,
+    image_for,
+    int8_name,
+)
 
 RESULTS_JSON = REPO_ROOT / "docs" / "bench" / "results.json"
 OVERLOAD_FACTOR = 3.0
 GROUP_EXIT_S = 30  # a stopped server's children get this long to exit before SIGKILL
 SETTLE_MAX_S = 15  # then the machine this long to fall below SETTLED_BUSY_CORES
 SETTLED_BUSY_CORES = 0.25
-SYSTEMS = ("floor", "naive", "litserve", "pytriton", "convserve", "convserve-workers")
+SYSTEMS = (
+    "floor",
+    "naive",
+    "litserve",
+    "pytriton",
+    "convserve",
+    "convserve-workers",
+    "convserve-int8",
+)
+CONVSERVE_SYSTEMS = ("convserve", "convserve-workers", "convserve-int8")
+ROUNDS = 2
+CEILING_DRIFT = 0.15  # a round whose ceilings before and after differ more is flagged
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one model gets: its concurrency levels, seconds per level, ceiling batch sizes."""
+    """What one benchmark case gets: the model, its concurrency levels, seconds per level, the
+    ceiling's batch sizes, and which systems it runs (None: all that apply)."""
 
     model: str
     levels: tuple[int, ...]
     duration_s: float
     batches: str
-    workers_variant: bool = False  # also run convserve with CONVSERVE_WORKERS = cores
+    systems: tuple[str, ...] | None = None
+    phone: bool = False  # send the 4000x3000 photo instead of the 640x427 one
+
+    def runs(self, system: str) -> bool:
+        if self.systems is not None:
+            return system in self.systems
+        if system == "convserve-workers":  # one worker per core: for the HTTP-bound model
+            return self.model == LENET
+        if system == "convserve-int8":
+            return self.model in RESNETS
+        return True
 
 
 PLANS = {
-    LENET: Plan(LENET, (1, 4, 16, 64), 5.0, "1,32", workers_variant=True),
+    LENET: Plan(LENET, (1, 4, 16, 64), 5.0, "1,32"),
     "resnet18": Plan("resnet18", (1, 4, 16, 64), 6.0, "1,4,8,16"),
     # ~100 ms per image on 2 cores: c=64 would need minutes per point to see the queue drain.
     "resnet50": Plan("resnet50", (1, 4, 16), 8.0, "1,4,8"),
+    # A phone camera's photo: decoding dominates; convserve drafts it (DCT-scaled), naive not.
+    "resnet18-phone": Plan(
+        "resnet18", (16,), 8.0, "1,4,8", systems=("naive", "convserve"), phone=True
+    ),
 }
 
 
@@ -96,7 +143,7 @@ def server(name: str, model: str, repository: Path, batch: int, delay_ms: float)
     command += ["--model", model, "--port", str(port), "--max-batch-size", str(batch)]
     command += ["--batch-timeout-ms", str(delay_ms)]
     log = open(f"/tmp/convserve-bench-{name}.log", "wb")  # noqa: SIM115
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, **CHILD_ENV}
     process = subprocess.Popen(
         command,
         cwd=REPO_ROOT,
@@ -213,7 +260,12 @@ def target_for(system: str, base_url: str, model: str, image: bytes) -> Target:
 
 
 def sweep(
-    system: str, target: Target, plan: Plan, batch_url: str | None, log: Callable[[str], None]
+    system: str,
+    target: Target,
+    plan: Plan,
+    batch_url: str | None,
+    log: Callable[[str], None],
+    served: str = "",
 ) -> list[dict[str, Any]]:
     """Warm-up (untimed), then each concurrency level; one summary dict per level."""
     warmup_s = min(2.0, plan.duration_s / 2)
@@ -221,7 +273,13 @@ def sweep(
     rows = []
     for level in plan.levels:
         result = asyncio.run(
-            closed_loop(target, level, plan.duration_s, batch_url=batch_url, batch_model=plan.model)
+            closed_loop(
+                target,
+                level,
+                plan.duration_s,
+                batch_url=batch_url,
+                batch_model=served or plan.model,
+            )
         )
         row = {"system": system, "concurrency": level, **result.summary()}
         row["load_average"] = load_average()
@@ -234,92 +292,196 @@ def sweep(
     return rows
 
 
-def ceiling(plan: Plan, repository: Path) -> dict[str, Any]:
+def ceiling(
+    model: str, batches: str, repository: Path, phone: bool, layout: str | None = None
+) -> dict[str, Any]:
+    """`bench/ceiling.py` in the service's environment: every layout, or only `layout`."""
+    command = ["bench/ceiling.py", "--model", model, "--batches", batches]
+    command += ["--repository", str(repository)]
+    command += ["--layout", layout] if layout else []
+    command += ["--phone"] if phone else []
+    return run_json(command)
+
+
+def run_json(command: list[str]) -> dict[str, Any]:
+    """A bench script in the service's environment; the JSON object of its last line."""
     output = subprocess.run(
-        [
-            str(SERVICE_PYTHON),
-            "bench/ceiling.py",
-            "--model",
-            plan.model,
-            "--batches",
-            plan.batches,
-            "--repository",
-            str(repository),
-        ],
+        [str(SERVICE_PYTHON), *command],
         cwd=REPO_ROOT,
+        env={**os.environ, **CHILD_ENV},
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def ceilings(
+    files: dict[str, str], plan: Plan, repository: Path, first: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """One check between rounds: each model file's ceiling in the layout and batch size that
+    were best in the first, full measurement (`first`), by ceiling key."""
+    return {
+        key: ceiling(
+            model,
+            str(first[key]["best"]["batch"]),
+            repository,
+            plan.phone,
+            first[key]["layout"],
+        )
+        for key, model in files.items()
+    }
+
+
+def differ(before: float, after: float) -> bool:
+    """Whether two ceilings differ by more than CEILING_DRIFT (relative to the lower)."""
+    return max(before, after) / min(before, after) - 1 > CEILING_DRIFT
+
+
+def run_convserve(
+    system: str,
+    plan: Plan,
+    repository: Path,
+    image: bytes,
+    log: Callable[[str], None],
+    first_round: bool,
+    last_round: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One convserve variant's sweep; for plain convserve also the first request after ready
+    (first round) and the open loop at OVERLOAD_FACTOR x its best (last round)."""
+    served = int8_name(plan.model) if system == "convserve-int8" else plan.model
+    env = {
+        "CONVSERVE_MODEL_REPOSITORY": str(repository),
+        "CONVSERVE_MODELS": served,
+        "CONVSERVE_DEFAULT_MODEL": served,
+    }
+    if system == "convserve-workers":
+        env["CONVSERVE_WORKERS"] = str(os.cpu_count() or 1)
+    extra: dict[str, Any] = {}
+    process, url, _ = start_service(env)
+    try:
+        target = target_for("convserve", url, served, image)
+        if system == "convserve" and first_round:
+            status, first_s = asyncio.run(single_request(target))
+            log(f"  convserve first request after ready: {status} in {first_s * 1000:.1f} ms")
+            extra["first_request_ms"] = first_s * 1000
+        rows = sweep(system, target, plan, url, log, served)
+        if system == "convserve" and last_round and 1 in plan.levels:
+            extra |= overload(target, plan, url, rows, log)
+    finally:
+        stop(process)
+    return rows, extra
+
+
+def overload(
+    target: Target, plan: Plan, url: str, rows: list[dict[str, Any]], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Open loop at OVERLOAD_FACTOR x the best closed-loop throughput of `rows`. Each request
+    says how long it can wait: the unloaded p99 of `rows` (c=1). What the queue would make wait
+    longer is refused at once (503) by the batcher."""
+    capacity = max(r["rps"] for r in rows)
+    rate = OVERLOAD_FACTOR * capacity
+    budget_ms = math.ceil(next(r["p99_ms"] for r in rows if r["concurrency"] == 1))
+    headers = {**target.headers, "X-Request-Timeout-Ms": str(budget_ms)}
+    patient = dataclasses.replace(target, headers=headers)
+    result = asyncio.run(
+        open_loop(patient, rate, plan.duration_s, batch_url=url, batch_model=plan.model)
+    )
+    over = {"rate_per_s": rate, "capacity_rps": capacity, **result.summary()}
+    over["timeout_header_ms"] = budget_ms
+    over["load_average"] = load_average()
+    log(
+        f"  overload {rate:.0f}/s: {over['requests']} ok (p99 "
+        f"{over['p99_ms']:.1f} ms), {over['overloaded_503']} x 503 (p99 "
+        f"{over['overloaded_p99_ms']:.1f} ms), {over['errors']} errors"
+    )
+    return {"overload": over}
 
 
 def run_model(
-    plan: Plan, repository: Path, systems: tuple[str, ...], log: Callable[[str], None]
+    name: str,
+    plan: Plan,
+    repository: Path,
+    systems: tuple[str, ...],
+    rounds: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    image = image_for(plan.model)
-    log(f"{plan.model}: ceiling")
-    ceil = ceiling(plan, repository)
-    best = ceil["best"]
-    log(
-        f"  ceiling {best['images_per_s']:.1f} img/s (batch {best['batch']}, "
-        f"{best['sessions']} x {best['threads']} threads); batch-1 compute "
-        f"{ceil['batch1_compute_ms']:.2f} ms, decode+preprocess "
-        f"{ceil['decode_preprocess_ms']:.2f} ms"
-    )
+    """`rounds` rounds; in each, every system runs all its levels in turn (A B C A B C), so a
+    slow minute on a shared host falls on all of them. The in-process ceiling is measured before
+    the first round (every layout) and after each (the best layout again); a round whose
+    ceilings before and after differ by more than CEILING_DRIFT is flagged."""
+    image = image_for(plan.model, plan.phone)
+    chosen = [s for s in systems if plan.runs(s)]
+    files = {"float32": plan.model}
+    if "convserve-int8" in chosen:
+        files["int8"] = int8_name(plan.model)
+    log(f"{name}: ceiling ({', '.join(files.values())})")
+    first = {
+        key: ceiling(model, plan.batches, repository, plan.phone) for key, model in files.items()
+    }
+    for key, c in first.items():
+        best = c["best"]
+        log(
+            f"  {key} ceiling {best['images_per_s']:.1f} img/s (batch {best['batch']}, "
+            f"{c['layout']}); batch-1 compute {c['batch1_compute_ms']:.2f} ms, "
+            f"decode+preprocess {c['decode_preprocess_ms']:.2f} ms"
+        )
+    checks = [first]
     rows: list[dict[str, Any]] = []
+    flags: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     settings = service_settings()
     batch, delay_ms = settings["max_batch_size"], settings["max_queue_delay_ms"]
-    for system in systems:
-        if system in ("floor", "convserve", "convserve-workers"):
-            continue
-        with server(system, plan.model, repository, batch, delay_ms) as url:
-            if system == "naive" and "floor" in systems:
-                rows += sweep("floor", target_for("floor", url, plan.model, image), plan, None, log)
-            rows += sweep(system, target_for(system, url, plan.model, image), plan, None, log)
-    overload: dict[str, Any] = {}
-    first_s = float("nan")
-    env = {
-        "CONVSERVE_MODEL_REPOSITORY": str(repository),
-        "CONVSERVE_MODELS": plan.model,
-        "CONVSERVE_DEFAULT_MODEL": plan.model,
+    for index in range(rounds):
+        log(f"{name}: round {index + 1} of {rounds}")
+        for system in chosen:
+            if system in CONVSERVE_SYSTEMS:
+                found, more = run_convserve(
+                    system, plan, repository, image, log, index == 0, index == rounds - 1
+                )
+                extra |= more
+            elif system == "floor":
+                continue  # measured on the naive app's server, before naive
+            else:
+                found = []
+                with server(system, plan.model, repository, batch, delay_ms) as url:
+                    if system == "naive" and "floor" in chosen:
+                        floor = target_for("floor", url, plan.model, image)
+                        found += sweep("floor", floor, plan, None, log)
+                    found += sweep(
+                        system, target_for(system, url, plan.model, image), plan, None, log
+                    )
+            rows += [{**row, "round": index} for row in found]
+        checks.append(ceilings(files, plan, repository, first))
+        before, after = checks[-2], checks[-1]
+        ips = {
+            key: (before[key]["best"]["images_per_s"], after[key]["best"]["images_per_s"])
+            for key in files
+        }
+        flagged = any(differ(*pair) for pair in ips.values())
+        changes = {key: b / a - 1 for key, (a, b) in ips.items()}
+        flags.append({"round": index, "ceiling_change": changes, "flagged": flagged})
+        log(
+            f"  ceilings after round {index + 1}: "
+            + ", ".join(
+                f"{key} {a:.1f} -> {b:.1f} img/s ({changes[key]:+.0%})"
+                for key, (a, b) in ips.items()
+            )
+            + (f"  FLAGGED: ceiling moved more than {CEILING_DRIFT:.0%}" if flagged else "")
+        )
+    return {
+        "case": name,
+        "model": plan.model,
+        "image": "4000x3000 JPEG"
+        if plan.phone
+        else ("28x28 PNG" if plan.model == LENET else "640x427 JPEG"),
+        "levels": list(plan.levels),
+        "ceilings": checks,
+        "rounds": flags,
+        "rows": rows,
+        **extra,
     }
-    if "convserve" in systems:
-        process, url, _ = start_service(env)
-        try:
-            target = target_for("convserve", url, plan.model, image)
-            status, first_s = asyncio.run(single_request(target))
-            log(f"  convserve first request after ready: {status} in {first_s * 1000:.1f} ms")
-            rows += sweep("convserve", target, plan, url, log)
-            capacity = max(r["rps"] for r in rows if r["system"] == "convserve")
-            rate = OVERLOAD_FACTOR * capacity
-            # Each request says how long it can wait: the unloaded p99 of this run (c=1). What
-            # the queue would make wait longer is refused at once (503) by the batcher.
-            budget_ms = math.ceil(next(r["p99_ms"] for r in rows if r["system"] == "convserve"))
-            headers = {**target.headers, "X-Request-Timeout-Ms": str(budget_ms)}
-            patient = dataclasses.replace(target, headers=headers)
-            result = asyncio.run(
-                open_loop(patient, rate, plan.duration_s, batch_url=url, batch_model=plan.model)
-            )
-            overload = {"rate_per_s": rate, "capacity_rps": capacity, **result.summary()}
-            overload["timeout_header_ms"] = budget_ms
-            overload["load_average"] = load_average()
-            log(
-                f"  overload {rate:.0f}/s: {overload['requests']} ok (p99 "
-                f"{overload['p99_ms']:.1f} ms), {overload['overloaded_503']} x 503 (p99 "
-                f"{overload['overloaded_p99_ms']:.1f} ms), {overload['errors']} errors"
-            )
-        finally:
-            stop(process)
-    if "convserve-workers" in systems and plan.workers_variant:
-        process, url, _ = start_service({**env, "CONVSERVE_WORKERS": str(os.cpu_count() or 1)})
-        try:
-            target = target_for("convserve", url, plan.model, image)
-            rows += sweep("convserve-workers", target, plan, url, log)
-        finally:
-            stop(process)
-    overload["first_request_ms"] = first_s * 1000
-    return {"model": plan.model, "ceiling": ceil, "rows": rows, "overload": overload}
 
 
 def service_settings() -> dict[str, Any]:
@@ -337,14 +499,22 @@ def service_settings() -> dict[str, Any]:
     }
 
 
+def draft_costs() -> dict[str, Any]:
+    """`bench/preprocess.py --draft-cost`: exact against draft decoding of both photos."""
+    return run_json(["bench/preprocess.py", "--draft-cost"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(PLANS), help="Comma-separated models.")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated systems.")
     parser.add_argument("--duration", type=float, help="Seconds per level (default: per model).")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="Rounds per case (default 2).")
     parser.add_argument("--output", type=Path, default=RESULTS_JSON)
     parser.add_argument("--no-docs", action="store_true", help="Write the JSON only.")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     systems = tuple(s for s in args.systems.split(",") if s)
     repository = ensure_models(BENCH_REPOSITORY)
     started = time.time()
@@ -357,13 +527,16 @@ def main() -> None:
         plan = PLANS[name]
         if args.duration:
             plan = dataclasses.replace(plan, duration_s=args.duration)
-        models.append(run_model(plan, repository, systems, log))
+        models.append(run_model(name, plan, repository, systems, args.rounds, log))
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "duration_s": round(time.time() - started),
         "cores": os.cpu_count(),
         "settings": service_settings(),
+        "rounds": args.rounds,
+        "ceiling_drift_limit": CEILING_DRIFT,
         "models": models,
+        "draft_decode": draft_costs(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")

@@ -32,7 +32,29 @@ import httpx
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVICE_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"  # the service's own environment
+
+
+def service_python() -> Path:
+    """The service's own environment: BENCH_SERVICE_PYTHON, else `.venv` of this checkout or, in
+    a git worktree without one, of the main checkout. Every server and ceiling runs it with this
+    checkout as its working directory and PYTHONPATH, so it runs this checkout's code."""
+    if os.environ.get("BENCH_SERVICE_PYTHON"):
+        return Path(os.environ["BENCH_SERVICE_PYTHON"])
+    local = REPO_ROOT / ".venv" / "bin" / "python"
+    if local.exists():
+        return local
+    common = subprocess.run(
+        ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    main = Path(common).parent / ".venv" / "bin" / "python" if common else local
+    return main if main.exists() else Path(sys.executable)
+
+
+SERVICE_PYTHON = service_python()
+CHILD_ENV = {"PYTHONPATH": str(REPO_ROOT)}  # this checkout's code before any installed copy
 LISTENING = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
 OVERLOADED = 503
 
@@ -294,9 +316,9 @@ async def open_loop(
 def start_service(extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
     """`python -m service` on a free port, in its own process group; (process, URL, log)."""
     log = Path(tempfile.mkstemp(prefix="convserve-bench-", suffix=".log")[1])
-    env = {**os.environ, "CONVSERVE_PORT": "0", **extra_env}
+    env = {**os.environ, **CHILD_ENV, "CONVSERVE_PORT": "0", **extra_env}
     process = subprocess.Popen(
-        [str(SERVICE_PYTHON if SERVICE_PYTHON.exists() else sys.executable), "-m", "service"],
+        [str(SERVICE_PYTHON), "-m", "service"],
         cwd=REPO_ROOT,
         env=env,
         stdout=log.open("wb"),

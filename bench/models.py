@@ -6,6 +6,12 @@
 The ResNets go through `training.export.stage_and_publish` (the ONNX export, the ORT-vs-PyTorch
 parity check on real photos, metadata.json) exactly as a trained checkpoint would; only the
 weights are random, which changes nothing for speed. `lenet5-fashion` is copied from models/.
+Beside each ResNet, `<arch>-int8` is the same network (same seed, same weights) through
+`training.export --int8`'s quantization (`training.export.quantize_staged`): calibrated on
+INT8_CALIBRATION crops of the sample photos, compared on INT8_GATE_IMAGES others. Its accuracy
+gate is told to accept the loss: top-1 agreement of random weights (near-uniform logits) says
+nothing about a trained network's, and speed does not depend on it (`bench/int8.py` compares the
+speed of any two version folders).
 Nothing here is committed: bench/results/ is ignored by git.
 """
 
@@ -16,6 +22,7 @@ import io
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,7 +34,13 @@ RESNETS = ("resnet18", "resnet50")
 LENET = "lenet5-fashion"
 IMAGE_SIZE = 224
 PHOTOS = ("china.jpg", "flower.jpg")  # scikit-learn's sample photos (640x427 JPEGs)
+PHONE_SIZE = (4000, 3000)  # a phone camera's 12 MP photo: china.jpg upscaled
+PHONE_QUALITY = 90
+PHONE_PHOTO = REPO_ROOT / "bench" / "results" / "china-4000x3000-q90.jpg"
 NUM_CLASSES = 1000
+INT8_SUFFIX = "-int8"  # resnet18-int8: the int8 export of resnet18's network
+INT8_CALIBRATION = 64  # random weights: calibration quality does not change speed
+INT8_GATE_IMAGES = 32
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +56,19 @@ def photo_bytes() -> bytes:
     return photo_path().read_bytes()
 
 
+def phone_photo() -> bytes:
+    """china.jpg upscaled to PHONE_SIZE (bicubic), JPEG quality PHONE_QUALITY; made once, cached
+    as PHONE_PHOTO."""
+    if not PHONE_PHOTO.exists():
+        PHONE_PHOTO.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(photo_path()) as china:
+            upscaled = china.resize(PHONE_SIZE, Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        upscaled.save(buffer, format="JPEG", quality=PHONE_QUALITY)
+        PHONE_PHOTO.write_bytes(buffer.getvalue())
+    return PHONE_PHOTO.read_bytes()
+
+
 def fashion_png() -> bytes:
     """A 28x28 Fashion-MNIST test image as PNG (random pixels without the dataset)."""
     try:
@@ -56,11 +82,14 @@ def fashion_png() -> bytes:
     return buffer.getvalue()
 
 
-def image_for(model: str) -> bytes:
-    return fashion_png() if model == LENET else photo_bytes()
+def image_for(model: str, phone: bool = False) -> bytes:
+    """What the benchmark sends to `model`; `phone`: the 4000x3000 photo instead of the 640x427."""
+    if model == LENET:
+        return fashion_png()
+    return phone_photo() if phone else photo_bytes()
 
 
-def _parity_samples(pre: object) -> object:
+def _parity_samples(pre: object) -> Any:
     """(N, 3, 224, 224) real photos through training's eval transform (crops of both photos)."""
     import torch
 
@@ -76,21 +105,34 @@ def _parity_samples(pre: object) -> object:
     return torch.stack(images)
 
 
-def export_resnet(arch: str, repository: Path, force: bool = False, fp16: bool = False) -> Path:
+def int8_name(model: str) -> str:
+    return model + INT8_SUFFIX
+
+
+def export_resnet(
+    arch: str, repository: Path, force: bool = False, fp16: bool = False, int8: bool = False
+) -> Path:
+    """`<repository>/<arch>/1` (or `<arch>-int8/1` with `int8`), exported unless it exists."""
     import torch
 
-    from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-    from training.export import ExportSpec, resolve_layers, stage_and_publish
+    from training.data.transforms import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Preprocessing,
+        eval_transform,
+    )
+    from training.export import ExportSpec, quantize_staged, resolve_layers, stage_and_publish
     from training.registry import build_model
 
-    target = repository / arch / "1"
+    name = int8_name(arch) if int8 else arch
+    target = repository / name / "1"
     if target.is_dir() and not force:
         return target
     torch.manual_seed(0)
     model = build_model(arch, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE).eval()
     pre = Preprocessing("RGB", 256, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD)
     spec = ExportSpec(
-        name=arch,
+        name=name,
         version=1,
         arch=arch,
         labels=[f"class-{i}" for i in range(NUM_CLASSES)],
@@ -99,13 +141,31 @@ def export_resnet(arch: str, repository: Path, force: bool = False, fp16: bool =
         training={"note": "random weights, benchmark only"},
         precision="float16" if fp16 else "float32",
     )
-    return stage_and_publish(model, spec, _parity_samples(pre), repository, force=True)  # type: ignore[arg-type]
+    samples = _parity_samples(pre)
+    after_write = None
+    if int8:
+        from training.data.photos import PHOTO_NAMES, sample_photo
+        from training.export_int8 import photo_split, plan_from_sets
+
+        transform = eval_transform(pre)
+        photos = [sample_photo(photo) for photo in PHOTO_NAMES]
+        plan = plan_from_sets(
+            *photo_split(photos, INT8_CALIBRATION, INT8_GATE_IMAGES),
+            lambda image: transform(image).numpy(),
+            accept_accuracy_loss=True,
+        )
+
+        def after_write(folder: Path, metadata: dict[str, object]) -> None:
+            quantize_staged(folder, metadata, plan, samples)
+
+    return stage_and_publish(model, spec, samples, repository, True, after_write)
 
 
 def ensure_models(
     repository: Path = BENCH_REPOSITORY, force: bool = False, fp16: bool = False
 ) -> Path:
-    """The benchmark repository with lenet5-fashion (linked) and both ResNets; its root."""
+    """The benchmark repository with lenet5-fashion (copied), both ResNets and, unless `fp16`,
+    their int8 exports; its root."""
     repository.mkdir(parents=True, exist_ok=True)
     lenet = repository / LENET
     if lenet.is_symlink():  # the service refuses folders resolving outside its repository
@@ -114,6 +174,8 @@ def ensure_models(
         shutil.copytree(REPO_ROOT / "models" / LENET, lenet)
     for arch in RESNETS:
         logger.info("%s: %s", arch, export_resnet(arch, repository, force, fp16))
+        if not fp16:
+            logger.info("%s: %s", arch, export_resnet(arch, repository, force, int8=True))
     return repository
 
 

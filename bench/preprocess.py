@@ -3,7 +3,7 @@
     .venv/bin/python bench/preprocess.py [--repeat 50]
 
 Images: scikit-learn's china.jpg and flower.jpg (640x427 JPEGs) and a 4000x3000 JPEG made from
-china.jpg (upscaled, quality 90, in a temporary folder), through a ResNet's preprocessing (RGB,
+china.jpg (upscaled, quality 90: `bench.models.phone_photo`), through a ResNet's preprocessing (RGB,
 resize 256, crop 224, ImageNet mean/std); a 28x28 Fashion-MNIST PNG through lenet5-fashion's.
 
 Three pipelines run interleaved, iteration by iteration, so that other load on the host falls on
@@ -16,6 +16,14 @@ default; the same as "exact" on images too small to draft). Each is timed stage 
 and re-allocating decoded images is part of the cost), medians in ms; "x before" is each call's
 ratio to the "before" call. The staged pipelines are checked against
 `service.preprocess.preprocess` first, so the stages time what the service runs.
+
+    .venv/bin/python bench/preprocess.py --draft-cost
+
+What draft decoding costs and saves on the benchmark's photos (`draft_cost`, also recorded by
+`bench/compare.py`): the 640x427 china.jpg and its 4000x3000 upscale through a ResNet's
+preprocessing, exact against draft: max and mean |difference| of the model input in 8-bit levels,
+and the median decode + preprocessing ms of each, so that DRAFT_MIN_RATIO can be chosen by
+measurement.
 
     .venv/bin/python bench/preprocess.py --tolerance
 
@@ -33,10 +41,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,9 +58,10 @@ from PIL import Image, ImageOps
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.models import BENCH_REPOSITORY, fashion_png, photo_path  # noqa: E402
+from bench.models import BENCH_REPOSITORY, fashion_png, phone_photo, photo_path  # noqa: E402
 from service.metadata import ModelMetadata  # noqa: E402
 from service.preprocess import (  # noqa: E402
+    DRAFT_MIN_RATIO,
     RESAMPLE,
     Extent,
     _convert,
@@ -67,7 +76,6 @@ from service.preprocess import (  # noqa: E402
     to_input,
 )
 
-LARGE_SIZE = (4000, 3000)
 LARGE_QUALITY = 90
 MAX_PIXELS = 40_000_000
 TOLERANCE_SHORT_SIDES = (1536, 2048, 3072, 4000)  # 1536 and 3072: drafted to exactly 3 x 256
@@ -123,18 +131,52 @@ def model_metadata(name: str, color_mode: str, resize: int, crop: int) -> ModelM
     )
 
 
-def cases(tmp: Path) -> list[Case]:
+def cases() -> list[Case]:
     resnet = model_metadata("resnet18", "RGB", 256, 224)
     lenet = model_metadata("lenet5-fashion", "L", 28, 28)
-    large = tmp / "china-4000x3000.jpg"
-    with Image.open(photo_path("china.jpg")) as china:
-        china.resize(LARGE_SIZE, Image.Resampling.BICUBIC).save(large, quality=LARGE_QUALITY)
     return [
         Case("china.jpg 640x427", photo_path("china.jpg").read_bytes(), resnet),
         Case("flower.jpg 640x427", photo_path("flower.jpg").read_bytes(), resnet),
-        Case("china 4000x3000 q90", large.read_bytes(), resnet),
+        Case("china 4000x3000 q90", phone_photo(), resnet),
         Case("fashion 28x28 PNG", fashion_png(), lenet),
     ]
+
+
+def draft_cost(data: bytes, repeat: int = 20) -> dict[str, Any]:
+    """Exact against draft decoding of one JPEG through a ResNet's preprocessing (resize 256,
+    crop 224): the DCT scale, |input difference| in 8-bit levels (max, mean) and the median ms
+    of each decode + preprocessing, interleaved."""
+    meta = model_metadata("resnet18", "RGB", 256, 224)
+    spec = meta.preprocessing
+
+    def run(draft: bool) -> npt.NDArray[np.float32]:
+        return preprocess(data, meta, max_pixels=MAX_PIXELS, jpeg_draft=draft)
+
+    difference = levels(run(True), run(False), spec.std)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeat):
+        for draft, samples in times.items():
+            started = time.perf_counter()
+            run(draft)
+            samples.append(time.perf_counter() - started)
+    with Image.open(io.BytesIO(data)) as image:
+        size = image.size
+    return {
+        "size": list(size),
+        "draft_min_ratio": DRAFT_MIN_RATIO,
+        "scale": draft_scale(*size, spec.resize),
+        "max_levels": float(difference.max()),
+        "mean_levels": float(difference.mean()),
+        "exact_ms": statistics.median(times[False]) * 1000,
+        "draft_ms": statistics.median(times[True]) * 1000,
+    }
+
+
+def draft_costs(repeat: int = 20) -> dict[str, dict[str, Any]]:
+    """`draft_cost` of the benchmark's two photos, by name."""
+    photos = {"china.jpg 640x427": photo_path("china.jpg").read_bytes()}
+    photos["china 4000x3000 q90"] = phone_photo()
+    return {name: draft_cost(data, repeat) for name, data in photos.items()}
 
 
 def before(case: Case) -> dict[str, Stage]:
@@ -381,14 +423,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=50, help="runs per image (median)")
     parser.add_argument("--tolerance", action="store_true", help="draft vs exact, no timings")
+    parser.add_argument("--draft-cost", action="store_true", help="the benchmark photos only")
     args = parser.parse_args()
     if args.tolerance:
         tolerance()
         return
+    if args.draft_cost:
+        costs = draft_costs(args.repeat)
+        for name, cost in costs.items():
+            print(
+                f"{name}: drafted 1/{cost['scale']}, input max {cost['max_levels']:.1f} mean "
+                f"{cost['mean_levels']:.3f} levels; exact {cost['exact_ms']:.1f} ms, draft "
+                f"{cost['draft_ms']:.1f} ms"
+            )
+        print(json.dumps(costs))  # the last line: what bench/compare.py records
+        return
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(Path(tmp)):
-            report(case, measure(case, args.repeat), args.repeat)
+    for case in cases():
+        report(case, measure(case, args.repeat), args.repeat)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

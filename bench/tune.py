@@ -37,7 +37,7 @@ def main() -> None:
     image = image_for(args.model)
     ceil_ips = float("nan")
     if not args.no_ceiling:
-        ceil = ceiling(PLANS[args.model], repository)
+        ceil = ceiling(args.model, PLANS[args.model].batches, repository, phone=False)
         ceil_ips = ceil["best"]["images_per_s"]
         print(f"ceiling {ceil_ips:.1f} img/s: {json.dumps(ceil['best'])}")
     levels = [int(c) for c in args.concurrency.split(",")]

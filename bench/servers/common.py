@@ -1,7 +1,9 @@
 """What every comparison server shares: the same model file, the same decode, the same top-5.
 
-The baselines decode with convserve's own `service.preprocess.preprocess` (bit-exact with
-training), so every system does the same work per image and only the serving differs.
+The baselines decode with convserve's own `service.preprocess.preprocess`, bit-exact with
+training (`jpeg_draft=False`: what a server written around torchvision's transforms does), so
+every system does the same work per image and only the serving differs; on JPEGs large enough
+to draft, convserve's DCT-scaled decoding (on by default) is part of what is compared.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Model:
         configure_pillow(MAX_PIXELS)
 
     def tensor(self, data: bytes) -> np.ndarray:
-        return preprocess(data, self.metadata, max_pixels=MAX_PIXELS)
+        return preprocess(data, self.metadata, max_pixels=MAX_PIXELS, jpeg_draft=False)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
