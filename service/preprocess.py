@@ -6,7 +6,7 @@ Runs in a worker thread: nothing here touches the event loop.
 
 JPEG draft decoding (`jpeg_draft`, on by default): a JPEG large enough is decoded at 1/2, 1/4 or
 1/8 scale in the DCT domain (Pillow's `draft`), keeping its shorter side at least
-`DRAFT_MIN_RATIO x resize`, then resized as usual: about 3x faster on camera photos, with an input
+`DRAFT_MIN_RATIO x resize`, then resized as usual: 4-5x faster on camera photos, with an input
 that differs slightly from torchvision's (tolerance measured by `bench/preprocess.py --tolerance`).
 Everything else, PNG and WebP, and JPEGs too small to draft, is bit-exact with torchvision.
 
@@ -98,12 +98,15 @@ ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 # JPEG draft decoding: the scaled decode keeps the shorter side at least DRAFT_MIN_RATIO x the
-# resize target, so the antialiased resize after it still averages three or more decoded pixels
-# per output pixel; at 2x a photo's input moved about twice as far (mean 1.1-1.4 levels out of
-# 255 vs 0.4-0.5 at 3x, bench/preprocess.py --tolerance). Off: every input bit-exact with
-# torchvision, large photos about 3x slower.
+# resize target, so the antialiased resize after it still averages 2.5 or more decoded pixels
+# per output pixel. The worst case, a draft landing exactly on the ratio with detail at every
+# pixel, moves the input by max 8 / mean 0.56 of 255 levels (3x: 7 / 0.48; 2x: 13 / 1.12). A
+# 12 MP photo (4032x3024, ResNet preprocessing) is decoded at 1/4, 4-5x faster than exactly,
+# within max 4 / mean 0.19-0.29 levels; 3x would decode it at 1/2, only 2.5x faster
+# (bench/preprocess.py --draft-cost and --tolerance). Off: every input bit-exact with
+# torchvision.
 JPEG_DRAFT = True
-DRAFT_MIN_RATIO = 3
+DRAFT_MIN_RATIO = 2.5
 DRAFT_SCALES = (8, 4, 2)  # what libjpeg can scale by in the DCT domain
 Extent = tuple[float, float, float, float]  # (left, upper, right, lower), Image.resize's box
 
@@ -258,7 +261,7 @@ def decode(data: bytes, *, color_mode: str, max_pixels: int, min_side: int = 1) 
 def draft_scale(width: int, height: int, resize: int) -> int:
     """The DCT-domain scale (1, 2, 4 or 8) a JPEG of this size is decoded at when drafting: the
     largest that keeps the shorter side at least DRAFT_MIN_RATIO x `resize`."""
-    fits = min(width, height) // (DRAFT_MIN_RATIO * resize)
+    fits = int(min(width, height) // (DRAFT_MIN_RATIO * resize))
     return next((scale for scale in DRAFT_SCALES if fits >= scale), 1)
 
 
