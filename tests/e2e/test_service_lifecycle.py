@@ -135,22 +135,32 @@ def test_sigterm_under_traffic_drops_nothing(tmp_path: Path) -> None:
     write_tiny_model(repo, "tiny-cnn")
     image = random_png(2)
 
-    def slow_body() -> Iterator[bytes]:
-        # The request is accepted (headers read) long before its body is complete.
+    body_gate = threading.Event()
+    body_gate.set()
+    held = threading.Semaphore(0)
+
+    def held_body() -> Iterator[bytes]:
+        # The request is accepted (headers read) before its body is complete; while the gate is
+        # closed, the rest of the body waits for it.
         yield image[:100]
-        time.sleep(0.5)
+        if not body_gate.is_set():
+            held.release()
+            body_gate.wait(30)
         yield image[100:]
 
     with ServiceProcess(
         tmp_path / "service.log", model_repository=repo, providers="cpu"
     ) as service:
         url = f"{service.base_url}/v1/models/tiny-cnn/classify"
-        with Traffic(url, slow_body) as traffic:
+        with Traffic(url, held_body) as traffic:
             wait_for(lambda: traffic.answered() >= 2 * CLIENTS, "traffic")
+            body_gate.clear()
+            assert held.acquire(timeout=30)  # a request is half sent
             traffic.stop.set()  # no new requests: the ones in flight were all sent before
-            time.sleep(0.2)
             in_flight = traffic.in_flight
             service.terminate()
+            wait_for(lambda: "Shutting down" in service.log(), "shutdown begun")
+            body_gate.set()  # the held bodies complete only after shutdown began
         code = service.process.wait(timeout=60)
         assert in_flight > 0
         assert traffic.errors == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,14 +31,12 @@ def base_url(tiny_repo: Path) -> Iterator[str]:
         yield url
 
 
-def _raw_request(base_url: str, head: str, body: bytes = b"") -> tuple[bytes, float]:
-    """Send raw HTTP; the answer's first bytes and how long it took."""
+def _raw_request(base_url: str, head: str, body: bytes = b"") -> bytes:
+    """Send raw HTTP; the answer's first bytes."""
     host, port = base_url.removeprefix("http://").split(":")
-    started = time.perf_counter()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.encode() + body)
-        answer = sock.recv(65536)
-    return answer, time.perf_counter() - started
+        return sock.recv(65536)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +56,7 @@ def test_declared_length_over_limit_is_413_before_any_body(
         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
         "Content-Length: 1000000000\r\n\r\n"
     )
-    answer, _ = _raw_request(base_url, head)
+    answer = _raw_request(base_url, head)
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
     assert body_start in rest
@@ -84,7 +81,7 @@ def test_a_refusal_at_the_edge_is_counted_under_its_route_and_model(
     before = metric_value(
         httpx.get(base_url + "/metrics").text, "convserve_requests_total", **labels
     )
-    answer, _ = _raw_request(base_url, head)
+    answer = _raw_request(base_url, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
     after = metric_value(
         httpx.get(base_url + "/metrics").text, "convserve_requests_total", **labels
@@ -120,11 +117,12 @@ def test_slow_body_is_408(tiny_repo: Path) -> None:
         "Content-Length: 1000\r\n\r\n"
     )
     with threaded_server(settings) as url:
-        answer, took_s = _raw_request(url, head, b"\x89PNG")  # 4 of 1000 bytes, then silence
+        # 4 of 1000 bytes, then silence: only the server's body timeout can answer it (the
+        # client's socket gives up after 10 s, so a server that waits for the rest fails here).
+        answer = _raw_request(url, head, b"\x89PNG")
         good = httpx.post(url + "/v1/classify", content=random_png(1), headers=PNG)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"code":"request_timeout"' in answer
-    assert took_s < 5
     assert good.status_code == 200
 
 
@@ -199,7 +197,7 @@ def test_minimum_side() -> None:
 
 
 def test_header_bomb_is_refused_before_decoding() -> None:
-    started = time.perf_counter()
-    with pytest.raises(ImageTooLarge, match="pixels"):
+    # Refused for the 10 G pixels its header claims: decoding its 64 bytes of pixel data would
+    # have failed as truncated instead.
+    with pytest.raises(ImageTooLarge, match="10000000000 pixels"):
         decode(png_header_only(100_000, 100_000), color_mode="L", max_pixels=40_000_000)
-    assert time.perf_counter() - started < 5  # not 10 G pixels decoded
