@@ -12,7 +12,7 @@ import pytest
 
 from service import runtime as runtime_module
 from service.runtime import Runtime
-from tests.service.test_batching import (
+from tests.service.fakes import (
     GatedRuntime,
     images,
     make,
