@@ -4,15 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from tests.training.archs import REQUIRED
 from training.errors import UserError
 from training.models.lenet import LeNet5
 from training.registry import build_model, check_input_size, get_spec, list_models, register_model
 from training.train import cli
-
-REQUIRED = {
-    "lenet5", "alexnet", "vgg16", "vgg19", "resnet18", "resnet50", "resnet152",
-    "efficientnet_b0", "convnext_tiny",
-}  # fmt: skip
 
 
 def test_registry_lists_required_architectures() -> None:
