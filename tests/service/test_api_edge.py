@@ -1,4 +1,5 @@
-"""Body limit (ASGI middleware, every route) and the image rules of service/preprocess.py."""
+"""The edge middleware (service/api/edge.py) on every route: the body limit, the body timeout,
+security headers and CORS."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-from service.errors import ImageTooLarge, ImageTooSmall, UnsupportedImage
-from service.preprocess import decode
 from service.settings import Settings
-from tests.badinputs import animated, encode, noise, png_header_only
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import random_png
 
@@ -162,42 +158,3 @@ def test_cors_allows_only_configured_origins(tiny_repo: Path) -> None:
         )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in refused.headers
-
-
-# --- image rules --------------------------------------------------------------------------
-def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
-    values = np.array([[0, 257, 32896, 65535]] * 8, dtype=np.uint16)
-    image = decode(encode(Image.fromarray(values), "PNG"), color_mode="L", max_pixels=10_000)
-    assert np.asarray(image)[0].tolist() == [0, 1, 128, 255]
-
-
-def test_palette_with_alpha_and_la_convert() -> None:
-    palette = noise(16, 16).convert("P")
-    palette.info["transparency"] = 0
-    assert decode(encode(palette, "PNG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
-    la = decode(encode(noise(16, 16, "LA"), "PNG"), color_mode="L", max_pixels=10_000)
-    assert la.mode == "L"
-
-
-def test_cmyk_jpeg_converts() -> None:
-    cmyk = noise(16, 16, "CMYK")
-    assert decode(encode(cmyk, "JPEG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_animated_images_are_refused(fmt: str) -> None:
-    with pytest.raises(UnsupportedImage, match="animated"):
-        decode(animated(fmt), color_mode="RGB", max_pixels=10_000)
-
-
-def test_minimum_side() -> None:
-    with pytest.raises(ImageTooSmall):
-        decode(encode(noise(4, 30), "PNG"), color_mode="L", max_pixels=10_000, min_side=8)
-    assert decode(encode(noise(8, 8), "PNG"), color_mode="L", max_pixels=100, min_side=8)
-
-
-def test_header_bomb_is_refused_before_decoding() -> None:
-    # Refused for the 10 G pixels its header claims: decoding its 64 bytes of pixel data would
-    # have failed as truncated instead.
-    with pytest.raises(ImageTooLarge, match="10000000000 pixels"):
-        decode(png_header_only(100_000, 100_000), color_mode="L", max_pixels=40_000_000)
