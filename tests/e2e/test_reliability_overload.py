@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.burst import burst
 from tests.service.server import ServiceProcess, metric_value
 from tests.service.tiny_model import random_png, write_tiny_model
 
@@ -26,30 +27,6 @@ ROUTE = "/v1/models/{model}/classify"
 # A real model heavy enough to be the bottleneck (about 0.6 G multiply-adds per image): a burst
 # sent at once arrives far faster than the in-flight requests are answered.
 SLOW_SIZE, SLOW_CONV1, SLOW_CONV2 = 128, 64, 256
-
-
-async def _burst(base_url: str, image: bytes) -> list[tuple[int, str]]:
-    """(status, Retry-After) of BURST requests: every connection opened first, then every
-    request written at once, then the answers read."""
-    host, port = base_url.removeprefix("http://").split(":")
-    request = (
-        f"POST {URL} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {len(image)}\r\nConnection: close\r\n\r\n"
-    ).encode() + image
-    connections = [await asyncio.open_connection(host, int(port)) for _ in range(BURST)]
-    for _, writer in connections:
-        writer.write(request)
-    await asyncio.gather(*(writer.drain() for _, writer in connections))
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, str]:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        await reader.read()  # the body, up to the server's close
-        writer.close()
-        await writer.wait_closed()
-        headers = dict(line.lower().split(": ", 1) for line in head[1:] if line)
-        return int(head[0].split()[1]), headers.get("retry-after", "")
-
-    return await asyncio.gather(*(answer(reader, writer) for reader, writer in connections))
 
 
 def slow_service(tmp_path: Path, **settings: object) -> ServiceProcess:
@@ -76,7 +53,7 @@ def test_a_burst_past_the_in_flight_limit_is_shed_before_decoding(tmp_path: Path
         max_queue_delay_ms=0,
         max_batch_compute_ms=0,  # batches of 4 whatever the measured compute: the sum above
     ) as service:
-        results = asyncio.run(_burst(service.base_url, image))
+        results = burst(service.base_url, URL, image, BURST)
         metrics = httpx.get(service.base_url + "/metrics").text
     decoded = metric_value(metrics, "convserve_preprocess_duration_seconds_count", model="slow-cnn")
     codes = [code for code, _ in results]
