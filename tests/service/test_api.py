@@ -17,6 +17,7 @@ from PIL import Image
 
 from service.preprocess import preprocess
 from service.settings import Settings
+from tests.service.fakes import gate_every_runtime
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import TinyModel, random_png, write_tiny_model
 
@@ -512,19 +513,8 @@ def test_disconnected_client_is_dropped_before_compute(
     import socket
     import threading
 
-    from service.runtime import Runtime
-
-    gate, started = threading.Event(), threading.Event()
-    batches: list[int] = []
-    original = Runtime.run
-
-    def gated_run(self: Runtime, instance: int, batch: np.ndarray, outputs: object) -> object:
-        batches.append(len(batch))
-        started.set()
-        gate.wait(20)
-        return original(self, instance, batch, outputs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Runtime, "run", gated_run)
+    gated = gate_every_runtime(monkeypatch)
+    gated.hold()
 
     def metric(name: str, **labels: str) -> float:
         return metric_value(client.get("/metrics").text, name, **labels)
@@ -544,7 +534,7 @@ def test_disconnected_client_is_dropped_before_compute(
         kwargs={"content": random_png(40), "headers": {"content-type": "image/png"}},
     )
     first.start()
-    assert started.wait(20)
+    assert gated.started.wait(20)
     image = random_png(41)
     host, port = base_url.removeprefix("http://").split(":")
     hang_up = socket.create_connection((host, int(port)))
@@ -560,14 +550,14 @@ def test_disconnected_client_is_dropped_before_compute(
     )  # B decoded and queued behind A
     hang_up.close()
     wait_until(lambda: metric("convserve_requests_total", model="tiny-rgb", code="499") >= 1)
-    gate.set()
+    gated.gate.set()
     first.join(20)
     wait_until(
         lambda: (
             metric("convserve_failures_total", model="tiny-rgb", reason="client_disconnected") >= 1
         )
     )
-    assert batches == [1]  # B never reached session.run
+    assert gated.sizes == [1]  # B never reached session.run
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf", "", "1_000"])

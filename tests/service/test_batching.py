@@ -3,94 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from service.batching import Batcher
 from service.errors import DeadlineExceeded, InvalidOption, NotReady, Overloaded
-from service.metrics import Metrics
-from service.repository import VersionRef, load_version
-from service.runtime import Outputs, Runtime
-from tests.service.tiny_model import TinyModel
+from service.runtime import Runtime
+from tests.service.fakes import GatedRuntime, images, make, wait_started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-class GatedRuntime:
-    """A real Runtime whose batches wait for `gate` to open: makes 'busy' deterministic."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Event()
-        self.calls: list[tuple[int, tuple[str, ...]]] = []
-        self.inputs: list[npt.NDArray[np.float32]] = []
-
-    @property
-    def instances(self) -> int:
-        return self.runtime.instances
-
-    def run(
-        self,
-        instance: int,
-        batch: npt.NDArray[np.float32],
-        outputs: Sequence[str],
-    ) -> Outputs:
-        self.calls.append((len(batch), tuple(outputs)))
-        self.inputs.append(batch.copy())
-        self.started.set()
-        self.gate.wait(30)
-        return self.runtime.run(instance, batch, outputs)
-
-    def recreate(self, instance: int) -> None:
-        self.runtime.recreate(instance)
-
-
-def tiny_runtime(tiny_repo: Path, tiny_cnn: TinyModel, **layout: int) -> Runtime:
-    """A real CPU Runtime of the tiny CNN: one one-thread instance unless `layout` says more."""
-    files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
-    options = {"instances": 1, "intra_op_threads": 1, **layout}
-    return Runtime(files.onnx_bytes, files.metadata, providers=["CPUExecutionProvider"], **options)
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_repo: Path, tiny_cnn: TinyModel) -> Runtime:
-    return tiny_runtime(tiny_repo, tiny_cnn)
-
-
-def images(count: int, start: int = 0) -> list[npt.NDArray[np.float32]]:
-    return [np.full((1, 16, 16), float(start + i), dtype=np.float32) for i in range(count)]
-
-
-def make(gated: GatedRuntime, **kwargs: float) -> Batcher:
-    options: dict[str, float] = {
-        "max_batch_size": 8,
-        "max_queue_delay_s": 0.0,
-        "max_queue_size": 64,
-    }
-    options.update(kwargs)
-    return Batcher(
-        gated,
-        model="tiny-cnn",
-        required_outputs=["logits"],
-        max_batch_size=int(options["max_batch_size"]),
-        max_queue_delay_s=options["max_queue_delay_s"],
-        max_queue_size=int(options["max_queue_size"]),
-        metrics=Metrics(gpu=False),
-        max_batch_compute_s=options.get("max_batch_compute_s", 0.0),
-    )
-
-
-async def wait_started(gated: GatedRuntime) -> None:
-    while not gated.started.is_set():
-        await asyncio.sleep(0.001)
 
 
 async def test_results_in_order_and_equal_to_direct_run(runtime: Runtime) -> None:

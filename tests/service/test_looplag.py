@@ -16,7 +16,7 @@ from service.looplag import LoopLag
 from service.metrics import Metrics
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
-BLOCK_S = 0.1
+BLOCK_S = 0.2
 
 
 async def _lagging() -> tuple[LoopLag, asyncio.Task[None]]:
@@ -31,9 +31,13 @@ async def _lagging() -> tuple[LoopLag, asyncio.Task[None]]:
 
 async def test_a_blocked_loop_shows_as_lag_that_then_decays() -> None:
     lag, task = await _lagging()
-    assert lag.lag_s >= BLOCK_S * 0.8
-    await asyncio.sleep(0.3)  # ~150 punctual wake-ups
-    assert lag.lag_s < BLOCK_S * 0.1
+    peak = lag.lag_s
+    # The sleeper due during the block woke only once the loop was free again: a lower bound
+    # that a busy host can only raise.
+    assert peak >= BLOCK_S - lag.interval_s
+    # Then forgotten wake-up by wake-up (the test's timeout catches a lag that never decays).
+    while lag.lag_s >= peak / 10:
+        await asyncio.sleep(lag.interval_s)
     task.cancel()
 
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 import importlib.util
 import io
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service.errors import ImageTooLarge, InvalidImage
+from service.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from service.metadata import ModelMetadata, Preprocessing
 from service.preprocess import (
     configure_pillow,
@@ -19,34 +18,13 @@ from service.preprocess import (
     resize_size,
     to_input,
 )
+from tests.badinputs import animated, encode, noise
 from tests.conftest import REPO_ROOT
+from tests.service.photos import IMAGENET_MEAN, IMAGENET_STD, photo, photo_bytes, resnet_metadata
 from tests.service.tiny_model import TinyModel
 
-SKLEARN = importlib.util.find_spec("sklearn")
 TORCHVISION = importlib.util.find_spec("torchvision") is not None
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 EXIF_ORIENTATION_TAG = 0x0112
-
-
-def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def photo(name: str) -> Image.Image:
-    """One of scikit-learn's sample photos (640x427 JPEGs), decoded, in RGB."""
-    if SKLEARN is None or SKLEARN.origin is None:
-        pytest.skip("scikit-learn (its sample photos) is not installed")
-    with Image.open(Path(SKLEARN.origin).parent / "datasets" / "images" / name) as image:
-        return image.convert("RGB")
-
-
-def photo_bytes(name: str) -> bytes:
-    assert SKLEARN is not None
-    assert SKLEARN.origin is not None
-    return (Path(SKLEARN.origin).parent / "datasets" / "images" / name).read_bytes()
 
 
 def gradient(width: int, height: int) -> Image.Image:
@@ -98,6 +76,37 @@ def test_bomb_header_is_refused_with_the_configured_limit() -> None:
     assert refused.value.message == (
         "image (10000000000 pixels) has more than the 40000000 pixels allowed"
     )
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    values = np.array([[0, 257, 32896, 65535]] * 8, dtype=np.uint16)
+    image = decode(encode(Image.fromarray(values), "PNG"), color_mode="L", max_pixels=10_000)
+    assert np.asarray(image)[0].tolist() == [0, 1, 128, 255]
+
+
+def test_palette_with_alpha_and_la_convert() -> None:
+    palette = noise(16, 16).convert("P")
+    palette.info["transparency"] = 0
+    assert decode(encode(palette, "PNG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
+    la = decode(encode(noise(16, 16, "LA"), "PNG"), color_mode="L", max_pixels=10_000)
+    assert la.mode == "L"
+
+
+def test_cmyk_jpeg_converts() -> None:
+    cmyk = noise(16, 16, "CMYK")
+    assert decode(encode(cmyk, "JPEG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_animated_images_are_refused(fmt: str) -> None:
+    with pytest.raises(UnsupportedImage, match="animated"):
+        decode(animated(fmt), color_mode="RGB", max_pixels=10_000)
+
+
+def test_minimum_side() -> None:
+    with pytest.raises(ImageTooSmall):
+        decode(encode(noise(4, 30), "PNG"), color_mode="L", max_pixels=10_000, min_side=8)
+    assert decode(encode(noise(8, 8), "PNG"), color_mode="L", max_pixels=100, min_side=8)
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -203,20 +212,6 @@ def test_bit_exact_with_torchvision(interpolation: str, size: tuple[int, int], m
     ours = to_input(resize_and_crop(image, spec), spec)
     assert ours.shape == tuple(reference.shape)
     assert np.array_equal(ours, reference.numpy())
-
-
-def resnet_metadata(tiny_cnn: TinyModel) -> ModelMetadata:
-    """tiny-cnn's metadata with a ResNet's preprocessing: RGB, resize 256, crop 224, ImageNet."""
-    raw = tiny_cnn.metadata.model_dump()
-    raw["input"] |= {"shape": [3, 224, 224], "color_mode": "RGB"}
-    raw["preprocessing"] = {
-        "resize": 256,
-        "center_crop": 224,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-    }
-    return ModelMetadata.model_validate(raw)
 
 
 @pytest.mark.skipif(not TORCHVISION, reason="torchvision is not installed")

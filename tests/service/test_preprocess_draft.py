@@ -15,7 +15,7 @@ from PIL import Image
 from service.metadata import ModelMetadata
 from service.preprocess import DRAFT_MIN_RATIO, _draft, draft_scale, preprocess
 from tests.conftest import REPO_ROOT
-from tests.service.test_preprocess import photo, resnet_metadata
+from tests.service.photos import photo, resnet_metadata
 from tests.service.tiny_model import TinyModel
 
 # The documented tolerance (bench/preprocess.py --tolerance), in 8-bit levels: |delta input| x

@@ -12,7 +12,7 @@ import pytest
 from service import runtime as runtime_module
 from service.faults import FaultInjector
 from service.runtime import Runtime
-from tests.service.test_batching import images, tiny_runtime
+from tests.service.fakes import images, tiny_runtime
 from tests.service.tiny_model import TinyModel
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
-from service.batching import Batcher, Item, Reservation
-from service.runtime import Outputs, Runtime
 from service.settings import Settings
 from service.v2 import infer as v2_infer
+from tests.service.fakes import GatedRuntime, gate_every_runtime
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import LABELS, TinyModel, random_png
 
@@ -35,58 +33,14 @@ INFER = f"/v2/models/{MODEL}/infer"
 MAX_QUEUE_SIZE = 3
 
 
-class Gate:
-    """Holds every `Runtime.run` while closed; records the batch sizes run and rows submitted."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.open.set()
-        self.batches: list[int] = []
-        self.submitted = 0
-
-    def close(self) -> None:
-        self.batches.clear()
-        self.submitted = 0
-        self.open.clear()
-
-
 @pytest.fixture(scope="module")
-def gate() -> Iterator[Gate]:
-    gate = Gate()
-    original: Callable[[Runtime, int, npt.NDArray[np.float32], Sequence[str]], Outputs]
-    original = Runtime.run
-
-    def gated(
-        self: Runtime,
-        instance: int,
-        batch: npt.NDArray[np.float32],
-        outputs: Sequence[str],
-    ) -> Outputs:
-        gate.batches.append(len(batch))
-        assert gate.open.wait(30)
-        return original(self, instance, batch, outputs)
-
-    submit = Batcher.submit
-
-    def counted(
-        self: Batcher,
-        tensors: Sequence[npt.NDArray[np.float32]],
-        outputs: frozenset[str],
-        deadline: float | None,
-        reservation: Reservation | None = None,
-    ) -> list[Item]:
-        items = submit(self, tensors, outputs, deadline, reservation)
-        gate.submitted += len(items)
-        return items
-
+def gate() -> Iterator[GatedRuntime]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Runtime, "run", gated)
-        patch.setattr(Batcher, "submit", counted)
-        yield gate
+        yield gate_every_runtime(patch)
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_repo: Path, gate: Gate) -> Iterator[str]:
+def base_url(tiny_repo: Path, gate: GatedRuntime) -> Iterator[str]:
     settings = Settings(
         model_repository=tiny_repo,
         providers="cpu",
@@ -369,23 +323,23 @@ def test_bad_timeout_header_is_a_422_with_the_v2_body(client: httpx.Client, valu
     assert "X-Request-Timeout-Ms" in response.json()["error"]
 
 
-def test_v2_and_native_requests_share_a_batch(client: httpx.Client, gate: Gate) -> None:
+def test_v2_and_native_requests_share_a_batch(client: httpx.Client, gate: GatedRuntime) -> None:
     """With the runtime busy, a v2 request (2 rows) and a native one (1 image) run as one batch."""
     png = random_png(5)
     native = {"content": png, "headers": {"content-type": "image/png"}}
     with ThreadPoolExecutor(3) as pool:
-        gate.close()
+        gate.hold()
         try:
             busy = pool.submit(client.post, f"/v1/models/{MODEL}/classify", **native)
-            wait_for(lambda: gate.batches == [1])
+            wait_for(lambda: gate.sizes == [1])
             v2 = pool.submit(client.post, INFER, json=tensor_request(inputs(2, seed=9)))
             also_native = pool.submit(client.post, f"/v1/models/{MODEL}/classify", **native)
             wait_for(lambda: gate.submitted == 4)
         finally:
-            gate.open.set()
+            gate.gate.set()
         for future in (busy, v2, also_native):
             assert future.result().status_code == 200, future.result().text
-    assert gate.batches == [1, 3]
+    assert gate.sizes == [1, 3]
     metrics = client.get("/metrics").text
     assert (
         metric_value(
@@ -401,12 +355,12 @@ def test_v2_and_native_requests_share_a_batch(client: httpx.Client, gate: Gate) 
     )
 
 
-def test_full_queue_answers_503_with_the_v2_body(client: httpx.Client, gate: Gate) -> None:
+def test_full_queue_answers_503_with_the_v2_body(client: httpx.Client, gate: GatedRuntime) -> None:
     with ThreadPoolExecutor(3) as pool:
-        gate.close()
+        gate.hold()
         try:
             busy = pool.submit(client.post, INFER, json=tensor_request(inputs(1)))
-            wait_for(lambda: gate.batches == [1])
+            wait_for(lambda: gate.sizes == [1])
             forming = pool.submit(client.post, INFER, json=tensor_request(inputs(1)))
             # taken by the worker into the next batch, which waits for the busy runtime
             wait_for(lambda: gate.submitted == 2 and queue_depth(client) == 0)
@@ -414,7 +368,7 @@ def test_full_queue_answers_503_with_the_v2_body(client: httpx.Client, gate: Gat
             wait_for(lambda: queue_depth(client) == MAX_QUEUE_SIZE)
             refused = client.post(INFER, json=tensor_request(inputs(1)))
         finally:
-            gate.open.set()
+            gate.gate.set()
         for future in (busy, forming, queued):
             assert future.result().status_code == 200, future.result().text
     assert refused.status_code == 503
@@ -426,7 +380,9 @@ def test_full_queue_answers_503_with_the_v2_body(client: httpx.Client, gate: Gat
     assert failures >= 1
 
 
-def test_timeout_parameter_is_a_deadline_before_compute(client: httpx.Client, gate: Gate) -> None:
+def test_timeout_parameter_is_a_deadline_before_compute(
+    client: httpx.Client, gate: GatedRuntime
+) -> None:
     """`timeout` (microseconds) is the request's deadline: one that passes before compute is 504,
     and one that the running batch would make miss it is refused at once (503) or, when the
     server has no estimate of that batch's end, dropped with 504 once its deadline passes."""
@@ -434,20 +390,20 @@ def test_timeout_parameter_is_a_deadline_before_compute(client: httpx.Client, ga
     assert past.status_code == 504, past.text
     assert set(past.json()) == {"error"}
     with ThreadPoolExecutor(2) as pool:
-        gate.close()
+        gate.hold()
         try:
             busy = pool.submit(client.post, INFER, json=tensor_request(inputs(1)))
-            wait_for(lambda: gate.batches == [1])
+            wait_for(lambda: gate.sizes == [1])
             body = tensor_request(inputs(1), parameters={"timeout": 1000})  # 1 ms
             late = pool.submit(client.post, INFER, json=body)
             wait_for(lambda: late.done() or gate.submitted == 2)
             time.sleep(0.01)  # past its deadline while the runtime is still busy
         finally:
-            gate.open.set()
+            gate.gate.set()
         assert busy.result().status_code == 200
     assert late.result().status_code in (503, 504), late.text
     assert set(late.result().json()) == {"error"}
-    assert gate.batches == [1]  # neither late request reached compute
+    assert gate.sizes == [1]  # neither late request reached compute
 
 
 def test_repository_extension_with_the_admin_key(client: httpx.Client) -> None:
@@ -489,7 +445,7 @@ def test_repository_extension_with_the_admin_key(client: httpx.Client) -> None:
         assert "pydantic" not in message  # no library dump
 
 
-def test_api_key_and_disabled_repository(tiny_repo: Path, gate: Gate) -> None:
+def test_api_key_and_disabled_repository(tiny_repo: Path, gate: GatedRuntime) -> None:
     settings = Settings(model_repository=tiny_repo, providers="cpu", api_key=API_KEY, models=MODEL)
     with threaded_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
         assert client.get("/v2/health/ready").status_code == 200  # health stays open

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.errors import UserError
-from training.evaluate import EvalConfig, get_args_parser
+from training.evaluate import EvalConfig
 from training.evaluate import main as evaluate_main
 from training.metrics import ClassificationReport, confusion_matrix
 from training.train import TrainResult
@@ -39,14 +39,6 @@ def test_evaluate_checkpoint_writes_json(
 def test_evaluate_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a model version folder"):
         evaluate_main(EvalConfig(model_dir=tmp_path))
-
-
-@pytest.mark.parametrize("option", ["--batch-size", "--limit", "--threads"])
-@pytest.mark.parametrize("value", ["0", "-3"])
-def test_counts_must_be_positive(option: str, value: str) -> None:
-    with pytest.raises(SystemExit) as info:
-        get_args_parser().parse_args(["--checkpoint", "c.pt", option, value])
-    assert info.value.code == 2
 
 
 @pytest.mark.parametrize("changes", [{"batch_size": 0}, {"limit": 0}, {"limit": -3}])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from service.metadata import ModelMetadata
+from tests.training.archs import REQUIRED
 from tests.training.conftest import fashion_samples
-from tests.training.test_registry import REQUIRED
 from training.data.idx import FASHION_MNIST_LABELS
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from training.export import ExportSpec, write_version

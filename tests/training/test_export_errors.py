@@ -15,7 +15,7 @@ from training.errors import UserError
 from training.evaluate import EvalConfig
 from training.evaluate import cli as evaluate_cli
 from training.evaluate import main as evaluate_main
-from training.export import ExportConfig, get_args_parser
+from training.export import ExportConfig
 from training.export import main as export_main
 from training.train import TrainConfig
 from training.train import main as train_main
@@ -103,16 +103,6 @@ def test_linear_layer_is_not_a_feature_map(checkpoint: Path, tmp_path: Path) -> 
         UserError, match=r"classifier\.fc1 \(output \(1, 120\)\).*features\.conv1.*features\.pool2"
     ):
         _export(checkpoint, tmp_path, feature_maps="features.conv1,classifier.fc1")
-
-
-@pytest.mark.parametrize(
-    "option", ["--max-batch-size", "--parity-samples", "--version", "--threads"]
-)
-@pytest.mark.parametrize("value", ["0", "-5"])
-def test_counts_must_be_positive(option: str, value: str) -> None:
-    with pytest.raises(SystemExit) as info:
-        get_args_parser().parse_args(["--checkpoint", "c.pt", "--name", "x", option, value])
-    assert info.value.code == 2
 
 
 def test_max_batch_size_zero_is_refused_by_main(checkpoint: Path, tmp_path: Path) -> None:

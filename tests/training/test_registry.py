@@ -4,15 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from tests.training.archs import REQUIRED
 from training.errors import UserError
 from training.models.lenet import LeNet5
-from training.registry import build_model, get_spec, list_models, register_model
+from training.registry import build_model, check_input_size, get_spec, list_models, register_model
 from training.train import cli
-
-REQUIRED = {
-    "lenet5", "alexnet", "vgg16", "vgg19", "resnet18", "resnet50", "resnet152",
-    "efficientnet_b0", "convnext_tiny",
-}  # fmt: skip
 
 
 def test_registry_lists_required_architectures() -> None:
@@ -21,7 +17,11 @@ def test_registry_lists_required_architectures() -> None:
 
 def test_list_archs_cli_prints_names(capsys: pytest.CaptureFixture[str]) -> None:
     cli(["--list-archs"])
-    assert set(capsys.readouterr().out.split()) >= REQUIRED
+    # Our own and every torchvision classifier.
+    assert set(capsys.readouterr().out.split()) >= REQUIRED | {
+        "mobilenet_v3_small",
+        "squeezenet1_0",
+    }
 
 
 def test_duplicate_registration_is_refused() -> None:
@@ -63,3 +63,17 @@ def test_lenet5_layout() -> None:
         "features.conv1", "features.relu1", "features.pool1",
         "features.conv2", "features.relu2", "features.pool2",
     ]  # fmt: skip
+
+
+def test_too_small_an_input_is_refused_before_training() -> None:
+    model = build_model("vit_b_16", num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(UserError, match="vit_b_16 cannot take 1x28x28 inputs.*--image-size 224"):
+        check_input_size(model, "vit_b_16", 1, 28)
+
+
+def test_googlenet_trains_on_its_main_output() -> None:
+    """Its auxiliary heads are off unless asked for: training reads one tensor."""
+    model = build_model("googlenet", num_classes=10, in_channels=1, image_size=32).train()
+    out = model(torch.zeros(2, 1, 32, 32))
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, 10)

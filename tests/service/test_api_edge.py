@@ -1,21 +1,16 @@
-"""Body limit (ASGI middleware, every route) and the image rules of service/preprocess.py."""
+"""The edge middleware (service/api/edge.py) on every route: the body limit, the body timeout,
+security headers and CORS."""
 
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-from service.errors import ImageTooLarge, ImageTooSmall, UnsupportedImage
-from service.preprocess import decode
 from service.settings import Settings
-from tests.badinputs import animated, encode, noise, png_header_only
 from tests.service.server import metric_value, threaded_server
 from tests.service.tiny_model import random_png
 
@@ -32,14 +27,12 @@ def base_url(tiny_repo: Path) -> Iterator[str]:
         yield url
 
 
-def _raw_request(base_url: str, head: str, body: bytes = b"") -> tuple[bytes, float]:
-    """Send raw HTTP; the answer's first bytes and how long it took."""
+def _raw_request(base_url: str, head: str, body: bytes = b"") -> bytes:
+    """Send raw HTTP; the answer's first bytes."""
     host, port = base_url.removeprefix("http://").split(":")
-    started = time.perf_counter()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.encode() + body)
-        answer = sock.recv(65536)
-    return answer, time.perf_counter() - started
+        return sock.recv(65536)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +52,7 @@ def test_declared_length_over_limit_is_413_before_any_body(
         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
         "Content-Length: 1000000000\r\n\r\n"
     )
-    answer, _ = _raw_request(base_url, head)
+    answer = _raw_request(base_url, head)
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
     assert body_start in rest
@@ -84,7 +77,7 @@ def test_a_refusal_at_the_edge_is_counted_under_its_route_and_model(
     before = metric_value(
         httpx.get(base_url + "/metrics").text, "convserve_requests_total", **labels
     )
-    answer, _ = _raw_request(base_url, head)
+    answer = _raw_request(base_url, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
     after = metric_value(
         httpx.get(base_url + "/metrics").text, "convserve_requests_total", **labels
@@ -120,11 +113,12 @@ def test_slow_body_is_408(tiny_repo: Path) -> None:
         "Content-Length: 1000\r\n\r\n"
     )
     with threaded_server(settings) as url:
-        answer, took_s = _raw_request(url, head, b"\x89PNG")  # 4 of 1000 bytes, then silence
+        # 4 of 1000 bytes, then silence: only the server's body timeout can answer it (the
+        # client's socket gives up after 10 s, so a server that waits for the rest fails here).
+        answer = _raw_request(url, head, b"\x89PNG")
         good = httpx.post(url + "/v1/classify", content=random_png(1), headers=PNG)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"code":"request_timeout"' in answer
-    assert took_s < 5
     assert good.status_code == 200
 
 
@@ -164,42 +158,3 @@ def test_cors_allows_only_configured_origins(tiny_repo: Path) -> None:
         )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in refused.headers
-
-
-# --- image rules --------------------------------------------------------------------------
-def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
-    values = np.array([[0, 257, 32896, 65535]] * 8, dtype=np.uint16)
-    image = decode(encode(Image.fromarray(values), "PNG"), color_mode="L", max_pixels=10_000)
-    assert np.asarray(image)[0].tolist() == [0, 1, 128, 255]
-
-
-def test_palette_with_alpha_and_la_convert() -> None:
-    palette = noise(16, 16).convert("P")
-    palette.info["transparency"] = 0
-    assert decode(encode(palette, "PNG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
-    la = decode(encode(noise(16, 16, "LA"), "PNG"), color_mode="L", max_pixels=10_000)
-    assert la.mode == "L"
-
-
-def test_cmyk_jpeg_converts() -> None:
-    cmyk = noise(16, 16, "CMYK")
-    assert decode(encode(cmyk, "JPEG"), color_mode="RGB", max_pixels=10_000).mode == "RGB"
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_animated_images_are_refused(fmt: str) -> None:
-    with pytest.raises(UnsupportedImage, match="animated"):
-        decode(animated(fmt), color_mode="RGB", max_pixels=10_000)
-
-
-def test_minimum_side() -> None:
-    with pytest.raises(ImageTooSmall):
-        decode(encode(noise(4, 30), "PNG"), color_mode="L", max_pixels=10_000, min_side=8)
-    assert decode(encode(noise(8, 8), "PNG"), color_mode="L", max_pixels=100, min_side=8)
-
-
-def test_header_bomb_is_refused_before_decoding() -> None:
-    started = time.perf_counter()
-    with pytest.raises(ImageTooLarge, match="pixels"):
-        decode(png_header_only(100_000, 100_000), color_mode="L", max_pixels=40_000_000)
-    assert time.perf_counter() - started < 5  # not 10 G pixels decoded

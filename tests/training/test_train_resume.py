@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from training.checkpoint import load_checkpoint
 from training.errors import UserError
-from training.registry import build_model, check_input_size
 from training.train import METRICS_FILE, cli, config_from_args, get_args_parser
 
 # Real data that is always here (scikit-learn's digits), small enough for a second a run.
@@ -89,23 +87,3 @@ def test_an_image_folder_is_stored_with_its_absolute_path(
     monkeypatch.chdir(tmp_path)
     args = get_args_parser().parse_args(["--dataset", "imagefolder:photos"])
     assert config_from_args(args).dataset == f"imagefolder:{tmp_path / 'photos'}"
-
-
-def test_too_small_an_input_is_refused_before_training() -> None:
-    model = build_model("vit_b_16", num_classes=10, in_channels=1, image_size=28)
-    with pytest.raises(UserError, match="vit_b_16 cannot take 1x28x28 inputs.*--image-size 224"):
-        check_input_size(model, "vit_b_16", 1, 28)
-
-
-def test_googlenet_trains_on_its_main_output() -> None:
-    """Its auxiliary heads are off unless asked for: training reads one tensor."""
-    model = build_model("googlenet", num_classes=10, in_channels=1, image_size=32).train()
-    out = model(torch.zeros(2, 1, 32, 32))
-    assert isinstance(out, torch.Tensor)
-    assert out.shape == (2, 10)
-
-
-def test_list_archs_names_the_torchvision_classifiers(capsys: pytest.CaptureFixture[str]) -> None:
-    cli(["--list-archs"])
-    names = capsys.readouterr().out.split()
-    assert {"lenet5", "resnet18", "mobilenet_v3_small", "squeezenet1_0"} <= set(names)
