@@ -1,4 +1,4 @@
-"""Decode + preprocessing, stage by stage: the earlier pipeline and today's, same run.
+"""Decode + preprocessing, stage by stage: a naive pipeline and the service's, same run.
 
     .venv/bin/python bench/preprocess.py [--repeat 50]
 
@@ -7,7 +7,7 @@ china.jpg (upscaled, quality 90: `bench.models.phone_photo`), through a ResNet's
 resize 256, crop 224, ImageNet mean/std); a 28x28 Fashion-MNIST PNG through lenet5-fashion's.
 
 Three pipelines run interleaved, iteration by iteration, so that other load on the host falls on
-all of them alike: "before" (what `service/preprocess.py` did before: `ImageOps.exif_transpose` and
+all of them alike: "before" (a naive pipeline with the same result: `ImageOps.exif_transpose` and
 `convert` copying the image even when they change nothing, float arithmetic over the whole crop),
 "exact" (`jpeg_draft=False`, bit-exact with torchvision) and "draft" (`jpeg_draft=True`, the
 default; the same as "exact" on images too small to draft). Each is timed stage by stage with
@@ -180,7 +180,7 @@ def draft_costs(repeat: int = 20) -> dict[str, dict[str, Any]]:
 
 
 def before(case: Case) -> dict[str, Stage]:
-    """The earlier pipeline, stage by stage (its arithmetic, its copies)."""
+    """The naive pipeline, stage by stage (float arithmetic, a copy at every step)."""
     spec, mode = case.metadata.preprocessing, case.metadata.input.color_mode
 
     def decode(opened: Image.Image) -> Image.Image:
@@ -211,7 +211,7 @@ def before(case: Case) -> dict[str, Stage]:
 
 
 def current(case: Case, *, draft: bool) -> dict[str, Stage]:
-    """Today's pipeline as `preprocess` runs it: exact, or with JPEG draft decoding (which
+    """The service's pipeline as `preprocess` runs it: exact, or with JPEG draft decoding (which
     resizes in the stored orientation, then orients)."""
     spec, mode = case.metadata.preprocessing, case.metadata.input.color_mode
     header = Header()
@@ -271,7 +271,7 @@ def run_whole(stages: dict[str, Stage], data: bytes) -> float:
 
 
 def check(case: Case, pipelines: dict[str, dict[str, Stage]]) -> None:
-    """The staged pipelines compute what `preprocess` computes (and "before" what it used to)."""
+    """The staged pipelines compute what `preprocess` computes ("before" its exact result)."""
     exact = preprocess(case.data, case.metadata, max_pixels=MAX_PIXELS, jpeg_draft=False)
     drafted = preprocess(case.data, case.metadata, max_pixels=MAX_PIXELS, jpeg_draft=True)
     expected = {"before": exact, "exact": exact, "draft": drafted}

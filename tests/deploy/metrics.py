@@ -26,7 +26,8 @@ _NAME = re.compile(r"\bconvserve_[a-z0-9_]+")
 
 
 def metric_names(expr: str) -> set[str]:
-    """The §7 metric each `convserve_*` series name in a PromQL expression belongs to."""
+    """The metric (docs/service.md, Metrics) each `convserve_*` series name in a PromQL expression
+    belongs to."""
     names = set()
     for name in _NAME.findall(expr):
         for suffix in ("_bucket", "_sum", "_count"):
