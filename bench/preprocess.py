@@ -33,7 +33,7 @@ mosaics of the native 640x427 photos (real detail at every pixel), with the shor
 the draft lands exactly on DRAFT_MIN_RATIO x resize (the worst case) and above it. Differences
 are in 8-bit levels (|delta input| x std x 255); for scale, the same photo re-encoded at JPEG
 quality 95 and preprocessed exactly. Then top-1 agreement: lenet5-fashion (trained) on
-Fashion-MNIST test images upscaled to 168, 336 and 448 pixels square (JPEG), and the
+Fashion-MNIST test images upscaled to 280, 560 and 448 pixels square (JPEG), and the
 random-weight ResNet-18 of bench/models.py (a sanity check only) where it has been exported.
 """
 
@@ -78,9 +78,17 @@ from service.preprocess import (  # noqa: E402
 
 LARGE_QUALITY = 90
 MAX_PIXELS = 40_000_000
-TOLERANCE_SHORT_SIDES = (1536, 2048, 3072, 4000)  # 1536 and 3072: drafted to exactly 3 x 256
+# The first two drafted to exactly DRAFT_MIN_RATIO x 256 (at 1/2 and 1/4, the worst cases), then
+# a 12 MP phone photo's and a larger one's.
+TOLERANCE_SHORT_SIDES = (
+    round(DRAFT_MIN_RATIO * 256 * 2),
+    round(DRAFT_MIN_RATIO * 256 * 4),
+    3024,
+    4000,
+)
 MOSAIC_TILE = (640, 427)
-FASHION_SIDES = (168, 336, 448)  # Fashion-MNIST as product photos; 168, 336: drafted to 3 x 28
+# Fashion-MNIST as product photos; the first two drafted to exactly DRAFT_MIN_RATIO x 28.
+FASHION_SIDES = (round(DRAFT_MIN_RATIO * 28 * 4), round(DRAFT_MIN_RATIO * 28 * 8), 448)
 FASHION_IMAGES = 1000
 REENCODE_QUALITY = 95
 STAGES = ("open", "decode", "orient", "convert", "resize", "crop", "to-input", "release")
