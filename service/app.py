@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 
 from service.api import classify, health, models, v2, web
 from service.api.edge import EdgeMiddleware
@@ -38,6 +39,8 @@ CORS_REQUEST_HEADERS = [
     "Inference-Header-Content-Length",
 ]
 
+
+TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 # Every route, in the order the router tries them; v2 is the Open Inference Protocol (docs/v2.md).
 ROUTERS = (
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else TELEMETRY_OFF,
     )
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
@@ -111,8 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routes=[route for router in ROUTERS for route in router.routes],
     )
     install_error_handlers(app)
-    for router in ROUTERS:
-        app.include_router(router)
+    # The routes themselves, not included routers: FastAPI walks an included router's own
+    # matching layers on every request (~5 % of the event loop's time per request on LeNet-5).
+    # Each router's prefix is already in its routes' paths.
+    app.router.routes.extend(route for router in ROUTERS for route in router.routes)
     return app
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,10 +48,18 @@ def decodes_inline(images: list[bytes]) -> bool:
     for data in images:
         if len(data) > INLINE_MAX_BYTES:
             return False
-        size = _header_size(data)
+        size = png_size(data) or _header_size(data)
         if size is None or size[0] * size[1] > INLINE_MAX_PIXELS:
             return False  # undecodable or a bomb header: the pool path reports it
     return True
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk (always the first), without Pillow."""
+    if len(data) < 24 or not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         0, ge=0, description="Repository poll interval for hot reload (0: no polling)."
     )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry spans, metrics and logs for every request, "
+        "sent to the process's providers (e.g. FASTAPI_OTEL_AUTO_CONFIGURE=true with OTEL_* "
+        "exporter settings); off: FastAPI does not look for providers on each request.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
