@@ -1,0 +1,95 @@
+"""Where a request's CPU goes: convserve under a closed loop, each of its threads' CPU time
+(`/proc/<pid>/task/*/stat`, user + system) divided by the requests answered.
+
+    .venv/bin/python bench/threads.py --model resnet18 --concurrency 16
+
+Threads are named by what they run: the event loop (the main thread), the instance threads
+(`ort-<model>-<n>`, each running its session's `run`; with one intra-op thread that is all of
+the compute), the decode pool (`preprocess_<n>`), and ORT's own pool threads (not Python threads:
+a session with more than one intra-op thread, such as the solo session: "native thread"). Names
+come from the Python threads' `name` through py-spy when it is installed (the benchmark venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.compare import stop, target_for  # noqa: E402
+from bench.load import closed_loop, start_service  # noqa: E402
+from bench.models import BENCH_REPOSITORY, ensure_models, image_for  # noqa: E402
+
+THREAD_LINE = re.compile(r'Thread (?:0x[0-9a-fA-F]+ )?(\d+) \(\w+\): "([^"]+)"')
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of `pid`, by tid."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended
+            continue
+        times[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return times
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by tid, from `py-spy dump` when py-spy is on the PATH."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {pid: "event loop"}
+    dump = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True).stdout
+    names = {int(tid): name for tid, name in THREAD_LINE.findall(dump)}
+    return {**names, pid: "event loop"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    repository = ensure_models(BENCH_REPOSITORY)
+    env = {
+        "CONVSERVE_MODEL_REPOSITORY": str(repository),
+        "CONVSERVE_MODELS": args.model,
+        "CONVSERVE_DEFAULT_MODEL": args.model,
+    }
+    process, url, _ = start_service(env)
+    try:
+        target = target_for("convserve", url, args.model, image_for(args.model))
+        asyncio.run(closed_loop(target, args.concurrency, 2.0))
+        names = thread_names(process.pid)
+        before = cpu_seconds(process.pid)
+        result = asyncio.run(closed_loop(target, args.concurrency, args.duration)).summary()
+        after = cpu_seconds(process.pid)
+    finally:
+        stop(process)
+    per_request: dict[str, float] = collections.Counter()
+    for tid, seconds in after.items():
+        name = names.get(tid, f"native thread {tid}")
+        per_request[name] += (seconds - before.get(tid, 0.0)) / result["requests"] * 1000
+    total = sum(per_request.values())
+    print(
+        f"{args.model} c={args.concurrency}: {result['rps']:.1f} req/s, "
+        f"{total:.3f} core-ms per request"
+    )
+    for name, ms in sorted(per_request.items(), key=lambda item: -item[1]):
+        if ms >= 0.0005:
+            print(f"  {name:<28} {ms:8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
