@@ -11,6 +11,7 @@ follows the path: `{"error": {"code", "message"}}` natively, `{"error": "<messag
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +34,8 @@ HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -56,20 +59,27 @@ def model_label(scope: Scope, named: str = "") -> str:
 
 
 def error_response(
-    path: str, status: int, code: str, message: str, retry_after_s: int | None = None
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    retry_after_s: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The error body of `path`'s protocol, built as a plain dict: a refusal under overload
-    should cost little."""
+    should cost little. `headers`: those the error itself carries (the `Allow` of a 405)."""
     body: dict[str, Any] = (
         {"error": message} if is_v2_path(path) else {"error": {"code": code, "message": message}}
     )
-    return JSONResponse(body, status_code=status, headers=answer_headers(status, retry_after_s))
+    carried = {**(headers or {}), **(answer_headers(status, retry_after_s) or {})}
+    return JSONResponse(body, status_code=status, headers=carried or None)
 
 
 def render_error(scope: Scope, exc: BaseException) -> JSONResponse:
     """The answer to `exc` raised while serving the request of `scope`, counted."""
     named = ""
     retry_after_s = None
+    headers = None
     if isinstance(exc, ConvserveError):
         status, code, message = exc.status_code, exc.code, exc.message
         named, retry_after_s = exc.model, exc.retry_after_s
@@ -79,7 +89,7 @@ def render_error(scope: Scope, exc: BaseException) -> JSONResponse:
         status, code = 422, "invalid_request"
         message = describe_validation(exc.errors()) or "invalid request"
     elif isinstance(exc, HTTPException):
-        status, message = exc.status_code, str(exc.detail)
+        status, message, headers = exc.status_code, str(exc.detail), exc.headers
         code = HTTP_CODES.get(status, "http_error")
     else:
         logger.error(
@@ -90,7 +100,7 @@ def render_error(scope: Scope, exc: BaseException) -> JSONResponse:
     if isinstance(exc, ConvserveError):  # the request's metrics carry the model it named
         scope.setdefault("state", {})["model"] = model
     count_failure(scope, model, code)
-    return error_response(scope["path"], status, code, message, retry_after_s)
+    return error_response(scope["path"], status, code, message, retry_after_s, headers)
 
 
 def count_failure(scope: Scope, model: str, reason: str) -> None:

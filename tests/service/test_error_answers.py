@@ -119,6 +119,7 @@ def test_unknown_routes_and_methods_are_404_and_405(prefix: str) -> None:
     check(call(app, "GET", prefix + "/nothing"), prefix, 404, "not_found", "Not Found")
     wrong_method = call(app, "POST", prefix + "/missing")
     check(wrong_method, prefix, 405, "method_not_allowed", "Method Not Allowed")
+    assert wrong_method.headers["allow"] == "GET"  # RFC 9110: a 405 lists the allowed methods
     assert failures(app, "not_found") == failures(app, "method_not_allowed") == 1
 
 
