@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.metadata import NAME_PATTERN, is_valid_name
+from service.metadata import NAME_PATTERN, is_valid_name, parse_version
 from training.errors import UserError
 
 PUBLISHED_DIR_MODE = 0o755  # mkdtemp makes 0700; the service may run as another user
@@ -30,8 +30,10 @@ def check_name(name: str) -> None:
 
 
 def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+    """One more than the highest version folder (the service's rule for what a version folder
+    is: ASCII digits, at least 1); 1 for a new model."""
+    versions = [parse_version(p.name) for p in model_root.glob("*") if p.is_dir()]
+    return max((v for v in versions if v is not None), default=0) + 1
 
 
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
