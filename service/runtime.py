@@ -46,13 +46,16 @@ SOLO_MIN_S = 0.05
 # above one checks that the batch axis really is dynamic.
 WARM_UP_BATCH = 2
 # What a session that cannot be created or run raises: ONNX Runtime's own exceptions derive from
-# Exception, not RuntimeError (a fixed batch of 1 fed 2 images raises InvalidArgument).
+# Exception, not RuntimeError (a fixed batch of 1 fed 2 images raises InvalidArgument; a file that
+# is no ONNX graph InvalidProtobuf, a missing one NoSuchFile). The training side uses it too.
 ORT_ERRORS: tuple[type[Exception], ...] = (
     RuntimeError,
     ValueError,
     ort_state.Fail,
     ort_state.InvalidArgument,
     ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
     ort_state.NotImplemented,
     ort_state.RuntimeException,
 )

@@ -48,10 +48,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image, ImageOps
 
+from service.runtime import ORT_ERRORS
 from training.errors import UserError
 from training.onnx_check import (
     LOGITS_NAME,
-    ORT_ERRORS,
     ort_session,
     parity_errors,
     run_rows,

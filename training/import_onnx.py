@@ -31,6 +31,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from service.metadata import NAME_PATTERN
+from service.runtime import ORT_ERRORS
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.cli import positive_int, run_cli
 from training.errors import UserError
@@ -49,7 +50,6 @@ from training.export_int8 import (
 from training.labels import IMAGENET, IMAGENET_CLASSES, resolve_labels
 from training.onnx_check import (
     LOGITS_NAME,
-    ORT_ERRORS,
     PARITY_TOLERANCE,
     Arrays,
     ort_session,

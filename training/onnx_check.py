@@ -9,26 +9,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 FEATURE_MAP_PREFIX = "fm."
 PARITY_TOLERANCE = 1e-4
 Arrays = dict[str, npt.NDArray[np.float32]]
-# What a session that cannot be created or run raises: ONNX Runtime's own exceptions derive from
-# Exception, not RuntimeError.
-ORT_ERRORS: tuple[type[Exception], ...] = (
-    RuntimeError,
-    ValueError,
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-    ort_state.InvalidGraph,
-    ort_state.InvalidProtobuf,
-    ort_state.NoSuchFile,
-    ort_state.NotImplemented,
-    ort_state.RuntimeException,
-)
 
 
 def output_name(layer: str) -> str:
