@@ -60,6 +60,7 @@ from training.export_int8 import (
     Images,
     Int8Plan,
     Labels,
+    add_int8_arguments,
     check_int8_options,
     fallback_notice,
     folder_split,
@@ -328,36 +329,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="float16 weights and compute for GPUs (inputs and outputs stay float32); "
         "parity tolerance 1e-2 instead of 1e-4",
     )
-    int8 = p.add_argument_group("int8 (statically quantized with ONNX Runtime, for CPUs)")
-    int8.add_argument(
-        "--int8",
-        action="store_true",
-        help="uint8 activations and int8 per-channel weights (inputs and outputs stay float32); "
-        "written only when top-1 agreement with float32 is at least 99%% and test accuracy "
-        "drops at most 1 percentage point on held-out images",
-    )
-    int8.add_argument(
-        "--calibration",
-        type=positive_int,
-        default=d.calibration,
-        help="images to calibrate activation ranges on",
-    )
-    int8.add_argument(
-        "--calibration-data",
-        help="imagefolder:PATH to calibrate on (default: the checkpoint's training split; for "
+    add_int8_arguments(
+        p,
+        gate="top-1 agreement with float32 is at least 99%% and test accuracy drops at most 1 "
+        "percentage point on held-out images",
+        data="imagefolder:PATH to calibrate on (default: the checkpoint's training split; for "
         "--weights, crops of the bundled photos); for --weights the gate compares on other "
         "images of PATH (PATH/val or PATH/test when PATH/train exists)",
-    )
-    int8.add_argument(
-        "--gate-images",
-        type=positive_int,
-        help="held-out images the accuracy gate compares float32 and int8 on (default: the "
-        f"whole test split; for --weights all of PATH/val, else {DEFAULT_EVALUATION_IMAGES})",
-    )
-    int8.add_argument(
-        "--accept-accuracy-loss",
-        action="store_true",
-        help="write the int8 version even when the accuracy gate refuses it",
+        gate_images="the whole test split; for --weights all of PATH/val, else "
+        f"{DEFAULT_EVALUATION_IMAGES}",
     )
     return p
 

@@ -24,6 +24,7 @@ numpy, Pillow); the calibration progress bar is drawn where tqdm is installed.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import shutil
@@ -49,6 +50,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image, ImageOps
 
 from service.runtime import ORT_ERRORS
+from training.cli import positive_int
 from training.errors import UserError
 from training.onnx_check import (
     LOGITS_NAME,
@@ -379,6 +381,39 @@ def check_outputs(float32: ort.InferenceSession, int8: ort.InferenceSession) -> 
     inputs = [(i.name, i.type) for i in int8.get_inputs()]
     if got != want or inputs != [(i.name, i.type) for i in float32.get_inputs()]:
         raise UserError(f"the int8 graph changed the inputs or outputs: {inputs} -> {got}")
+
+
+def add_int8_arguments(
+    parser: argparse.ArgumentParser, *, gate: str, data: str, gate_images: str
+) -> None:
+    """The int8 options of `training.export` and `training.import_onnx`; the help texts that
+    differ between them say what the gate compares (`gate`), where calibration images come from
+    (`data`) and the gate's default image count (`gate_images`)."""
+    int8 = parser.add_argument_group("int8 (statically quantized with ONNX Runtime, for CPUs)")
+    int8.add_argument(
+        "--int8",
+        action="store_true",
+        help="uint8 activations and int8 per-channel weights (inputs and outputs stay float32); "
+        f"written only when {gate}",
+    )
+    int8.add_argument(
+        "--calibration",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="images to calibrate activation ranges on",
+    )
+    int8.add_argument("--calibration-data", help=data)
+    int8.add_argument(
+        "--gate-images",
+        type=positive_int,
+        help="held-out images the accuracy gate compares float32 and int8 on (default: "
+        f"{gate_images})",
+    )
+    int8.add_argument(
+        "--accept-accuracy-loss",
+        action="store_true",
+        help="write the int8 version even when the accuracy gate refuses it",
+    )
 
 
 def check_int8_options(

@@ -40,6 +40,7 @@ from training.export_int8 import (
     DEFAULT_EVALUATION_IMAGES,
     Images,
     Int8Plan,
+    add_int8_arguments,
     check_int8_options,
     fallback_notice,
     folder_split,
@@ -865,35 +866,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=d.max_batch_size,
         help="largest batch the service sends (1 where the batch axis cannot be dynamic)",
     )
-    int8 = p.add_argument_group("int8 (statically quantized with ONNX Runtime, for CPUs)")
-    int8.add_argument(
-        "--int8",
-        action="store_true",
-        help="uint8 activations and int8 per-channel weights (inputs and outputs stay float32); "
-        "written only when top-1 agreement with float32 is at least 99%% (and, where the "
-        "held-out images are labelled, accuracy drops at most 1 percentage point)",
-    )
-    int8.add_argument(
-        "--calibration",
-        type=positive_int,
-        default=d.calibration,
-        help="images to calibrate activation ranges on",
-    )
-    int8.add_argument(
-        "--calibration-data",
-        help="imagefolder:PATH: calibrate on its images and compare on others (PATH/train and "
+    add_int8_arguments(
+        p,
+        gate="top-1 agreement with float32 is at least 99%% (and, where the held-out images "
+        "are labelled, accuracy drops at most 1 percentage point)",
+        data="imagefolder:PATH: calibrate on its images and compare on others (PATH/train and "
         "PATH/val or PATH/test where they exist); default: crops of the bundled photos",
-    )
-    int8.add_argument(
-        "--gate-images",
-        type=positive_int,
-        help="held-out images the accuracy gate compares float32 and int8 on (default: all of "
-        f"PATH/val, else {DEFAULT_EVALUATION_IMAGES})",
-    )
-    int8.add_argument(
-        "--accept-accuracy-loss",
-        action="store_true",
-        help="write the int8 version even when the accuracy gate refuses it",
+        gate_images=f"all of PATH/val, else {DEFAULT_EVALUATION_IMAGES}",
     )
     return p
 
