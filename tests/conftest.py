@@ -25,6 +25,19 @@ def require_system_part(available: bool, what: str, how: str) -> None:
     pytest.skip(message)
 
 
+def require_fashion_mnist() -> Path:
+    """Debian's Fashion-MNIST folder (train and test files), or skip/fail as
+    `require_system_part` does."""
+    from training.data.idx import DEBIAN_FASHION_MNIST_DIR
+
+    available = all(
+        (DEBIAN_FASHION_MNIST_DIR / f"{split}-images-idx3-ubyte.gz").is_file()
+        for split in ("train", "t10k")
+    )
+    require_system_part(available, "Fashion-MNIST", "apt-get install -y dataset-fashion-mnist")
+    return DEBIAN_FASHION_MNIST_DIR
+
+
 def require_executable(name: str, package: str) -> str:
     """Path of an executable from a Debian package, or skip/fail as `require_system_part` does."""
     path = shutil.which(name)

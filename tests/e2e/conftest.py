@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_system_part
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR
+from tests.conftest import require_fashion_mnist
 from training.train import TrainConfig
 from training.train import main as train_main
 
@@ -16,11 +15,7 @@ from training.train import main as train_main
 def resnet18_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """best.pt of a ResNet-18 (global-average-pool head, so it has a CAM) trained for one epoch
     on 256 real Fashion-MNIST images: trained once for every test that exports it."""
-    require_system_part(
-        (DEBIAN_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-        "Fashion-MNIST",
-        "apt-get install -y dataset-fashion-mnist",
-    )
+    require_fashion_mnist()
     run = train_main(
         TrainConfig(
             arch="resnet18", dataset="fashion-mnist", out=tmp_path_factory.mktemp("resnet18"),

@@ -14,9 +14,9 @@ from PIL import Image
 
 from service.metadata import ModelMetadata
 from service.preprocess import resize_and_crop, to_input
-from tests.conftest import REPO_ROOT, require_system_part
+from tests.conftest import REPO_ROOT, require_fashion_mnist, require_system_part
 from tests.service.server import ServiceProcess
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR, load_fashion_mnist
+from training.data.idx import load_fashion_mnist
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 DEFAULT_MODEL = "lenet5-fashion"
@@ -101,11 +101,7 @@ def test_default_model_accuracy_over_http_equals_offline(tmp_path: Path) -> None
         f"models/{DEFAULT_MODEL}",
         "make train-default (the default model is committed by the training pipeline)",
     )
-    require_system_part(
-        DEBIAN_FASHION_MNIST_DIR.is_dir(),
-        "Fashion-MNIST",
-        "apt-get install -y dataset-fashion-mnist",
-    )
+    require_fashion_mnist()
     http_accuracy, offline_accuracy, http, offline = accuracy_over_http_and_offline(
         repository, DEFAULT_MODEL, tmp_path
     )

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.metadata import ModelMetadata
-from tests.conftest import require_system_part
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR
+from tests.conftest import require_fashion_mnist
 from training.evaluate import EvalConfig
 from training.evaluate import main as evaluate_main
 from training.export import ExportConfig
@@ -25,11 +24,7 @@ CHANCE = 0.1
 
 @pytest.mark.slow
 def test_train_export_evaluate(tmp_path: Path) -> None:
-    require_system_part(
-        (DEBIAN_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-        "Fashion-MNIST",
-        "apt-get install -y dataset-fashion-mnist",
-    )
+    require_fashion_mnist()
     run = train_main(
         TrainConfig(
             arch="lenet5", dataset="fashion-mnist", out=tmp_path / "run", epochs=EPOCHS,

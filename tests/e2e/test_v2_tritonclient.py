@@ -19,7 +19,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.metadata import ModelMetadata
-from tests.conftest import REPO_ROOT, require_system_part
+from tests.conftest import REPO_ROOT, require_fashion_mnist, require_system_part
 from tests.service.server import ServiceProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -39,13 +39,9 @@ def metadata() -> ModelMetadata:
 
 @pytest.fixture(scope="module")
 def images() -> npt.NDArray[np.uint8]:
-    from training.data.idx import DEBIAN_FASHION_MNIST_DIR, load_fashion_mnist
+    from training.data.idx import load_fashion_mnist
 
-    require_system_part(
-        DEBIAN_FASHION_MNIST_DIR.is_dir(),
-        "Fashion-MNIST",
-        "apt-get install -y dataset-fashion-mnist",
-    )
+    require_fashion_mnist()
     return load_fashion_mnist(train=False)[0][:IMAGES]
 
 

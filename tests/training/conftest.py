@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import require_system_part
-from training.data.idx import DEBIAN_FASHION_MNIST_DIR
+from tests.conftest import require_fashion_mnist
 from training.data.transforms import Preprocessing, eval_transform
 from training.train import TrainConfig, TrainResult
 from training.train import main as train_main
@@ -21,16 +20,9 @@ TINY_TRAIN = 1024
 TINY_TEST = 256
 
 
-def fashion_available() -> bool:
-    return (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
-
-
 @pytest.fixture(scope="session")
 def fashion_dir() -> Path:
-    require_system_part(
-        fashion_available(), "Fashion-MNIST", "apt-get install -y dataset-fashion-mnist"
-    )
-    return DEBIAN_FASHION_MNIST_DIR
+    return require_fashion_mnist()
 
 
 def fashion_samples(pre: Preprocessing, count: int) -> torch.Tensor:
