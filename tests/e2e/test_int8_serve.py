@@ -17,6 +17,7 @@ from service.metadata import ModelMetadata
 from service.postprocess import softmax
 from service.preprocess import preprocess
 from service.settings import Settings
+from tests.e2e.full_classify import classify_everything
 from tests.service.server import threaded_server
 from training.data.idx import load_fashion_mnist
 from training.export import ExportConfig
@@ -61,18 +62,7 @@ def test_int8_version_serves_feature_maps_and_cam(repository: Path) -> None:
 
     with threaded_server(Settings(model_repository=repository, providers="cpu")) as url:
         detail = httpx.get(f"{url}/v1/models/resnet18-int8", timeout=30).json()
-        response = httpx.post(
-            f"{url}/v1/models/resnet18-int8/classify",
-            params={
-                "top_k": meta.num_classes,
-                "feature_maps": layer.layer,
-                "map_format": "float16",
-                "channels": layer.shape[0],
-                "cam": "true",
-            },
-            files=[("file", (f"{i}.png", f, "image/png")) for i, f in enumerate(files)],
-            timeout=60,
-        )
+        response = classify_everything(url, "resnet18-int8", meta, files)
     assert detail["precision"] == "int8"
     assert [tuple(m["shape"]) for m in detail["feature_maps"]] == [
         fm.shape for fm in meta.feature_maps

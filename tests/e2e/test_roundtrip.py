@@ -12,7 +12,6 @@ import base64
 import io
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -20,6 +19,7 @@ from PIL import Image
 
 from service.metadata import ModelMetadata
 from service.settings import Settings
+from tests.e2e.full_classify import classify_everything
 from tests.service.server import threaded_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
 from training.data.idx import load_fashion_mnist
@@ -75,18 +75,7 @@ def test_service_answers_what_pytorch_computes(exported: tuple[Path, Path]) -> N
     settings = Settings(model_repository=repository, default_model="resnet18-rt")
     layer = meta.feature_maps[-1]
     with threaded_server(settings) as base_url:
-        response = httpx.post(
-            f"{base_url}/v1/models/resnet18-rt/classify",
-            params={
-                "top_k": meta.num_classes,
-                "feature_maps": layer.layer,
-                "map_format": "float16",
-                "channels": layer.shape[0],
-                "cam": "true",
-            },
-            files=[("file", (f"{i}.png", f, "image/png")) for i, f in enumerate(files)],
-            timeout=60,
-        )
+        response = classify_everything(base_url, "resnet18-rt", meta, files)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == IMAGES
