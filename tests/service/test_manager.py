@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -17,7 +16,7 @@ from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.service.server import metric_value, threaded_server
-from tests.service.tiny_model import NUM_CLASSES, random_png, write_tiny_model
+from tests.service.tiny_model import NUM_CLASSES, random_png, rewrite_model, write_tiny_model
 
 PNG = {"content-type": "image/png"}
 
@@ -160,16 +159,6 @@ def test_repository_problems_are_logged_and_listed_once_each(
     assert sum(flat_file in line for line in logged) == 1
 
 
-def _rewrite(folder: Path, model: onnx.ModelProto, **metadata_changes: object) -> None:
-    """Replace a version's model.onnx, keeping metadata.json's sha256 in step."""
-    data = model.SerializeToString()
-    (folder / "model.onnx").write_bytes(data)
-    metadata = json.loads((folder / "metadata.json").read_text())
-    metadata["export"]["sha256"] = hashlib.sha256(data).hexdigest()
-    metadata.update(metadata_changes)
-    (folder / "metadata.json").write_text(json.dumps(metadata))
-
-
 def write_fixed_batch_model(repo: Path, name: str, max_batch_size: int) -> Path:
     """A tiny model whose graph takes exactly one image (batch axis fixed at 1)."""
     folder = write_tiny_model(repo, name).path
@@ -177,7 +166,7 @@ def write_fixed_batch_model(repo: Path, name: str, max_batch_size: int) -> Path:
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_value = 1
     onnx.checker.check_model(model)
-    _rewrite(folder, model, max_batch_size=max_batch_size)
+    rewrite_model(folder, model, max_batch_size=max_batch_size)
     return folder
 
 
@@ -206,7 +195,7 @@ def write_zipmap_model(repo: Path, name: str) -> Path:
     logits.CopyFrom(helper.make_value_info("logits", helper.make_sequence_type_proto(score_map)))
     model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
     onnx.checker.check_model(model)
-    _rewrite(folder, model)
+    rewrite_model(folder, model)
     return folder
 
 

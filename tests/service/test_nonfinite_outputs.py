@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Iterator
@@ -15,11 +14,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from service.metadata import ModelMetadata
 from service.pool import nonfinite_rows
 from service.settings import Settings
 from tests.service.server import metric_value, threaded_server
-from tests.service.tiny_model import random_png, write_tiny_model
+from tests.service.tiny_model import random_png, rewrite_model, write_tiny_model
 
 MODEL = "tiny-cnn"
 BROKEN = "tiny-nan"  # a model whose classifier bias holds a NaN: every answer is NaN
@@ -36,12 +34,7 @@ def _nan_bias_model(root: Path) -> None:
             bias = numpy_helper.to_array(tensor).copy()
             bias[0] = np.nan
             model.graph.initializer[index].CopyFrom(numpy_helper.from_array(bias, "fc.b"))
-    data = model.SerializeToString()
-    (folder / "model.onnx").write_bytes(data)
-    metadata = json.loads((folder / "metadata.json").read_text())
-    metadata["export"]["sha256"] = hashlib.sha256(data).hexdigest()
-    ModelMetadata.model_validate(metadata)
-    (folder / "metadata.json").write_text(json.dumps(metadata))
+    rewrite_model(folder, model)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ so it has CAM weights), or conv -> relu -> maxpool -> flatten -> linear (no CAM)
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,18 @@ def write_tiny_model(
     )
     (folder / "metadata.json").write_text(metadata.model_dump_json(indent=2))
     return TinyModel(name, version, folder, metadata)
+
+
+def rewrite_model(folder: Path, model: onnx.ModelProto, **metadata_changes: object) -> None:
+    """Replace a version's model.onnx, keeping metadata.json's sha256 in step (and applying
+    `metadata_changes`); the metadata must still be valid."""
+    data = model.SerializeToString()
+    (folder / "model.onnx").write_bytes(data)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["export"]["sha256"] = hashlib.sha256(data).hexdigest()
+    metadata.update(metadata_changes)
+    ModelMetadata.model_validate(metadata)
+    (folder / "metadata.json").write_text(json.dumps(metadata))
 
 
 def random_png(seed: int, size: tuple[int, int] = (24, 30), mode: str = "RGB") -> bytes:
