@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else TELEMETRY_OFF,
     )
+    routes = [route for router in ROUTERS for route in router.routes]
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
             CORSMiddleware,
@@ -112,13 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_inflight_requests=settings.max_inflight_requests,
         request_timeout_ms=settings.request_timeout_ms,
         loop_lag=loop_lag,
-        routes=[route for router in ROUTERS for route in router.routes],
+        routes=routes,
     )
     install_error_handlers(app)
     # The routes themselves, not included routers: FastAPI walks an included router's own
     # matching layers on every request (~5 % of the event loop's time per request on LeNet-5).
     # Each router's prefix is already in its routes' paths.
-    app.router.routes.extend(route for router in ROUTERS for route in router.routes)
+    app.router.routes.extend(routes)
     return app
 
 
