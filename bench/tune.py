@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.compare import PLANS, ceiling, stop, target_for  # noqa: E402
 from bench.load import closed_loop, start_service  # noqa: E402
-from bench.models import BENCH_REPOSITORY, ensure_models, image_for  # noqa: E402
+from bench.models import BENCH_REPOSITORY, INT8_SUFFIX, ensure_models, image_for  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,8 @@ def main() -> None:
     image = image_for(args.model)
     ceil_ips = float("nan")
     if not args.no_ceiling:
-        ceil = ceiling(args.model, PLANS[args.model].batches, repository, phone=False)
+        plan = PLANS[args.model.removesuffix(INT8_SUFFIX)]  # an int8 file: its float32 model's
+        ceil = ceiling(args.model, plan.batches, repository, phone=False)
         ceil_ips = ceil["best"]["images_per_s"]
         print(f"ceiling {ceil_ips:.1f} img/s: {json.dumps(ceil['best'])}")
     levels = [int(c) for c in args.concurrency.split(",")]

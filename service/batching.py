@@ -283,7 +283,7 @@ class Batcher:
             ready = self._drop_unservable(batch)
             if not ready:
                 continue
-            instance = pool.claim(len(ready))
+            instance = pool.claim(len(ready), alone=not self._work_ahead())
             task = asyncio.get_running_loop().create_task(self._run(instance, ready))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

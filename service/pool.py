@@ -45,7 +45,12 @@ class BatchRunner(Protocol):
     def instances(self) -> int: ...
 
     def run(
-        self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]
+        self,
+        instance: int,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        *,
+        alone: bool = True,
     ) -> Outputs: ...
 
     def recreate(self, instance: int) -> None: ...
@@ -220,11 +225,12 @@ class InstancePool:
             self._freed.clear()
             await self._freed.wait()
 
-    def claim(self, images: int) -> int:
+    def claim(self, images: int, *, alone: bool) -> int:
         """A free instance for a batch of `images` (one must be free: `wait_free`), busy until
-        `run` returns."""
+        `run` returns; `alone`: the caller has no other images queued or decoding, and then
+        the batch runs alone if no other batch runs either (`BatchRunner.run`)."""
         instance = self._free.pop()
-        alone = not self._busy_until
+        alone = alone and not self._busy_until
         self._alone[instance] = alone
         self._busy_until[instance] = time.monotonic() + images * self.times.per_image(alone=alone)
         return instance
@@ -253,7 +259,7 @@ class InstancePool:
         is recreated."""
 
         def compute() -> Ran:
-            result = self._runner.run(instance, batch, outputs)
+            result = self._runner.run(instance, batch, outputs, alone=self._alone[instance])
             return result, nonfinite_rows(result)  # in the instance's thread, not the loop's
 
         try:

@@ -150,8 +150,9 @@ class Runtime:
     """`instances` InferenceSessions of one ONNX model, validated against its metadata.
 
     With `solo_threads` (on CPU) there is one more session, with that many intra-op threads, for
-    a batch that starts while no other runs: a lone request then uses every core, while batches
-    side by side use their own narrower sessions instead of oversubscribing the cores. `warm_up`
+    a batch that starts while no other runs and no other work waits (`run`'s `alone`): a lone
+    request then uses every core, while batches side by side, or beside images still being
+    decoded, use their own narrower sessions instead of oversubscribing the cores. `warm_up`
     keeps it only where it is measured faster (not for a tiny model, whose batch of one gains
     nothing from a second thread).
 
@@ -256,14 +257,23 @@ class Runtime:
         if missing:
             raise RepositoryError(f"ONNX model lacks outputs {missing}")
 
-    def run(self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str]) -> Outputs:
+    def run(
+        self,
+        instance: int,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        *,
+        alone: bool = True,
+    ) -> Outputs:
         """Run `batch` (N, C, H, W) float32 for `instance`: on the solo session when there is
-        one and no other batch is running, else on the instance's own; only `outputs` are
-        computed."""
+        one, no other batch is running and the caller has no other work waiting (`alone`:
+        under load the other cores decode the next images, and a second thread would take
+        them), else on the instance's own; only `outputs` are computed."""
         solo, running = self.solo, self._running
         running.add(instance)  # set operations are atomic: two starting at once both see 2
         try:
-            session = solo if solo is not None and len(running) == 1 else self.sessions[instance]
+            lone = alone and len(running) == 1
+            session = solo if solo is not None and lone else self.sessions[instance]
             self._on_solo[instance] = session is solo
             if self.faults is not None:
                 self.faults.before_run()

@@ -27,7 +27,7 @@ GATE_TIMEOUT_S = 30.0  # a batch held longer than this fails: a test that forgot
 
 class GatedRuntime:
     """Batches wait for `gate` to open (it starts open), then run on real ORT. Records each
-    batch's size and outputs (`calls`) and its input, and sets
+    batch's size and outputs (`calls`), its input and whether it was to run `alone`, and sets
     `started` as one reaches the gate.
 
     Built on one Runtime, it stands in for it (a Batcher's runtime); built by
@@ -40,6 +40,7 @@ class GatedRuntime:
         self.started = threading.Event()
         self.calls: list[tuple[int, tuple[str, ...]]] = []
         self.inputs: list[npt.NDArray[np.float32]] = []
+        self.alone: list[bool] = []
         self.submitted = 0  # rows submitted to any Batcher, under gate_every_runtime
 
     @property
@@ -60,6 +61,7 @@ class GatedRuntime:
         """Close the gate and forget what passed it so far."""
         self.calls.clear()
         self.inputs.clear()
+        self.alone.clear()
         self.submitted = 0
         self.started.clear()
         self.gate.clear()
@@ -69,8 +71,13 @@ class GatedRuntime:
         instance: int,
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
+        *,
+        alone: bool = True,
     ) -> Outputs:
-        return self.through(lambda: self.runtime.run(instance, batch, outputs), batch, outputs)
+        self.alone.append(alone)
+        return self.through(
+            lambda: self.runtime.run(instance, batch, outputs, alone=alone), batch, outputs
+        )
 
     def recreate(self, instance: int) -> None:
         self.runtime.recreate(instance)
@@ -102,8 +109,12 @@ def gate_every_runtime(monkeypatch: pytest.MonkeyPatch) -> GatedRuntime:
         instance: int,
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
+        *,
+        alone: bool = True,
     ) -> Outputs:
-        return gated.through(lambda: run(runtime, instance, batch, outputs), batch, outputs)
+        return gated.through(
+            lambda: run(runtime, instance, batch, outputs, alone=alone), batch, outputs
+        )
 
     def counted_submit(
         batcher: Batcher,

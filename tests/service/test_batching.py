@@ -37,6 +37,22 @@ async def test_idle_runtime_runs_a_lone_request_at_once(runtime: Runtime) -> Non
     await batcher.close()
 
 
+async def test_a_batch_runs_alone_only_while_nothing_else_waits(runtime: Runtime) -> None:
+    """The runtime may give a batch every core (its solo session) only while the batcher has no
+    other images queued or being decoded: under load the other cores decode the next ones."""
+    gated = GatedRuntime(runtime)
+    batcher = make(gated)
+    (lone,) = batcher.submit(images(1), frozenset(), None)
+    await lone.future
+    with batcher.admission(1, None):  # another request's image, being decoded
+        (beside,) = batcher.submit(images(1, start=1), frozenset(), None)
+        await beside.future
+    (lone,) = batcher.submit(images(1, start=2), frozenset(), None)
+    await lone.future
+    assert gated.alone == [True, False, True]
+    await batcher.close()
+
+
 async def test_busy_runtime_batches_up_to_max_size(runtime: Runtime) -> None:
     gated = GatedRuntime(runtime)
     gated.gate.clear()

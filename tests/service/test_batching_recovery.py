@@ -41,6 +41,8 @@ class FaultyRunner:
         instance: int,
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
+        *,
+        alone: bool = True,
     ) -> Outputs:
         self.runs += 1
         if self.runs == 1 and self.mode == "raise":

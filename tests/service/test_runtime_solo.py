@@ -1,5 +1,5 @@
-"""The solo session: a batch that starts while no other runs gets every core (runtime.Runtime),
-batches side by side run on the instances' own narrower sessions."""
+"""The solo session: a batch that starts while no other runs and no other work waits gets every
+core (runtime.Runtime), other batches run on the instances' own narrower sessions."""
 
 from __future__ import annotations
 
@@ -90,6 +90,16 @@ def test_recreate_replaces_the_session_that_ran(solo_runtime: Runtime) -> None:
     assert solo_runtime.solo is solo
     assert solo_runtime.sessions[0] is not own[0]
     assert solo_runtime.sessions[1] is own[1]
+
+
+def test_a_batch_not_alone_runs_on_its_own_session(solo_runtime: Runtime) -> None:
+    """Nothing else runs, but the caller has other work waiting (`alone=False`): the batch runs
+    on its instance's own session, so recreating the instance replaces that one."""
+    own, solo = list(solo_runtime.sessions), solo_runtime.solo
+    solo_runtime.run(1, np.stack(images(1)), ["logits"], alone=False)
+    solo_runtime.recreate(1)
+    assert solo_runtime.solo is solo
+    assert solo_runtime.sessions[1] is not own[1]
 
 
 def test_a_batch_beside_a_running_one_runs_on_its_own_session(
