@@ -122,8 +122,11 @@ class Batcher:
         """Admit `count` images before they are decoded (Overloaded when hopeless, see `admit`)
         and hold their place until `submit` queues them or the block ends: the images being
         decoded count as work ahead of later requests, so a flood is refused before it piles
-        up in the decode pool."""
+        up in the decode pool. The queue holds their places too: a request whose images would
+        not fit beside those queued and those still decoding is refused before it is decoded
+        (Overloaded, as `submit` refuses a full queue)."""
         self._check_fits(count)
+        self._check_room(count, self._reserved)
         self.admit(count, deadline)
         reservation = Reservation(self, count)
         self._reserved += count
@@ -141,6 +144,12 @@ class Batcher:
                 "places (CONVSERVE_MAX_QUEUE_SIZE)",
                 model=self.model,
             )
+
+    def _check_room(self, count: int, decoding: int) -> None:
+        """Overloaded when `count` more images would not fit in the queue beside those queued
+        and `decoding` others holding places."""
+        if len(self._pending) + decoding + count > self._max_queue:
+            raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
 
     def admit(self, count: int, deadline: float | None) -> None:
         """Overloaded when `count` more images would be computed only after `deadline` (a
@@ -184,8 +193,7 @@ class Batcher:
         if self._closing:
             raise NotReady(f"{self.model} is shutting down", model=self.model)
         self._check_fits(len(tensors))
-        if len(self._pending) + len(tensors) > self._max_queue:
-            raise Overloaded(f"{self.model}: queue full, retry later", model=self.model)
+        self._check_room(len(tensors), 0)  # an admitted request's place was held for it
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed before compute", model=self.model)
         self.admit(len(tensors), deadline)

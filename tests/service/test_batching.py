@@ -70,6 +70,27 @@ async def test_busy_runtime_batches_up_to_max_size(runtime: Runtime) -> None:
     await batcher.close()
 
 
+async def test_images_being_decoded_hold_their_queue_places(runtime: Runtime) -> None:
+    """A request that would not fit beside the queued images and those still being decoded is
+    refused at admission, before its own are decoded; an admitted request then always fits."""
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated, max_batch_size=1, max_queue_size=3)
+    batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)  # that one computing, held at the gate: the queue is empty
+    queued = batcher.submit(images(1, start=1), frozenset(), None)
+    with batcher.admission(2, None) as decoding:
+        with pytest.raises(Overloaded, match="queue full"), batcher.admission(1, None):
+            pass
+        admitted = batcher.submit(images(2, start=2), frozenset(), None, decoding)
+    assert batcher.depth == 3
+    with pytest.raises(Overloaded, match="queue full"), batcher.admission(1, None):
+        pass
+    gated.gate.set()
+    await asyncio.gather(*(i.future for i in queued + admitted))
+    await batcher.close()
+
+
 async def test_queue_full_is_overloaded(runtime: Runtime) -> None:
     gated = GatedRuntime(runtime)
     gated.gate.clear()
