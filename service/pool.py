@@ -227,10 +227,9 @@ class InstancePool:
 
     def claim(self, images: int, *, alone: bool) -> int:
         """A free instance for a batch of `images` (one must be free: `wait_free`), busy until
-        `run` returns; `alone`: the caller has no other images queued or decoding, and then
-        the batch runs alone if no other batch runs either (`BatchRunner.run`)."""
+        `run` returns; `alone`: nothing else of the model is queued, decoding or running (no
+        batch is `busy`), so the batch may take every core (`BatchRunner.run`)."""
         instance = self._free.pop()
-        alone = alone and not self._busy_until
         self._alone[instance] = alone
         self._busy_until[instance] = time.monotonic() + images * self.times.per_image(alone=alone)
         return instance

@@ -74,9 +74,8 @@ class GatedRuntime:
         *,
         alone: bool = True,
     ) -> Outputs:
-        self.alone.append(alone)
         return self.through(
-            lambda: self.runtime.run(instance, batch, outputs, alone=alone), batch, outputs
+            lambda: self.runtime.run(instance, batch, outputs, alone=alone), batch, outputs, alone
         )
 
     def recreate(self, instance: int) -> None:
@@ -87,10 +86,12 @@ class GatedRuntime:
         run: Callable[[], Outputs],
         batch: npt.NDArray[np.float32],
         outputs: Sequence[str],
+        alone: bool,
     ) -> Outputs:
         """Record the batch, wait at the gate, then `run` it."""
         self.calls.append((len(batch), tuple(outputs)))
         self.inputs.append(batch.copy())
+        self.alone.append(alone)
         self.started.set()
         if not self.gate.wait(GATE_TIMEOUT_S):
             raise TimeoutError("the gate was never opened")
@@ -113,7 +114,7 @@ def gate_every_runtime(monkeypatch: pytest.MonkeyPatch) -> GatedRuntime:
         alone: bool = True,
     ) -> Outputs:
         return gated.through(
-            lambda: run(runtime, instance, batch, outputs, alone=alone), batch, outputs
+            lambda: run(runtime, instance, batch, outputs, alone=alone), batch, outputs, alone
         )
 
     def counted_submit(
