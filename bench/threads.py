@@ -2,6 +2,7 @@
 (`/proc/<pid>/task/*/stat`, user + system) divided by the requests answered.
 
     .venv/bin/python bench/threads.py --model resnet18 --concurrency 16
+    .venv/bin/python bench/threads.py --model resnet18 --phone    # the 4000x3000 JPEG
 
 Threads are named by what they run: the event loop (the main thread), the instance threads
 (`ort-<model>-<n>`, each running its session's `run`; with one intra-op thread that is all of
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--phone", action="store_true", help="send the 4000x3000 photo")
     args = parser.parse_args()
     repository = ensure_models(BENCH_REPOSITORY)
     env = {
@@ -69,7 +71,7 @@ def main() -> None:
     }
     process, url, _ = start_service(env)
     try:
-        target = target_for("convserve", url, args.model, image_for(args.model))
+        target = target_for("convserve", url, args.model, image_for(args.model, args.phone))
         asyncio.run(closed_loop(target, args.concurrency, 2.0))
         names = thread_names(process.pid)
         before = cpu_seconds(process.pid)
@@ -83,7 +85,8 @@ def main() -> None:
         per_request[name] += (seconds - before.get(tid, 0.0)) / result["requests"] * 1000
     total = sum(per_request.values())
     print(
-        f"{args.model} c={args.concurrency}: {result['rps']:.1f} req/s, "
+        f"{args.model}{' (4000x3000)' if args.phone else ''} c={args.concurrency}: "
+        f"{result['rps']:.1f} req/s, "
         f"{total:.3f} core-ms per request"
     )
     for name, ms in sorted(per_request.items(), key=lambda item: -item[1]):
