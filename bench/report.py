@@ -348,12 +348,16 @@ def draft_table(costs: dict[str, dict[str, Any]]) -> list[str]:
 def render(results: dict[str, Any]) -> str:
     s = results["settings"]
     solo = f" + a {s['solo_threads']}-thread solo session" if s.get("solo_threads") else ""
+    tiny = (
+        " (1 for a model computing a batch of one in < 0.5 ms)" if s.get("instances_auto") else ""
+    )
     lines = [
         f"Run of {results['date']}, {results['cores']} cores, {results['duration_s']} s in all, "
         f"{results['rounds']} rounds (rounds flagged {FLAG} when a ceiling moved more than "
         f"{results['ceiling_drift_limit']:.0%} over them). convserve defaults: max batch "
         f"{s['max_batch_size']}, queue delay {s['max_queue_delay_ms']} ms, {s['instances']} "
-        f"instance(s) x {s['intra_op_threads']} intra-op thread(s){solo}, {s['decode_threads']} "
+        f"instance(s){tiny} x {s['intra_op_threads']} intra-op thread(s){solo}, "
+        f"{s['decode_threads']} "
         f"decode thread(s), queue {s['max_queue_size']}.",
         "",
         "#### Targets",

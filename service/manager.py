@@ -30,7 +30,7 @@ from service.faults import FaultInjector
 from service.metadata import ModelMetadata
 from service.metrics import Metrics, Predictions
 from service.repository import Fingerprint, VersionRef
-from service.runtime import ORT_ERRORS, Runtime, resolve_providers
+from service.runtime import ONE_INSTANCE_BELOW_S, ORT_ERRORS, Runtime, resolve_providers
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -244,9 +244,10 @@ class ModelManager:
                 files.onnx_bytes,
                 files.metadata,
                 providers=self.providers,
-                instances=s.instances,
+                instances=s.effective_instances,
                 intra_op_threads=s.effective_intra_op_threads,
                 solo_threads=s.solo_threads,
+                one_instance_below_s=0.0 if s.instances else ONE_INSTANCE_BELOW_S,
                 require_gpu=s.providers in {"cuda", "tensorrt"},
                 faults=self.faults,
                 trt_cache_dir=s.trt_cache_dir,

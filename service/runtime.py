@@ -42,6 +42,12 @@ SOLO_GAIN = 0.8
 SOLO_TRIALS = 5
 SOLO_MAX_TRIALS = 50
 SOLO_MIN_S = 0.05
+# With the instance count left to the service (`instances=0`), a version whose batch of one
+# computes in less than this keeps one instance: at LeNet-5's ~0.03 ms the event loop is the
+# limit, and a second instance only splits what waits into smaller batches, each one more
+# hand-off to a thread (one against two, 28x28 PNG: 1.20-1.32x the requests at 4 clients,
+# 1.21-1.25x at 16, 1.03-1.08x at 64, level at 1; bench/tune.py, alternating).
+ONE_INSTANCE_BELOW_S = 0.0005
 # Warm-up runs this many images at once (never more than the model's max_batch_size): a batch
 # above one checks that the batch axis really is dynamic.
 WARM_UP_BATCH = 2
@@ -170,6 +176,7 @@ class Runtime:
         instances: int,
         intra_op_threads: int,
         solo_threads: int = 0,
+        one_instance_below_s: float = 0.0,
         require_gpu: bool = False,
         faults: FaultInjector | None = None,
         trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR,
@@ -179,10 +186,12 @@ class Runtime:
         self._onnx_bytes = onnx_bytes
         self._providers = [self._provider_entry(name, trt_cache_dir) for name in providers]
         self._intra_op_threads = intra_op_threads
+        self._one_instance_below_s = one_instance_below_s
         # A session that never runs beside another may spin (`_new_session`): the only
-        # instance, and the solo session.
+        # instance, and the solo session. One kept alone by `warm_up` was made not to.
+        self._spin = instances == 1
         self.sessions = [
-            self._new_session(intra_op_threads, spin=instances == 1) for _ in range(instances)
+            self._new_session(intra_op_threads, spin=self._spin) for _ in range(instances)
         ]
         self.provider: str = self.sessions[0].get_providers()[0]
         if providers[0] != self.provider:
@@ -291,7 +300,7 @@ class Runtime:
             self._check_outputs(session)
             self.solo = session
             return
-        session = self._new_session(self._intra_op_threads, spin=self.instances == 1)
+        session = self._new_session(self._intra_op_threads, spin=self._spin)
         self._check_outputs(session)
         self.sessions[instance] = session
 
@@ -309,11 +318,25 @@ class Runtime:
 
     def warm_up(self) -> None:
         """Run every session once with all outputs and check the shapes metadata promises; keep
-        the solo session only if a batch of one runs at least SOLO_GAIN faster on it."""
+        the solo session only if a batch of one runs at least SOLO_GAIN faster on it, and only
+        the first instance if a batch of one computes in under `one_instance_below_s`."""
         for session in (*self.sessions, *([self.solo] if self.solo is not None else [])):
             self._check_outputs(session)
+        fewer = self._one_instance_below_s > 0 and self.instances > 1
+        if self.solo is None and not fewer:
+            return
+        timed = [self.sessions[0], *([self.solo] if self.solo is not None else [])]
+        own_s, *solo = self._batch_of_one_s(*timed)
+        if fewer and own_s < self._one_instance_below_s:
+            logger.info(
+                "%s: a batch of one computes in %.3f ms: one instance instead of %d",
+                self.metadata.name,
+                own_s * 1000,
+                self.instances,
+            )
+            del self.sessions[1:], self._on_solo[1:]
         if self.solo is not None:
-            own_s, solo_s = self._batch_of_one_s(self.sessions[0], self.solo)
+            solo_s = solo[0]
             kept = solo_s <= SOLO_GAIN * own_s
             logger.info(
                 "%s: a batch of one takes %.2f ms on %d intra-op threads, %.2f ms on %d: lone "

@@ -21,6 +21,9 @@ ENV_PREFIX = "CONVSERVE_"
 MIB = 1024 * 1024
 # TensorRT builds an engine per model when a session starts; cached, later starts reuse it.
 DEFAULT_TRT_CACHE_DIR = Path("/tmp/convserve-trt")
+# Sessions per version by default: two side by side, one thread each on 2 cores
+# (docs/benchmarks.md, "Defaults").
+DEFAULT_INSTANCES = 2
 
 
 # Descriptors kept free of connections (listening socket, event loop, logs, model files, GPU
@@ -110,7 +113,13 @@ class Settings(BaseSettings):
         "event loop (>1: for small models on many cores; the repository load/unload routes "
         "are then refused, use MODEL_POLL_SECONDS).",
     )
-    instances: int = Field(2, ge=1, description="ORT sessions per model version running at once.")
+    instances: int = Field(
+        0,
+        ge=0,
+        description="ORT sessions per model version running at once (0: 2, or 1 for a model "
+        "whose batch of one computes in under 0.5 ms: one keeps up with the event loop and "
+        "gathers larger batches).",
+    )
     intra_op_threads: int = Field(
         0,
         ge=0,
@@ -201,11 +210,17 @@ class Settings(BaseSettings):
         return [m.strip() for m in self.models.split(",") if m.strip()]
 
     @property
+    def effective_instances(self) -> int:
+        """The sessions each version starts with: the setting, or DEFAULT_INSTANCES (warm-up
+        keeps one of them for a tiny model where the setting is 0: runtime.ONE_INSTANCE_BELOW_S)."""
+        return self.instances or DEFAULT_INSTANCES
+
+    @property
     def effective_intra_op_threads(self) -> int:
         """Intra-op threads of each instance's session: the setting, or by default the cores
         shared out between the instances, so that batches side by side don't oversubscribe
         them (docs/benchmarks.md, "Defaults")."""
-        return self.intra_op_threads or max(1, cpu_count() // self.instances)
+        return self.intra_op_threads or max(1, cpu_count() // self.effective_instances)
 
     @property
     def solo_threads(self) -> int:

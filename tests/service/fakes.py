@@ -139,7 +139,7 @@ async def wait_started(gated: GatedRuntime) -> None:
         await asyncio.sleep(0.001)
 
 
-def tiny_runtime(tiny_repo: Path, tiny_cnn: TinyModel, **layout: int) -> Runtime:
+def tiny_runtime(tiny_repo: Path, tiny_cnn: TinyModel, **layout: float) -> Runtime:
     """A real CPU Runtime of the tiny CNN: one one-thread instance unless `layout` says more."""
     files = load_version(tiny_repo, VersionRef("tiny-cnn", 1, tiny_cnn.path))
     options = {"instances": 1, "intra_op_threads": 1, **layout}
