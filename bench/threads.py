@@ -87,6 +87,15 @@ def measure(
     return result, {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
 
 
+def report(system: str, args: argparse.Namespace, result: dict[str, Any], total_ms: float) -> None:
+    """One system's line: req/s, core-ms per request, and the cores that kept busy."""
+    print(
+        f"{system:<9} {args.model}{' (4000x3000)' if args.phone else ''} c={args.concurrency}: "
+        f"{result['rps']:.1f} req/s, {total_ms:.3f} core-ms per request, "
+        f"{result['rps'] * total_ms / 1000:.2f} cores busy"
+    )
+
+
 def measure_convserve(args: argparse.Namespace, repository: Path, image: bytes) -> None:
     env = {
         "CONVSERVE_MODEL_REPOSITORY": str(repository),
@@ -103,12 +112,7 @@ def measure_convserve(args: argparse.Namespace, repository: Path, image: bytes) 
     per_request: dict[str, float] = collections.Counter()
     for tid, seconds in used.items():
         per_request[names.get(tid, f"native thread {tid}")] += seconds / result["requests"] * 1000
-    total = sum(per_request.values())
-    print(
-        f"convserve {args.model}{' (4000x3000)' if args.phone else ''} c={args.concurrency}: "
-        f"{result['rps']:.1f} req/s, {total:.3f} core-ms per request, "
-        f"{result['rps'] * total / 1000:.2f} cores busy"
-    )
+    report("convserve", args, result, sum(per_request.values()))
     for name, ms in sorted(per_request.items(), key=lambda item: -item[1]):
         if ms >= 0.0005:
             print(f"  {name:<28} {ms:8.3f} ms")
@@ -118,12 +122,7 @@ def measure_naive(args: argparse.Namespace, repository: Path, image: bytes) -> N
     with server("naive", args.model, repository, 1, 0.0) as url:
         target = target_for("naive", url, args.model, image)
         result, used = measure(target, naive_pid(url), args)
-    total = sum(used.values()) / result["requests"] * 1000
-    print(
-        f"naive     {args.model}{' (4000x3000)' if args.phone else ''} c={args.concurrency}: "
-        f"{result['rps']:.1f} req/s, {total:.3f} core-ms per request, "
-        f"{result['rps'] * total / 1000:.2f} cores busy"
-    )
+    report("naive", args, result, sum(used.values()) / result["requests"] * 1000)
 
 
 def main() -> None:

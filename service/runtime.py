@@ -320,13 +320,13 @@ class Runtime:
         """Run every session once with all outputs and check the shapes metadata promises; keep
         the solo session only if a batch of one runs at least SOLO_GAIN faster on it, and only
         the first instance if a batch of one computes in under `one_instance_below_s`."""
-        for session in (*self.sessions, *([self.solo] if self.solo is not None else [])):
+        solo = [self.solo] if self.solo is not None else []
+        for session in (*self.sessions, *solo):
             self._check_outputs(session)
         fewer = self._one_instance_below_s > 0 and self.instances > 1
-        if self.solo is None and not fewer:
+        if not solo and not fewer:
             return
-        timed = [self.sessions[0], *([self.solo] if self.solo is not None else [])]
-        own_s, *solo = self._batch_of_one_s(*timed)
+        own_s, *solo_times = self._batch_of_one_s(self.sessions[0], *solo)
         if fewer and own_s < self._one_instance_below_s:
             logger.info(
                 "%s: a batch of one computes in %.3f ms: one instance instead of %d",
@@ -336,7 +336,7 @@ class Runtime:
             )
             del self.sessions[1:], self._on_solo[1:]
         if self.solo is not None:
-            solo_s = solo[0]
+            solo_s = solo_times[0]
             kept = solo_s <= SOLO_GAIN * own_s
             logger.info(
                 "%s: a batch of one takes %.2f ms on %d intra-op threads, %.2f ms on %d: lone "

@@ -146,6 +146,12 @@ def tiny_runtime(tiny_repo: Path, tiny_cnn: TinyModel, **layout: float) -> Runti
     return Runtime(files.onnx_bytes, files.metadata, providers=["CPUExecutionProvider"], **options)
 
 
+def spins(session: object) -> str:
+    """Whether `session`'s intra-op threads spin between a run's operators ("1") or sleep."""
+    options = session.get_session_options()  # type: ignore[attr-defined]
+    return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+
 def images(count: int, start: int = 0) -> list[npt.NDArray[np.float32]]:
     """`count` tiny-CNN inputs, each filled with its own number from `start` on."""
     return [np.full((1, 16, 16), float(start + i), dtype=np.float32) for i in range(count)]

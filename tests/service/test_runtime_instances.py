@@ -13,15 +13,10 @@ import pytest
 from service.manager import ModelManager
 from service.metrics import Metrics
 from service.settings import DEFAULT_INSTANCES, Settings
-from tests.service.fakes import images, tiny_runtime
+from tests.service.fakes import images, spins, tiny_runtime
 from tests.service.tiny_model import TinyModel, write_tiny_model
 
 pytestmark = [pytest.mark.timeout(60)]
-
-
-def spins(session: object) -> str:
-    options = session.get_session_options()  # type: ignore[attr-defined]
-    return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
 
 
 def test_a_model_computing_under_the_bound_keeps_one_instance(

@@ -12,7 +12,7 @@ import pytest
 from service import runtime as runtime_module
 from service.faults import FaultInjector
 from service.runtime import Runtime
-from tests.service.fakes import images, tiny_runtime
+from tests.service.fakes import images, spins, tiny_runtime
 from tests.service.tiny_model import TinyModel
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -39,11 +39,6 @@ def test_solo_session_answers_as_the_instances_do(
     alone = solo_runtime.run(0, batch, ["logits"])  # nothing else runs: the solo session
     own = tiny_runtime(tiny_repo, tiny_cnn, instances=2).run(0, batch, ["logits"])
     np.testing.assert_allclose(alone["logits"], own["logits"], rtol=1e-5, atol=1e-6)
-
-
-def spins(session: object) -> str:
-    options = session.get_session_options()  # type: ignore[attr-defined]
-    return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
 
 
 def test_only_sessions_that_run_alone_spin(
