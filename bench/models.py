@@ -115,13 +115,9 @@ def export_resnet(
     """`<repository>/<arch>/1` (or `<arch>-int8/1` with `int8`), exported unless it exists."""
     import torch
 
-    from training.data.transforms import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        Preprocessing,
-        eval_transform,
-    )
+    from training.data.transforms import Preprocessing, eval_transform
     from training.export import ExportSpec, quantize_staged, resolve_layers, stage_and_publish
+    from training.imagenet import IMAGENET_MEAN, IMAGENET_STD
     from training.registry import build_model
 
     name = int8_name(arch) if int8 else arch

@@ -28,12 +28,14 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from PIL import Image, ImageOps
+from PIL import Image
 
-from service.metadata import NAME_PATTERN
+from service.metadata import NAME_PATTERN, Preprocessing
+from service.preprocess import RESAMPLE, resize_and_crop, to_input
 from service.runtime import ORT_ERRORS
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.cli import positive_int, run_cli
+from training.data.photos import views_of
 from training.errors import UserError
 from training.export_int8 import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -48,6 +50,7 @@ from training.export_int8 import (
     plan_from_sets,
     quantize_version,
 )
+from training.imagenet import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from training.labels import IMAGENET, IMAGENET_CLASSES, resolve_labels
 from training.onnx_check import (
     LOGITS_NAME,
@@ -87,14 +90,6 @@ from training.publish import (
 
 logger = logging.getLogger(__name__)
 DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_RESIZE_RATIO = 256 / 224
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 COLOR_MODES = {1: "L", 3: "RGB"}
 PROBABILITY_SUM_TOLERANCE = 1e-4  # rows of an output summing to 1 within this are probabilities
 PREPROCESS_KEYS = ("resize", "center_crop", "interpolation", "mean", "std", "color_mode")
@@ -104,7 +99,6 @@ PHOTOS = ("photo-china.jpg", "photo-flower.jpg")
 PHOTO_DIR = Path(__file__).resolve().parents[1] / "service" / "static" / "samples"
 # Views of each photo for the parity check: whole, mirrored, and two off-centre crops
 # (fractions left, upper, right, lower), 8 images in all.
-VIEW_BOXES = ((0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.7, 1.0), (0.3, 0.1, 1.0, 0.9))
 MAX_ALL_FEATURE_MAPS = 64
 # Ops whose 4-D outputs `--feature-maps all` offers: convolutions, pools and activations.
 ALL_MAP_OPS = frozenset(
@@ -290,7 +284,7 @@ def resolve_preprocess(choice: str, info: InputInfo) -> Preprocess:
                 f"{info.channels}: pass --preprocess FILE.json"
             )
         crop = size or DEFAULT_INPUT_SIZE
-        resize = round(crop * IMAGENET_RESIZE_RATIO)
+        resize = round(crop * RESIZE_RATIO)
         return Preprocess("RGB", resize, crop, IMAGENET_MEAN, IMAGENET_STD)
     pre = read_preprocess_file(Path(choice), info.channels)
     if size is not None and pre.center_crop != size:
@@ -327,8 +321,8 @@ def read_preprocess_file(path: Path, channels: int) -> Preprocess:
     if content["resize"] < content["center_crop"]:
         raise UserError(f"{where}: resize must be at least center_crop")
     interpolation = content.get("interpolation", "bilinear")
-    if interpolation not in INTERPOLATIONS:
-        raise UserError(f"{where}: interpolation must be one of {', '.join(INTERPOLATIONS)}")
+    if interpolation not in RESAMPLE:
+        raise UserError(f"{where}: interpolation must be one of {', '.join(RESAMPLE)}")
     color_mode = content.get("color_mode", COLOR_MODES[channels])
     if color_mode not in COLOR_MODES.values():
         raise UserError(f"{where}: color_mode must be L or RGB, got {color_mode!r}")
@@ -358,23 +352,10 @@ def read_preprocess_file(path: Path, channels: int) -> Preprocess:
 
 
 def preprocess_image(image: Image.Image, pre: Preprocess) -> npt.NDArray[np.float32]:
-    """(C, H, W) float32, as the service computes it: convert, shorter side to `resize`
-    (torchvision's rounding), center crop, /255, (x - mean) / std."""
-    image = image.convert(pre.color_mode)
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    new_long = int(pre.resize * long / short)
-    size = (pre.resize, new_long) if width <= height else (new_long, pre.resize)
-    if size != image.size:
-        image = image.resize(size, INTERPOLATIONS[pre.interpolation])
-    crop = pre.center_crop
-    top = int(round((image.height - crop) / 2.0))
-    left = int(round((image.width - crop) / 2.0))
-    pixels = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32)
-    pixels = pixels.reshape(crop, crop, -1).transpose(2, 0, 1) / np.float32(255)
-    mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+    """(C, H, W) float32, exactly as the service computes it for a decoded image: convert,
+    shorter side to `resize`, center crop, /255, (x - mean) / std."""
+    spec = Preprocessing.model_validate(pre.metadata())
+    return to_input(resize_and_crop(image.convert(pre.color_mode), spec), spec)
 
 
 def sample_photos() -> list[Image.Image]:
@@ -390,15 +371,8 @@ def sample_photos() -> list[Image.Image]:
 
 
 def parity_images(pre: Preprocess) -> npt.NDArray[np.float32]:
-    """(8, C, H, W): each bundled photo whole, mirrored and cropped two ways, preprocessed."""
-    views = []
-    for photo in sample_photos():
-        views.append(ImageOps.mirror(photo))
-        for left, upper, right, lower in VIEW_BOXES:
-            w, h = photo.size
-            box = (round(left * w), round(upper * h), round(right * w), round(lower * h))
-            views.append(photo.crop(box))
-    return np.stack([preprocess_image(view, pre) for view in views])
+    """(8, C, H, W): views of the bundled photos (`views_of`), preprocessed."""
+    return np.stack([preprocess_image(view, pre) for view in views_of(sample_photos(), 8)])
 
 
 # --- running graphs ---------------------------------------------------------------------------

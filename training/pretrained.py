@@ -28,14 +28,9 @@ from torchvision.models import WeightsEnum
 
 from training.artifacts import sha256_of
 from training.checkpoint import describe_load_error
-from training.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RESIZE_RATIO,
-    Interpolation,
-    Preprocessing,
-)
+from training.data.transforms import Interpolation, Preprocessing
 from training.errors import UserError
+from training.imagenet import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from training.labels import resolve_labels
 from training.models.adapt import AUX_HEAD_MODELS
 from training.registry import build_model

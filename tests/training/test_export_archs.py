@@ -11,8 +11,9 @@ from service.metadata import ModelMetadata
 from tests.training.archs import REQUIRED
 from tests.training.conftest import fashion_samples
 from training.data.idx import FASHION_MNIST_LABELS
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from training.data.transforms import Preprocessing
 from training.export import ExportSpec, write_version
+from training.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from training.onnx_check import LOGITS_NAME, PARITY_TOLERANCE, ort_session, run_onnx
 from training.registry import build_model, get_spec
 

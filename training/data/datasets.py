@@ -24,8 +24,9 @@ from training.data.idx import (
     IdxFormatError,
     load_fashion_mnist,
 )
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from training.data.transforms import Preprocessing
 from training.errors import UserError
+from training.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 DATASETS = ("fashion-mnist", "digits", "cifar10", "imagefolder:<path>")
 DIGITS_SIZE = 28

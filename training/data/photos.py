@@ -1,8 +1,11 @@
 """Real colour photographs available offline: scikit-learn's two sample images (china.jpg,
-flower.jpg, 640×427), and crops and mirror images of them for when more than two are needed
-(the ONNX parity check of pretrained weights, tests)."""
+flower.jpg, 640×427), and crops and mirror images of them (or of any photos) for when more than
+two are needed (the ONNX parity checks of pretrained weights and of imported graphs, tests).
+Nothing here needs torch; scikit-learn only for `sample_photo`."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from PIL import Image, ImageOps
 
@@ -28,8 +31,13 @@ def sample_photo(name: str) -> Image.Image:
 
 
 def photo_views(count: int) -> list[Image.Image]:
-    """`count` distinct RGB views: each photo whole, then crops, then their mirror images."""
-    photos = [sample_photo(name) for name in PHOTO_NAMES]
+    """`count` distinct RGB views of scikit-learn's photos (`views_of`)."""
+    return views_of([sample_photo(name) for name in PHOTO_NAMES], count)
+
+
+def views_of(photos: Sequence[Image.Image], count: int) -> list[Image.Image]:
+    """`count` views of `photos`: each photo whole, then its mirror image, then the same for
+    each crop box in turn (distinct while `count` is at most 2 x len(CROPS) x len(photos))."""
     views = []
     for i in range(count):
         photo = photos[i % len(photos)]

@@ -14,11 +14,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from training.errors import UserError
+from training.imagenet import RESIZE_RATIO
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# ImageNet convention: resize the shorter side to 256, crop 224.
-RESIZE_RATIO = 256 / 224
 SMALL_IMAGE_MAX = 64
 ERASING_PROBABILITY = 0.25
 AUGMENT_PRESETS = ("none", "flip", "flip-crop", "flip-crop-erase")
