@@ -133,7 +133,8 @@ def _describe(problem: Any) -> str:
     it may be a secret)."""
     name = str(problem["loc"][0]) if problem.get("loc") else ""
     where = f"{flag_name(name)} / {env_name(name)}: " if name else ""
-    return f"{where}{problem['msg']}"
+    # A validator's own ValueError comes as "Value error, <its message>".
+    return f"{where}{str(problem['msg']).removeprefix('Value error, ')}"
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        max_body_memory_bytes=settings.max_body_memory_bytes,
         body_timeout_s=settings.body_timeout_s,
         max_inflight_requests=settings.max_inflight_requests,
         request_timeout_ms=settings.request_timeout_ms,

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         None, description="When set, enables the repository admin routes (unset: disabled)."
     )
     max_body_bytes: int = Field(16 * MIB, ge=1, description="Largest request body (413 above).")
+    max_body_memory_bytes: int = Field(
+        512 * MIB,
+        ge=1,
+        description="Request body bytes held at once, all requests together, from arrival until "
+        "answered; a body that would take more is refused with 503 (at least MAX_BODY_BYTES).",
+    )
     body_timeout_s: float = Field(
         30.0, ge=0, description="Longest time to receive a request body (408 after; 0: none)."
     )
@@ -191,6 +197,16 @@ class Settings(BaseSettings):
         if value:
             parse_fault_spec(value)
         return value
+
+    @model_validator(mode="after")
+    def _one_body_fits_in_memory(self) -> Settings:
+        if self.max_body_memory_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"CONVSERVE_MAX_BODY_MEMORY_BYTES ({self.max_body_memory_bytes}) is below "
+                f"CONVSERVE_MAX_BODY_BYTES ({self.max_body_bytes}): a body of the largest size "
+                "allowed could never be received"
+            )
+        return self
 
     @model_validator(mode="after")
     def _faults_on_loopback_only(self) -> Settings:

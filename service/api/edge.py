@@ -10,6 +10,12 @@ Admission:
   body). This is the service's one count of body bytes: nothing downstream can read more than
   `max_body_bytes`, whatever parser it uses.
 - A body that takes longer than `body_timeout_s` to arrive gets 408.
+- The bytes of every body received so far, until its request is answered, count against
+  `max_body_memory_bytes`, all requests together: a request whose declared `Content-Length`
+  does not fit in what is left is answered 503 `queue_full` before a byte is read, and a body
+  message that takes the total past it raises `Overloaded` inside the app (503). Bytes are
+  counted as they arrive, not as declared, so senders trickling their bodies in hold only what
+  they sent (docs/security.md).
 - The batcher's queue is bounded, but a request reaches it only after its body is read and its
   images decoded; under a flood decoding would queue without bound. So an inference request
   (POST .../classify, .../infer) takes one of `max_inflight_requests` slots when its whole body
@@ -99,6 +105,7 @@ class EdgeMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        max_body_memory_bytes: int,
         body_timeout_s: float,
         max_inflight_requests: int,
         request_timeout_ms: float = 0,
@@ -109,6 +116,8 @@ class EdgeMiddleware:
         self.default_timeout_ms = request_timeout_ms
         self.loop_lag = loop_lag
         self.max_body_bytes = max_body_bytes
+        self.max_body_memory = max_body_memory_bytes
+        self.body_memory = 0  # bytes of the bodies received by requests not yet answered
         self.body_timeout_s = body_timeout_s or None
         self.max_inflight = max_inflight_requests
         self.inflight = 0
@@ -127,6 +136,15 @@ class EdgeMiddleware:
         status = 500
         response_started = False
         counted = False
+        held = 0
+
+        def hold(size: int) -> None:
+            """Count `size` more body bytes of this request against the memory limit."""
+            nonlocal held
+            if self.body_memory + size > self.max_body_memory:
+                raise self._no_body_memory()
+            self.body_memory += size
+            held += size
 
         def admit() -> None:
             """Take an in-flight slot: called once the whole body has arrived."""
@@ -153,7 +171,8 @@ class EdgeMiddleware:
                 self._match_route(scope, inference)
                 await response(scope, receive, edge_send)
                 return
-            await self.app(scope, self._limited(receive, admit if inference else None), edge_send)
+            limited = self._limited(receive, hold, admit if inference else None)
+            await self.app(scope, limited, edge_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
             if not response_started:
                 await render_error(scope, exc)(scope, receive, edge_send)
@@ -166,12 +185,17 @@ class EdgeMiddleware:
         finally:
             if counted:
                 self.inflight -= 1
+            self.body_memory -= held
             _observe(scope, status, time.perf_counter() - started)
 
     def _refusal(self, scope: Scope, inference: bool) -> ConvserveError | None:
         too_large = declared_too_large(scope, self.max_body_bytes)
-        if too_large is not None or not inference:
+        if too_large is not None:
             return too_large
+        if self.body_memory + (declared_length(scope) or 0) > self.max_body_memory:
+            return self._no_body_memory()
+        if not inference:
+            return None
         if self.inflight >= self.max_inflight:  # held by requests whose body has arrived
             return self._overloaded()
         budget_ms = _timeout_ms(scope) or self.default_timeout_ms
@@ -188,6 +212,12 @@ class EdgeMiddleware:
             f"{self.inflight} inference requests in progress, the most allowed: retry later"
         )
 
+    def _no_body_memory(self) -> Overloaded:
+        return Overloaded(
+            f"request bodies held take {self.body_memory} bytes, the most allowed being "
+            f"{self.max_body_memory}: retry later"
+        )
+
     def _match_route(self, scope: Scope, inference: bool) -> None:
         """Put the route the request would have taken, and its path parameters, in `scope`, as
         the router does: a refusal answered here is counted under its route and model, not as
@@ -198,10 +228,16 @@ class EdgeMiddleware:
                 scope.update(child_scope)
                 return
 
-    def _limited(self, receive: Receive, on_body_end: Callable[[], None] | None) -> Receive:
+    def _limited(
+        self,
+        receive: Receive,
+        hold: Callable[[int], None],
+        on_body_end: Callable[[], None] | None,
+    ) -> Receive:
         """`receive`, counting the body against the limit and its arrival against the timeout
-        (after the body, e.g. disconnect watching: unbounded); `on_body_end` is called when the
-        last body message arrives (it may raise, as the limits do)."""
+        (after the body, e.g. disconnect watching: unbounded); `hold` is given each body
+        message's size, and `on_body_end` is called when the last one arrives (either may
+        raise, as the limits do)."""
         limit = self.max_body_bytes
         timeout_s = self.body_timeout_s
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
@@ -219,10 +255,12 @@ class EdgeMiddleware:
                 except TimeoutError as err:
                     raise RequestTimeout(f"request body not received within {timeout_s} s") from err
             if message["type"] == "http.request" and not body_done:
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                received += size
                 body_done = not message.get("more_body", False)
                 if received > limit:
                     raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+                hold(size)
                 if body_done and on_body_end is not None:
                     on_body_end()
             return message

@@ -3,9 +3,11 @@ mapping, used by the app's exception handlers and by the edge middleware.
 
 Every `ConvserveError` answers its class's status code and `code`; FastAPI's validation errors
 answer 422 `invalid_request`; Starlette's HTTP errors (404 and 405 from the router) their own
-status; anything else 500 `internal`, logged with its traceback and never sent. The body's shape
-follows the path: `{"error": {"code", "message"}}` natively, `{"error": "<message>"}` on /v2
-(the Open Inference Protocol). Each answer is counted in `convserve_failures_total` by reason.
+status; a client gone while its body was being read 499 `client_disconnected` (never sent, as
+`ClientDisconnected`); anything else 500 `internal`, logged with its traceback and never sent.
+The body's shape follows the path: `{"error": {"code", "message"}}` natively, `{"error":
+"<message>"}` on /v2 (the Open Inference Protocol). Each answer is counted in
+`convserve_failures_total` by reason.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Scope
 
-from service.errors import ConvserveError, answer_headers, describe_validation
+from service.errors import ClientDisconnected, ConvserveError, answer_headers, describe_validation
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -77,12 +80,16 @@ def error_response(
 
 def render_error(scope: Scope, exc: BaseException) -> JSONResponse:
     """The answer to `exc` raised while serving the request of `scope`, counted."""
-    named = ""
     retry_after_s = None
     headers = None
+    model = None
+    if isinstance(exc, ClientDisconnect):
+        exc = ClientDisconnected("client disconnected while sending its body")
     if isinstance(exc, ConvserveError):
         status, code, message = exc.status_code, exc.code, exc.message
-        named, retry_after_s = exc.model, exc.retry_after_s
+        retry_after_s = exc.retry_after_s
+        model = model_label(scope, exc.model)
+        scope.setdefault("state", {})["model"] = model  # the request's metrics carry it
         if status >= 500 and code == INTERNAL:
             logger.error("internal error: %s", message)
     elif isinstance(exc, RequestValidationError):
@@ -96,10 +103,7 @@ def render_error(scope: Scope, exc: BaseException) -> JSONResponse:
             "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
         )
         status, code, message = 500, INTERNAL, INTERNAL_MESSAGE
-    model = model_label(scope, named)
-    if isinstance(exc, ConvserveError):  # the request's metrics carry the model it named
-        scope.setdefault("state", {})["model"] = model
-    count_failure(scope, model, code)
+    count_failure(scope, model_label(scope) if model is None else model, code)
     return error_response(scope["path"], status, code, message, retry_after_s, headers)
 
 
@@ -116,5 +120,5 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """`render_error` answers every error a route raises; the edge middleware answers the rest
     (service/api/edge.py)."""
-    for kind in (ConvserveError, RequestValidationError, HTTPException):
+    for kind in (ConvserveError, RequestValidationError, HTTPException, ClientDisconnect):
         app.add_exception_handler(kind, _handle)

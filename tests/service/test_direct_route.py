@@ -72,7 +72,13 @@ def direct_app() -> FastAPI:
     app.state.metrics = Metrics(gpu=False)
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=64, body_timeout_s=5, max_inflight_requests=4)
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=64,
+        max_body_memory_bytes=256,
+        body_timeout_s=5,
+        max_inflight_requests=4,
+    )
     return app
 
 

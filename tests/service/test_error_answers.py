@@ -55,7 +55,11 @@ def build_app() -> FastAPI:
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(
-        EdgeMiddleware, max_body_bytes=MAX_BODY, body_timeout_s=5, max_inflight_requests=4
+        EdgeMiddleware,
+        max_body_bytes=MAX_BODY,
+        max_body_memory_bytes=4 * MAX_BODY,
+        body_timeout_s=5,
+        max_inflight_requests=4,
     )
     return app
 

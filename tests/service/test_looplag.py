@@ -73,7 +73,12 @@ async def test_requests_with_a_deadline_shorter_than_the_lag_are_refused_at_once
 
     lag, task = await _lagging()
     edge = EdgeMiddleware(
-        ok, max_body_bytes=1024, body_timeout_s=0, max_inflight_requests=8, loop_lag=lag
+        ok,
+        max_body_bytes=1024,
+        max_body_memory_bytes=1024,
+        body_timeout_s=0,
+        max_inflight_requests=8,
+        loop_lag=lag,
     )
     short = str(BLOCK_S * 1000 / 4)
     assert await _call(edge, "/v1/models/m/classify", short) == 503
