@@ -301,8 +301,7 @@ class Batcher:
         now = time.monotonic()
         ready = []
         for item in batch:
-            if item.future.done():  # cancelled: the client disconnected or gave up
-                self._metrics.count_failure(self.model, "client_disconnected")
+            if item.future.done():  # cancelled: its request failed (counted there) or gave up
                 continue
             if item.deadline is not None and now >= item.deadline:
                 item.future.set_exception(

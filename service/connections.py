@@ -34,6 +34,7 @@ from typing import Any, cast
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
+from service.metadata import ascii_int
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ class RequestFraming:
             if lower.find(b"\ncontent-length:", at + 1) >= 0:
                 return False
             value = head[at + len(b"\ncontent-length:") : head.find(b"\n", at + 1)].strip()
-            self._length = int(value) if value.isdigit() else -1
+            length = ascii_int(value)
+            self._length = -1 if length is None else length
             self._bad = self._length < 0
         self._started = True
         self._end_head()
@@ -164,7 +166,8 @@ class RequestFraming:
         name = name.lower()
         if name == b"content-length":
             text = value.strip()
-            length = int(text) if colon and text.isdigit() and len(line) < MAX_LINE_BYTES else -1
+            parsed = ascii_int(text) if colon and len(line) < MAX_LINE_BYTES else None
+            length = -1 if parsed is None else parsed
             if length < 0 or self._length not in (None, length):
                 self._bad = True
             self._length = length

@@ -23,17 +23,28 @@ COLOR_MODE_CHANNELS = {"L": 1, "RGB": 3}
 Precision = Literal["float32", "float16", "int8"]
 
 
+MAX_INT_DIGITS = 18  # below 2**63: every integer a request or folder name may hold
+
+
 def is_valid_name(name: str) -> bool:
     """True for a model name allowed in the repository (also the rule for path parts)."""
     return bool(NAME_RE.fullmatch(name)) and name not in {".", ".."}
 
 
-def parse_version(text: str) -> int | None:
-    """A version as a folder or URL writes it: an integer >= 1 in ASCII digits ("¹".isdigit()
-    is True); None for anything else."""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+def ascii_int(text: str | bytes) -> int | None:
+    """A non-negative integer written in at most MAX_INT_DIGITS ASCII digits ("¹".isdigit() is
+    True; Python refuses to convert more than 4,300 digits, and no count, length or version
+    this service handles needs more than 18); None for anything else."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INT_DIGITS:
         return None
     return int(text)
+
+
+def parse_version(text: str) -> int | None:
+    """A version as a folder or URL writes it: an integer >= 1 (`ascii_int`); None for anything
+    else."""
+    version = ascii_int(text)
+    return version if version is not None and version >= 1 else None
 
 
 def check_relative_file(path: str) -> str:

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
         512 * MIB,
         ge=1,
         description="Request body bytes held at once per process, all requests together, from "
-        "arrival until answered; a body that would take more is refused with 503 (at least MAX_BODY_BYTES).",
+        "arrival until answered; a body that would take more is refused with 503 (at least "
+        "MAX_BODY_BYTES).",
     )
     body_timeout_s: float = Field(
         30.0, ge=0, description="Longest time to receive a request body (408 after; 0: none)."

@@ -50,6 +50,7 @@ from service.api.errors import count_failure, model_label, render_error
 from service.api.params import TIMEOUT_HEADER, parse_timeout_ms
 from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
 from service.looplag import LoopLag
+from service.metadata import ascii_int
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,7 @@ def declared_length(scope: Scope) -> int | None:
     value = _header(scope, b"content-length")
     if value is None:
         return None
-    text = value.decode("latin-1").strip()
-    return int(text) if text.isascii() and text.isdigit() else None
+    return ascii_int(value.strip())
 
 
 def declared_too_large(scope: Scope, limit: int) -> PayloadTooLarge | None:
@@ -165,11 +165,10 @@ class EdgeMiddleware:
         try:
             refusal = self._refusal(scope, inference)
             if refusal is not None:
-                # Rendered, and its failure counted under no model, before the route is matched;
-                # the match labels the request's own metrics.
-                response = render_error(scope, refusal)
+                # Matched first: the refusal's failure and the request's own metrics are
+                # labelled with the route and model the router would have given it.
                 self._match_route(scope, inference)
-                await response(scope, receive, edge_send)
+                await render_error(scope, refusal)(scope, receive, edge_send)
                 return
             limited = self._limited(receive, hold, admit if inference else None)
             await self.app(scope, limited, edge_send)

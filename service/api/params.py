@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.metadata import parse_version
+from service.metadata import MAX_INT_DIGITS, parse_version
 from service.schemas import DEFAULT_CHANNELS, DEFAULT_TOP_K, ClassifyOptions
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -97,7 +97,8 @@ def version_param(request: Request) -> int:
     """The `{version}` path parameter, a positive integer."""
     version = parse_version(str(request.path_params["version"]))
     if version is None:
-        error = {"type": "int_parsing", "loc": ("version",), "msg": "must be an integer >= 1"}
+        message = f"must be an integer >= 1 of at most {MAX_INT_DIGITS} digits"
+        error = {"type": "int_parsing", "loc": ("version",), "msg": message}
         raise _invalid("path", [error])
     return version
 

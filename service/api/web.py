@@ -59,7 +59,7 @@ router = APIRouter(include_in_schema=False)
 def static_path(name: str, root: Path = STATIC_DIR) -> Path:
     """The file `name` under `root` if it is one the page may serve; NotFound otherwise."""
     parts = Path(name).parts
-    if not parts or any(p.startswith(".") or p in {"..", "/"} for p in parts):
+    if not parts or "\0" in name or any(p.startswith(".") or p in {"..", "/"} for p in parts):
         raise NotFound(f"no static file {name!r}")
     path = (root / name).resolve()
     if (

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from service.errors import BadRequest, describe_validation
 from service.jsonbounds import holds_more_values
+from service.metadata import ascii_int
 from service.v2.schemas import (
     BINARY_DATA_SIZE,
     BYTES,
@@ -50,13 +51,13 @@ def parse_request(
     if header_length is None:
         head, tail = body, b""
     else:
-        length = header_length.strip()
-        if not (length.isascii() and length.isdigit()) or int(length) > len(body):
+        declared = ascii_int(header_length.strip())
+        if declared is None or declared > len(body):
             raise BadRequest(
                 f"{HEADER_LENGTH} {header_length!r} is not a length within the "
                 f"{len(body)}-byte body"
             )
-        head, tail = body[: int(header_length)], body[int(header_length) :]
+        head, tail = body[:declared], body[declared:]
     if max_values is not None and holds_more_values(head, max_values):
         raise BadRequest(
             f"the JSON request holds more than {max_values} array values, more than a full "

@@ -41,6 +41,7 @@ LARGE_BODY_BYTES = 256 * 1024
 # Array values of a JSON request beyond its data (shape, outputs, parameters): the values
 # bound (`parse_request`) allows this many over what a full batch's data can hold.
 ENVELOPE_VALUES = 1024
+NO_TIMEOUT_US = 86_400 * 10**6  # a `timeout` of a day or more sets no deadline
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ def _deadline(request: InferRequest, deadline: float | None) -> float | None:
         return deadline
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us <= 0:
         raise BadRequest(f"parameter {TIMEOUT_US!r} must be a positive number of microseconds")
+    if timeout_us >= NO_TIMEOUT_US:  # also: an int past float's range would not convert
+        return deadline
     own = time.monotonic() + timeout_us / 1e6
     return own if deadline is None else min(own, deadline)
 

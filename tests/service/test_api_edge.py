@@ -3,6 +3,8 @@ security headers and CORS."""
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +160,56 @@ def test_cors_allows_only_configured_origins(tiny_repo: Path) -> None:
         )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in refused.headers
+
+
+HUGE = "9" * 4301  # past the 4,300 digits Python converts to int
+
+
+def test_numbers_past_the_int_conversion_limit_are_ordinary_errors(base_url: str) -> None:
+    """Versions, lengths and timeouts written with thousands of digits: the answers a small bad
+    value gets (never a 500, never a dropped connection), and the server goes on."""
+    with httpx.Client(base_url=base_url) as client:
+        assert client.get(f"/v1/models/tiny-cnn/versions/{HUGE}").status_code == 422
+        for path in (
+            f"/v2/models/tiny-cnn/versions/{HUGE}",
+            f"/v2/models/tiny-cnn/versions/{HUGE}/ready",
+        ):
+            assert client.get(path).status_code == 404, path
+        assert client.get("/static/a%00.png").status_code == 404
+        v2_body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(random_png(5)).decode()],
+                }
+            ]
+        }
+        framed = client.post(
+            "/v2/models/tiny-cnn/infer",
+            content=json.dumps(v2_body).encode(),
+            headers={"Inference-Header-Content-Length": HUGE},
+        )
+        assert framed.status_code == 400
+        assert "is not a length within" in framed.json()["error"]
+        no_deadline = json.dumps({**v2_body, "parameters": {"timeout": 0}}).replace(
+            '"timeout": 0', f'"timeout": 1{"0" * 399}'
+        )
+        assert client.post("/v2/models/tiny-cnn/infer", content=no_deadline).status_code == 200
+    head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: {HUGE}\r\n\r\n"
+    answer = _raw_request(base_url, head)
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:80]  # refused with an answer
+    assert httpx.get(base_url + "/health/ready").status_code == 200
+
+
+def test_a_refusal_before_routing_is_counted_under_its_model(base_url: str) -> None:
+    head = (
+        "POST /v2/models/tiny-cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    before = httpx.get(base_url + "/metrics").text
+    assert _raw_request(base_url, head).startswith(b"HTTP/1.1 413")
+    after = httpx.get(base_url + "/metrics").text
+    labels = {"model": "tiny-cnn", "reason": "payload_too_large"}
+    counted = metric_value(after, "convserve_failures_total", **labels)
+    assert counted == metric_value(before, "convserve_failures_total", **labels) + 1
