@@ -7,6 +7,7 @@ requests to one version share its batcher, its batches and its metrics. No HTTP 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ LARGE_BODY_BYTES = 256 * 1024
 # bound (`parse_request`) allows this many over what a full batch's data can hold.
 ENVELOPE_VALUES = 1024
 NO_TIMEOUT_US = 86_400 * 10**6  # a `timeout` of a day or more sets no deadline
+# FP32 values one response may write as JSON (~17 bytes each: about 140 MB); binary outputs
+# take 4 bytes a value and are not bounded beyond the images a request may hold.
+MAX_JSON_OUTPUT_VALUES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,22 @@ def _batch_rows(parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int)
     raise BadRequest(f"{meta.name} has no input {tensor.name!r}: send {expected}")
 
 
+def _check_json_values(meta: ModelMetadata, plans: list[OutputPlan], images: int) -> None:
+    """BadRequest, before any work, when the FP32 outputs asked for as JSON would hold more
+    than MAX_JSON_OUTPUT_VALUES values: a small request could otherwise ask for hundreds of
+    megabytes of feature maps written as text."""
+    sizes = {meta.output.name: meta.num_classes}
+    sizes |= {fm.output: math.prod(fm.shape) for fm in meta.feature_maps}
+    json_plans = [p for p in plans if not p.binary and p.classification is None]
+    values = images * sum(sizes[p.name] for p in json_plans)
+    if values > MAX_JSON_OUTPUT_VALUES:
+        raise BadRequest(
+            f"the outputs asked for as JSON ({', '.join(p.name for p in json_plans)}) hold "
+            f"{values} values for {images} image(s), more than {MAX_JSON_OUTPUT_VALUES}: ask "
+            "for them with binary_data, or for fewer images or outputs"
+        )
+
+
 def _deadline(request: InferRequest, deadline: float | None) -> float | None:
     """The `timeout` parameter (microseconds, as tritonclient sends it) tightens the deadline."""
     timeout_us = request.parameters.get(TIMEOUT_US)
@@ -216,6 +236,7 @@ async def infer(
         request = decoded.request
         deadline = _deadline(request, deadline)
         plans = plan_outputs(meta, request)
+        _check_json_values(meta, plans, len(decoded.rows))
         raw = await _run(classifier, loaded, decoded.rows, plans, deadline, wait_disconnect)
         if any(p.classification is not None for p in plans):  # the server ranks the classes
             for out in raw:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +137,24 @@ def test_json_infer_equals_onnx_runtime(client: httpx.Client, tiny_cnn: TinyMode
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(v2_infer, "LARGE_BODY_BYTES", 0)
         assert client.post(INFER, json=body).json() == answer
+
+
+def test_json_outputs_are_bounded_before_any_work(
+    client: httpx.Client, tiny_cnn: TinyModel
+) -> None:
+    """Feature maps as JSON take ~17 bytes a value: past MAX_JSON_OUTPUT_VALUES a request is
+    refused (400) before compute; the same outputs as binary data are answered."""
+    fm = "fm.features.conv1"
+    one_image = math.prod(offline(tiny_cnn, inputs(1), [fm])[0].shape)
+    outputs = [{"name": fm}]
+    binary = [{"name": fm, "parameters": {"binary_data": True}}]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(v2_infer, "MAX_JSON_OUTPUT_VALUES", one_image)
+        assert client.post(INFER, json=tensor_request(inputs(1), outputs=outputs)).is_success
+        refused = client.post(INFER, json=tensor_request(inputs(2), outputs=outputs))
+        assert refused.status_code == 400
+        assert f"hold {2 * one_image} values for 2 image(s)" in refused.json()["error"]
+        assert client.post(INFER, json=tensor_request(inputs(2), outputs=binary)).is_success
 
 
 def test_binary_request_and_classification(client: httpx.Client, tiny_cnn: TinyModel) -> None:
