@@ -176,9 +176,13 @@ async def _multipart(request: Request, max_images: int) -> list[bytes]:
 def _json_images(body: bytes, max_images: int) -> list[bytes]:
     """The images of a JSON body; their count is checked before it is parsed (an upper bound,
     from its bytes) and before any is decoded."""
-    too_many = f"more than {max_images} images, at most {max_images} per request"
-    if holds_more_values(body, JSON_VALUES_PER_IMAGE * max_images + JSON_ENVELOPE_VALUES):
-        raise InvalidOption(f"JSON body holds {too_many}")
+    values = JSON_VALUES_PER_IMAGE * max_images + JSON_ENVELOPE_VALUES
+    if holds_more_values(body, values):
+        raise InvalidOption(
+            f"JSON body holds more than {values} array values (commas and brackets): more than "
+            f"{max_images} images or nesting they cannot need, at most {max_images} images per "
+            "request"
+        )
     try:
         payload = JsonImages.model_validate_json(body)
     except ValidationError as err:
