@@ -31,6 +31,7 @@ REQUEST_BODY: dict[str, Any] = {
             "image/png": _BINARY,
             "image/jpeg": _BINARY,
             "image/webp": _BINARY,
+            "application/octet-stream": _BINARY,
             "multipart/form-data": {
                 "schema": {
                     "type": "object",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
@@ -31,13 +33,16 @@ async def list_models(manager: ManagerDep) -> ModelList:
     )
 
 
-@router.get("/models/{model}")
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version"}}
+
+
+@router.get("/models/{model}", responses=NOT_FOUND)
 async def describe_model(model: str, manager: ManagerDep) -> ModelDetail:
     """Labels, input, preprocessing, feature-map layers with shapes, and versions (newest)."""
     return _detail(manager, model, None)
 
 
-@router.get("/models/{model}/versions/{version}")
+@router.get("/models/{model}/versions/{version}", responses=NOT_FOUND)
 async def describe_version(
     request: Request, model: str, version: str, manager: ManagerDep
 ) -> ModelDetail:

@@ -40,7 +40,27 @@ health = APIRouter(prefix="/v2", tags=TAGS)
 models = APIRouter(prefix="/v2/models", tags=TAGS, dependencies=[Depends(require_api_key)])
 admin = APIRouter(prefix="/v2/repository", tags=TAGS, dependencies=[Depends(require_admin_key)])
 # X-Request-Timeout-Ms is read by `params.timeout_ms`, as on the native routes.
-INFER_OPENAPI: dict[str, Any] = {"parameters": [TIMEOUT_PARAMETER]}
+INFER_OPENAPI: dict[str, Any] = {
+    "parameters": [TIMEOUT_PARAMETER],
+    "requestBody": {
+        "required": True,
+        "description": "An Open Inference Protocol request: JSON, or with the binary tensor "
+        f"data extension its JSON header ({HEADER_LENGTH} bytes) followed by the binary data "
+        "(docs/v2.md).",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed request, tensor or image; unknown input or output"},
+    404: {"description": "Unknown model or version"},
+    413: {"description": "Body too large"},
+    422: {"description": "Bad X-Request-Timeout-Ms; NaN or infinity in an output"},
+    503: {"description": "Not ready or queue full (Retry-After)"},
+    504: {"description": "Deadline passed before compute"},
+}
 
 
 @health.get("")
@@ -56,7 +76,7 @@ async def server_live() -> dict[str, bool]:
 
 
 @health.head("/health/ready", include_in_schema=False)
-@health.get("/health/ready")
+@health.get("/health/ready", responses={503: {"description": "Not ready"}})
 async def server_ready(manager: ManagerDep) -> JSONResponse:
     """200 when every configured model is loaded and warmed (as /health/ready), else 503."""
     ready = manager.is_ready()
@@ -135,7 +155,7 @@ async def _infer(
     )
 
 
-@models.post("/{model}/infer", openapi_extra=INFER_OPENAPI)
+@models.post("/{model}/infer", openapi_extra=INFER_OPENAPI, responses=INFER_ERRORS)
 async def infer(
     request: Request,
     model: str,
@@ -148,7 +168,9 @@ async def infer(
     return await _infer(request, manager, classifier, settings, model, None, deadline)
 
 
-@models.post("/{model}/versions/{version}/infer", openapi_extra=INFER_OPENAPI)
+@models.post(
+    "/{model}/versions/{version}/infer", openapi_extra=INFER_OPENAPI, responses=INFER_ERRORS
+)
 async def infer_version(
     request: Request,
     model: str,

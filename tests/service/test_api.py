@@ -413,6 +413,12 @@ def test_root_docs_and_openapi(client: httpx.Client) -> None:
     assert {"image/png", "multipart/form-data", "application/json"} <= set(body)
     assert body["application/json"]["schema"]["properties"]["images"]["type"] == "array"
     assert "#/components" not in str(body)  # no dangling reference
+    assert "application/octet-stream" in body
+    infer = spec["paths"]["/v2/models/{model}/infer"]["post"]
+    assert {"application/json", "application/octet-stream"} <= set(infer["requestBody"]["content"])
+    assert {"400", "404", "503"} <= set(infer["responses"])
+    assert "404" in spec["paths"]["/v1/models/{model}"]["get"]["responses"]
+    assert "503" in spec["paths"]["/v2/health/ready"]["get"]["responses"]
     assert_error(client.get("/no/such/route"), 404, "not_found")
 
 
