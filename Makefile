@@ -49,6 +49,7 @@ fmt: setup
 
 ## train-default: retrain and export the committed default model (models/lenet5-fashion)
 train-default: setup
+	rm -rf runs/lenet5-fashion
 	$(PY) -m training.train --arch lenet5 --dataset fashion-mnist --epochs 20 --augment flip \
 		--label-smoothing 0.1 --threads 1 --out runs/lenet5-fashion
 	$(PY) -m training.export --checkpoint runs/lenet5-fashion/best.pt --repository models \

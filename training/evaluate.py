@@ -179,6 +179,8 @@ def check_counts(cfg: EvalConfig) -> None:
 def main(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate; returns the JSON report (accuracy, per-class accuracy, confusion matrix)."""
     check_counts(cfg)
+    if cfg.json_out is not None and not cfg.json_out.parent.is_dir():
+        raise UserError(f"--json {cfg.json_out}: {cfg.json_out.parent} is not a folder")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.checkpoint is not None:
@@ -208,7 +210,10 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     result = {**source, **report.to_dict(labels)}
     sys.stdout.write(report.format_table(labels) + "\n")
     if cfg.json_out is not None:
-        cfg.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        try:
+            cfg.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"cannot write --json {cfg.json_out}: {err.strerror or err}") from err
     return result
 
 

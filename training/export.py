@@ -40,7 +40,7 @@ from service.metadata import NAME_PATTERN
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
 from training.cli import positive_int, run_cli
-from training.data.datasets import DatasetBundle, subset, with_transform
+from training.data.datasets import DatasetBundle, image_paths, subset, with_transform
 from training.data.photos import PHOTO_NAMES, photo_views, sample_photo
 from training.data.transforms import Preprocessing, eval_transform
 from training.errors import UserError
@@ -515,7 +515,10 @@ def checkpoint_int8_plan(
     labels."""
     transform = eval_transform(pre)
     if cfg.calibration_data is not None:
-        images, _ = folder_split(cfg.calibration_data, cfg.calibration, 0, data.labels)
+        held_out_files = image_paths(data.test)  # never calibrated on
+        images, _ = folder_split(
+            cfg.calibration_data, cfg.calibration, 0, data.labels, exclude=held_out_files
+        )
         calibration: Any = [(transform(images.image(i)), -1) for i in range(len(images))]
         source = images.description
     else:

@@ -29,7 +29,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -451,10 +451,21 @@ def folder_of(spec: str) -> Path:
     return path
 
 
-def image_files(root: Path) -> list[Path]:
-    return sorted(
+def image_files(root: Path, exclude: Collection[Path] = frozenset()) -> list[Path]:
+    """The images below `root`, sorted; those in `exclude` (resolved paths) left out, with a
+    line saying how many."""
+    found = sorted(
         p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
+    kept = [p for p in found if p.resolve() not in exclude] if exclude else found
+    if len(kept) < len(found):
+        logger.info(
+            "%s: %d of its %d images are held out for the accuracy gate: not calibrated on",
+            root,
+            len(found) - len(kept),
+            len(found),
+        )
+    return kept
 
 
 def with_labels(
@@ -472,9 +483,14 @@ def with_labels(
 
 
 def folder_split(
-    spec: str, calibration: int, evaluation: int | None, labels: Sequence[str]
+    spec: str,
+    calibration: int,
+    evaluation: int | None,
+    labels: Sequence[str],
+    exclude: Collection[Path] = frozenset(),
 ) -> tuple[ImageSet, ImageSet]:
-    """Calibration and held-out images from `imagefolder:PATH`, disjoint.
+    """Calibration and held-out images from `imagefolder:PATH`, disjoint, none of them in
+    `exclude` (resolved paths: held-out images from elsewhere, e.g. a checkpoint's test split).
 
     Where PATH/train and PATH/val (or PATH/test) exist: `calibration` images of train/, a fixed
     random choice, and `evaluation` of val/ (None: all of them). Otherwise one fixed shuffle of
@@ -486,7 +502,7 @@ def folder_split(
     train = root / "train"
     held = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if train.is_dir() and held is not None:
-        calib_files, eval_files = image_files(train), image_files(held)
+        calib_files, eval_files = image_files(train, exclude), image_files(held, exclude)
         calib = [calib_files[i] for i in rng.permutation(len(calib_files))[:calibration]]
         picked = [eval_files[i] for i in sorted(rng.permutation(len(eval_files))[:evaluation])]
         if not calib:
@@ -497,7 +513,7 @@ def folder_split(
                 f"{spec} {held.name}/, {len(picked)} of {len(eval_files)}", held, picked, labels
             ),
         )
-    files = image_files(root)
+    files = image_files(root, exclude)
     order = rng.permutation(len(files))
     stop = calibration + (DEFAULT_EVALUATION_IMAGES if evaluation is None else evaluation)
     calib = [files[i] for i in order[:calibration]]

@@ -28,9 +28,14 @@ class ClassificationReport:
     def accuracy(self) -> float:
         return float(self.confusion.diagonal().sum()) / max(1, self.total)
 
-    def per_class_accuracy(self) -> list[float]:
-        support = self.confusion.sum(dim=1).clamp(min=1)
-        return [float(v) for v in self.confusion.diagonal().double() / support]
+    def per_class_accuracy(self) -> list[float | None]:
+        """Each class's accuracy; None for a class with no images in the evaluated set."""
+        support = self.confusion.sum(dim=1)
+        correct = self.confusion.diagonal()
+        return [
+            float(c) / float(n) if n else None
+            for c, n in zip(correct.tolist(), support.tolist(), strict=True)
+        ]
 
     def to_dict(self, labels: tuple[str, ...] | list[str]) -> dict[str, Any]:
         return {
@@ -46,7 +51,7 @@ class ClassificationReport:
         width = max(len(lb) for lb in labels)
         lines = [f"accuracy {self.accuracy:.4f} on {self.total} images", "per-class accuracy:"]
         lines += [
-            f"  {lb:<{width}}  {acc:.4f}"
+            f"  {lb:<{width}}  " + ("n/a (no images)" if acc is None else f"{acc:.4f}")
             for lb, acc in zip(labels, self.per_class_accuracy(), strict=True)
         ]
         lines.append("confusion matrix (rows true, columns predicted):")

@@ -27,7 +27,7 @@ RESUMED_SETTINGS = (
 # Settings a resumed run cannot change: they shape the weights or the optimizer's state.
 FIXED_ON_RESUME = (
     "arch", "dataset", "arch_kwargs", "optimizer", "weights", "freeze_backbone",
-    "trainable_layers",
+    "trainable_layers", "image_size", "color_mode",
 )  # fmt: skip
 
 

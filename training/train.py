@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -62,7 +63,7 @@ class TrainConfig:
     data_dir: Path | None = None
     download: bool = False
     image_size: int | None = None
-    color_mode: str = "RGB"
+    color_mode: str | None = None  # imagefolder only; None: RGB
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 12
     batch_size: int = 128
@@ -137,7 +138,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--color-mode",
         choices=("L", "RGB"),
         default=d.color_mode,
-        help="imagefolder only: PIL mode images are converted to",
+        help="imagefolder from scratch only: PIL mode images are converted to (default RGB)",
     )
     p.add_argument("--out", type=Path, default=d.out, help="folder for checkpoints and metrics")
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
@@ -194,7 +195,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise UserError(f"--device {cfg.device!r}: expected auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {cfg.device}: torch finds no CUDA device here")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {cfg.device!r}: expected auto, cpu or cuda[:N]")
+    return device
 
 
 def _loaders(
@@ -248,14 +257,38 @@ def _plain_config(cfg: TrainConfig) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
-def main(cfg: TrainConfig) -> TrainResult:
-    """Train per `cfg`; returns the best test accuracy and the checkpoint paths."""
+def check_config(cfg: TrainConfig) -> None:
+    """UserError, before any data is read, for a setting torch would refuse with a traceback
+    (some only after the data has loaded), and for a run that would overwrite another."""
     if cfg.epochs < 1:
         raise UserError("--epochs must be at least 1")
     if cfg.weights is None and (cfg.freeze_backbone or cfg.trainable_layers is not None):
         raise UserError("--freeze-backbone and --trainable-layers go with --weights")
     if cfg.trainable_layers is not None and cfg.trainable_layers < 0:
         raise UserError("--trainable-layers must be 0 or more")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {cfg.lr}")
+    for flag, value in (("--momentum", cfg.momentum), ("--weight-decay", cfg.weight_decay)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{flag} must be a number >= 0, got {value}")
+    if not 0 <= cfg.label_smoothing <= 1:
+        raise UserError(f"--label-smoothing must be between 0 and 1, got {cfg.label_smoothing}")
+    if cfg.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {cfg.workers}")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a folder")
+    last = cfg.out / "last.pt"
+    if cfg.resume is None and last.exists():
+        raise UserError(
+            f"--out {cfg.out} holds a run already: continue it with --resume {last}, or train "
+            "into another --out (or remove that folder)"
+        )
+    _device(cfg)
+
+
+def main(cfg: TrainConfig) -> TrainResult:
+    """Train per `cfg`; returns the best test accuracy and the checkpoint paths."""
+    check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg)
@@ -308,7 +341,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
         cfg.data_dir,
         download=cfg.download,
         image_size=cfg.image_size,
-        color_mode=cfg.color_mode,
+        color_mode=cfg.color_mode or "RGB",
     )
     state = None if cfg.resume is None else load_checkpoint(cfg.resume)
     # Fine-tuning: the weights' preprocessing (a resumed run has it in its checkpoint).
@@ -319,6 +352,12 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
     elif cfg.weights is not None and state is not None:
         data = replace(data, preprocessing=preprocessing_of(state))
     pre = data.preprocessing
+    if cfg.color_mode is not None and cfg.color_mode != pre.color_mode:
+        what = "the weights take" if cfg.weights is not None else f"{cfg.dataset} images are"
+        raise UserError(
+            f"--color-mode {cfg.color_mode}: {what} {pre.color_mode} (--color-mode is for "
+            "imagefolder datasets trained from scratch)"
+        )
     if state is not None and cfg.resume is not None:
         check_resumable({k: getattr(cfg, k) for k in FIXED_ON_RESUME}, cfg.resume, state, pre)
     arch_kwargs = {**(pretrained.arch_kwargs if pretrained else {}), **cfg.arch_kwargs}

@@ -21,6 +21,11 @@ def test_confusion_matrix_and_per_class_accuracy() -> None:
     assert report.accuracy == pytest.approx(3 / 5)
     assert report.per_class_accuracy() == [0.5, 1.0, 0.0]
     assert "confusion matrix" in report.format_table(["a", "b", "c"])
+    # A class with no images has no accuracy, not 0.
+    unseen = ClassificationReport(confusion_matrix(targets, predictions, 4))
+    assert unseen.per_class_accuracy() == [0.5, 1.0, 0.0, None]
+    assert "d  n/a (no images)" in unseen.format_table(["a", "b", "c", "d"])
+    assert unseen.to_dict(["a", "b", "c", "d"])["per_class_accuracy"]["d"] is None
 
 
 def test_evaluate_checkpoint_writes_json(

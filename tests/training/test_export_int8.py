@@ -28,6 +28,7 @@ from tests.training.conftest import fashion_samples
 from training.artifacts import sha256_of
 from training.checkpoint import load_checkpoint, preprocessing_of
 from training.cli import USER_ERROR_EXIT_CODE, run_cli
+from training.data.datasets import image_paths, load_dataset
 from training.data.idx import load_fashion_mnist
 from training.errors import UserError
 from training.export import ExportConfig
@@ -226,6 +227,13 @@ def test_calibration_and_held_out_images_are_disjoint(tmp_path: Path) -> None:
     calibration, held_out = folder_split(f"imagefolder:{tmp_path / 'flat'}", 4, None, ["cat"])
     assert (len(calibration), len(held_out), held_out.labels) == (4, 6, None)  # no such label
     assert not set(calibration.items) & set(held_out.items)
+    # A checkpoint trained on the same folder: its test split is held out, never calibrated on.
+    test_split = image_paths(load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=8).test)
+    assert len(test_split) == 1  # 10 % of 10
+    spec = f"imagefolder:{tmp_path / 'flat'}"
+    calibration, _ = folder_split(spec, 10, 0, ["dog"], exclude=test_split)
+    assert len(calibration) == 9
+    assert not {p.resolve() for p in calibration.items} & test_split  # type: ignore[union-attr]
 
 
 def fashion_tree(root: Path) -> tuple[Path, Path]:

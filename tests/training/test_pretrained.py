@@ -38,6 +38,7 @@ from training.pretrained import (
     published_hash,
 )
 from training.train import TrainConfig
+from training.train import cli as train_cli
 from training.train import main as train_main
 
 RESNET18_FILE = Path(ResNet18_Weights.IMAGENET1K_V1.url).name  # resnet18-f37072fd.pth
@@ -293,3 +294,28 @@ def test_fine_tune_starts_from_the_weights_and_exports(
     assert {p["label"] for p in result["predictions"]} == {"china", "flower"}
     assert result["cam"] is not None
     assert detail["source"]["kind"] == "training"
+
+
+def test_a_fine_tuned_run_keeps_its_input_size_and_colour_mode(
+    resnet18_file: Path, photo_tree: Path, tmp_path: Path
+) -> None:
+    """The input size and colour mode shape the weights: a resumed fine-tuned run refuses
+    others (they come from its checkpoint, not the weights), and --color-mode, for image
+    folders trained from scratch, is refused beside --weights rather than ignored."""
+    out = tmp_path / "run"
+    tune = ["--arch", "resnet18", "--dataset", f"imagefolder:{photo_tree}", "--threads", "2",
+            "--weights", str(resnet18_file), "--freeze-backbone", "--batch-size", "8"]  # fmt: skip
+    train_cli(
+        [*tune, "--image-size", "96", "--epochs", "2", "--stop-after", "1", "--out", str(out)]
+    )
+    last = str(out / "last.pt")
+    refusals = (
+        (["--image-size", "128"], "cannot resume .*image_size 128"),
+        (["--color-mode", "L"], "--color-mode L: the weights take RGB"),
+    )
+    for other, message in refusals:
+        with pytest.raises(UserError, match=message):
+            train_cli(["--resume", last, *other])
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # untouched
+    with pytest.raises(UserError, match="--color-mode L: the weights take RGB"):
+        train_cli([*tune, "--color-mode", "L", "--out", str(tmp_path / "other")])

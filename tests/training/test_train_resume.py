@@ -87,3 +87,40 @@ def test_an_image_folder_is_stored_with_its_absolute_path(
     monkeypatch.chdir(tmp_path)
     args = get_args_parser().parse_args(["--dataset", "imagefolder:photos"])
     assert config_from_args(args).dataset == f"imagefolder:{tmp_path / 'photos'}"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
+        (["--momentum", "-0.5"], "--momentum must be a number >= 0"),
+        (["--label-smoothing", "2"], "--label-smoothing must be between 0 and 1"),
+        (["--workers", "-1"], "--workers must be 0 or more"),
+        (["--device", "foo"], "--device 'foo': expected auto, cpu or cuda"),
+        (["--device", "cuda"], "--device cuda: torch finds no CUDA device"),
+        (["--color-mode", "RGB"], "--color-mode RGB: digits images are L"),
+    ],
+)
+def test_settings_torch_would_refuse_are_one_line(
+    tmp_path: Path, given: list[str], message: str
+) -> None:
+    """Refused in one line before any epoch (torch raises its own error for most, some only
+    after the data has loaded); the machine here has no CUDA device."""
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        cli([*BASE, *given, "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_new_run_never_overwrites_another(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cli([*BASE, "--epochs", "1", "--out", str(out)])
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="holds a run already: continue it with --resume"):
+        cli([*BASE, "--epochs", "1", "--out", str(out)])
+    assert (out / "last.pt").read_bytes() == before
+    assert len(_rows(out)) == 1
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        cli([*BASE, "--out", str(tmp_path / "file")])

@@ -279,6 +279,18 @@ def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
     )
 
 
+def image_paths(dataset: Dataset[Sample]) -> frozenset[Path]:
+    """The image files (resolved) an ImageFolder split reads; empty for in-memory datasets."""
+    if isinstance(dataset, Subset):
+        inner = dataset.dataset
+        if isinstance(inner, ImageFolder):
+            return frozenset(Path(inner.samples[i][0]).resolve() for i in dataset.indices)
+        return frozenset()
+    if isinstance(dataset, ImageFolder):
+        return frozenset(Path(path).resolve() for path, _ in dataset.samples)
+    return frozenset()
+
+
 def absolute_spec(spec: str) -> str:
     """`imagefolder:<path>` with the path made absolute, so that a checkpoint (and export,
     evaluate, a resume) finds the tree from any working directory; other specs as they are."""
