@@ -33,7 +33,7 @@ from training.errors import UserError
 from training.imagenet import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from training.labels import resolve_labels
 from training.models.adapt import AUX_HEAD_MODELS
-from training.registry import build_model
+from training.registry import build_model, get_spec
 
 logger = logging.getLogger(__name__)
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -239,7 +239,10 @@ def _first(value: Any) -> int:
 def load_pretrained(
     arch: str, weights: str, labels: str | None = None, download: bool = False
 ) -> Pretrained:
-    """Resolve `weights` (file or name) for `arch`: the state dict, labels and preprocessing."""
+    """Resolve `weights` (file or name) for `arch`: the state dict, labels and preprocessing.
+    Whether the labels fit the weights' head is checked once the weights fit `arch`
+    (`build_pretrained`): a wrong --arch is named as such, not as a label count."""
+    get_spec(arch)  # an unknown --arch is the first thing to say
     if looks_like_file(weights):
         path = Path(weights).expanduser()
         state = read_state_dict(path)
@@ -279,9 +282,8 @@ def load_pretrained(
                 published_hash(entry),
             )
     state = normalise_keys(arch, state)
-    classes = head_classes(state)
     if labels is not None:
-        label_list = resolve_labels(labels, classes)
+        label_list = resolve_labels(labels)
     else:
         categories = None if entry is None else entry.meta.get("categories")
         label_list = list(categories or [])
@@ -298,6 +300,15 @@ def load_pretrained(
 def build_pretrained(pretrained: Pretrained) -> nn.Module:
     """The torchvision network of `pretrained.arch` with every weight from the file (eval)."""
     classes = head_classes(pretrained.state_dict)
+    pre = pretrained.preprocessing
+    model = build_model(
+        pretrained.arch,
+        num_classes=pretrained.num_classes or 1,  # no head and no labels: refused below
+        in_channels=pre.channels,
+        image_size=pre.center_crop,
+        **pretrained.arch_kwargs,
+    )
+    load_fitting(model, pretrained)
     if not pretrained.labels:
         raise UserError(
             f"weights {pretrained.source['file']} come with no class names: "
@@ -308,15 +319,6 @@ def build_pretrained(pretrained: Pretrained) -> nn.Module:
             f"{pretrained.source['file']} has a {classes}-class head but "
             f"{len(pretrained.labels)} labels: pass --labels FILE with {classes} labels"
         )
-    pre = pretrained.preprocessing
-    model = build_model(
-        pretrained.arch,
-        num_classes=pretrained.num_classes,
-        in_channels=pre.channels,
-        image_size=pre.center_crop,
-        **pretrained.arch_kwargs,
-    )
-    load_fitting(model, pretrained)
     return model.eval()
 
 

@@ -161,6 +161,15 @@ def test_wrong_architecture_names_the_first_mismatches(
     assert "shape: " in line
     assert "more)" in line
     assert not repo.exists()
+    # An unknown or wrong --arch is said first, before anything about labels.
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"c{i}\n" for i in range(10)))
+    unknown = ["--arch", "nosucharch", "--weights", str(resnet18_file), "--name", "x"]
+    assert "unknown architecture 'nosucharch'" in refused(unknown, caplog)
+    other = ["--arch", "lenet5", "--weights", str(resnet18_file), "--labels", str(labels)]
+    assert "do not fit lenet5" in refused(
+        [*other, "--name", "x", "--repository", str(repo)], caplog
+    )
 
 
 def test_truncated_file_is_refused(
@@ -202,7 +211,7 @@ def test_labels_file_with_the_wrong_count(
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     line = refused(export_args(tmp_path / "repo", resnet18_file, "--labels", str(labels)), caplog)
-    assert "has 2 labels but the model has 1000 outputs" in line
+    assert "has a 1000-class head but 2 labels: pass --labels FILE with 1000 labels" in line
     assert not (tmp_path / "repo").exists()
 
 
