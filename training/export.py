@@ -126,17 +126,28 @@ class ExportSpec:
 
 
 def resolve_layers(model: nn.Module, arch: str, choice: str) -> list[str]:
-    """`default` (the arch's conv blocks), `none`, `all` (every conv and pool), or a list."""
+    """`default` (the arch's conv blocks), `none` (logits only: no CAM either), `all` (every
+    conv and pool, and the default blocks), or a list; but for `none`, the layer the CAM is
+    computed on is added where it is missing (as `training.import_onnx` does), with a line
+    saying so."""
+    spec = get_spec(arch)
     if choice == "default":
-        layers = get_spec(arch).feature_layers(model)
+        layers = spec.feature_layers(model)
     elif choice == "none":
         layers = []
     elif choice == "all":
         kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-        layers = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+        wanted = set(spec.feature_layers(model))
+        layers = [
+            n for n, m in model.named_modules() if n and (isinstance(m, kinds) or n in wanted)
+        ]
     else:
         layers = [layer.strip() for layer in choice.split(",") if layer.strip()]
     check_layers(model, layers)
+    cam_layer = None if spec.cam is None else spec.cam(model).layer
+    if cam_layer is not None and cam_layer not in layers and choice != "none":
+        layers.append(cam_layer)
+        logger.info("feature map %s added: the CAM is computed on it", cam_layer)
     return layers
 
 

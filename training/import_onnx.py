@@ -577,7 +577,7 @@ def main(cfg: ImportConfig) -> Path:
     shapes = intermediate_maps(model, images[np.zeros(chunk, dtype=np.intp)])
     names = layer_names(model)
     maps = choose_feature_maps(model, cfg.feature_maps, shapes, names)
-    head = cam_head(model, logits)
+    head = None if cfg.feature_maps == "none" else cam_head(model, logits)  # none: logits only
     if head is not None:
         if shapes.get(head.feature_tensor, (0,))[0] != head.weights.shape[1]:
             head = None

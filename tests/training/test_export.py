@@ -11,8 +11,9 @@ import pytest
 from service import metadata as schema
 from tests.conftest import REPO_ROOT
 from training.errors import UserError
-from training.export import ExportConfig, stage_and_publish
+from training.export import ExportConfig, resolve_layers, stage_and_publish
 from training.export import main as export_main
+from training.registry import build_model, get_spec
 from training.train import TrainResult
 
 
@@ -138,3 +139,17 @@ def test_cli_user_errors_exit_2(tiny_run: TrainResult, tmp_path: Path) -> None:
     result = subprocess.run(missing, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_every_layer_choice_but_none_keeps_the_cam(caplog: pytest.LogCaptureFixture) -> None:
+    """`all` adds the conv and pool layers to the default blocks (the CAM's among them); a
+    list without the CAM's layer gets it, with a line; `none` is logits only."""
+    model = build_model("resnet18", 10, 3, 224)
+    defaults = get_spec("resnet18").feature_layers(model)
+    everything = resolve_layers(model, "resnet18", "all")
+    assert set(defaults) <= set(everything)
+    assert {"conv1", "maxpool", "layer4.1.conv2"} <= set(everything)
+    with caplog.at_level("INFO"):
+        assert resolve_layers(model, "resnet18", "layer1") == ["layer1", "layer4"]
+    assert "feature map layer4 added: the CAM is computed on it" in caplog.text
+    assert resolve_layers(model, "resnet18", "none") == []

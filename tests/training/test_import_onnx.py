@@ -292,7 +292,7 @@ def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_pat
 
     assert layers("auto") == ["relu", "relu2"]
     assert layers("all") == ["conv1", "relu", "pool", "conv2", "relu2"]
-    assert layers("none") == ["relu2"]  # the CAM needs its map
+    assert layers("none") == []  # logits only: no CAM either
 
 
 def test_feature_maps_all_is_capped(
