@@ -23,6 +23,8 @@ COLOR_MODE_CHANNELS = {"L": 1, "RGB": 3}
 Precision = Literal["float32", "float16", "int8"]
 
 
+# The shorter side is resized to at most this many times the crop (ImageNet's is 256/224).
+MAX_RESIZE_RATIO = 4
 MAX_INT_DIGITS = 18  # below 2**63: every integer a request or folder name may hold
 
 
@@ -94,6 +96,15 @@ class Preprocessing(_Strict):
         if any(s <= 0 for s in std):
             raise ValueError("std must be positive")
         return std
+
+    @model_validator(mode="after")
+    def _resize_near_the_crop(self) -> Preprocessing:
+        if self.resize > MAX_RESIZE_RATIO * self.center_crop:
+            raise ValueError(
+                f"resize {self.resize} is more than {MAX_RESIZE_RATIO} x center_crop "
+                f"{self.center_crop}: every image would be enlarged to be mostly cut away"
+            )
+        return self
 
 
 class OutputSpec(_Strict):

@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 from PIL import Image
 
-from service.metadata import NAME_PATTERN, Preprocessing
+from service.metadata import MAX_RESIZE_RATIO, NAME_PATTERN, Preprocessing
 from service.preprocess import RESAMPLE, resize_and_crop, to_input
 from service.runtime import ORT_ERRORS
 from training.artifacts import sha256_of, write_cam_weights, write_filters
@@ -318,8 +318,11 @@ def read_preprocess_file(path: Path, channels: int) -> Preprocess:
         value = content[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
-    if content["resize"] < content["center_crop"]:
-        raise UserError(f"{where}: resize must be at least center_crop")
+    if not content["center_crop"] <= content["resize"] <= MAX_RESIZE_RATIO * content["center_crop"]:
+        raise UserError(
+            f"{where}: resize must be from center_crop to {MAX_RESIZE_RATIO} x center_crop, got "
+            f"{content['resize']} for {content['center_crop']}"
+        )
     interpolation = content.get("interpolation", "bilinear")
     if interpolation not in RESAMPLE:
         raise UserError(f"{where}: interpolation must be one of {', '.join(RESAMPLE)}")

@@ -81,6 +81,7 @@ def test_pickled_cam_weights_are_refused(repo: Path) -> None:
         (lambda m: m.update(labels=["one"]), "invalid metadata"),
         (lambda m: m["cam"].update(weights="../../x.npy"), "invalid metadata"),
         (lambda m: m["export"].update(sha256="0" * 64), "sha256"),
+        (lambda m: m["preprocessing"].update(resize=100_000), "more than 4 x center_crop"),
     ],
 )
 def test_bad_metadata_is_refused(repo: Path, change: object, message: str) -> None:

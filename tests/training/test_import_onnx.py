@@ -443,6 +443,11 @@ REFUSALS: dict[str, RefusalCase] = {
     "labels-count": (same, ["--labels", "{labels9}"], "has 9 labels but the model has 10"),
     "labels-missing": (same, [], "the model has 10 classes: pass --labels FILE"),
     "preprocess": (same, ["--preprocess", "{bad_pre}"], "std must be positive"),
+    "preprocess-resize": (
+        same,
+        ["--preprocess", "{huge_pre}"],
+        "resize must be from center_crop to 4 x center_crop, got 100000 for 32",
+    ),
     "unknown-map": (
         same,
         ["--feature-maps", "layer9"],
@@ -465,7 +470,11 @@ def test_refusal_is_one_error_line_and_writes_nothing(
     labels = (
         [] if case.startswith("labels") else ["--labels", str(write_labels(tmp_path / "l.txt", 10))]
     )
-    args = [a.format(labels9=labels9, bad_pre=bad_pre) for a in extra]
+    huge_pre = tmp_path / "huge.json"
+    huge_pre.write_text(
+        json.dumps({"resize": 100000, "center_crop": 32, "mean": [0] * 3, "std": [1] * 3})
+    )
+    args = [a.format(labels9=labels9, bad_pre=bad_pre, huge_pre=huge_pre) for a in extra]
     repo = tmp_path / "models"
     caplog.set_level(logging.INFO)
     rc = run_cli(cli, [str(path), "--name", "refused", "--repository", str(repo), *labels, *args])
