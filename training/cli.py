@@ -13,10 +13,23 @@ USER_ERROR_EXIT_CODE = 2
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export")
 
 
+def _not_library_chatter(record: logging.LogRecord) -> bool:
+    """False for INFO and below that a library logged on the root logger itself
+    (onnxruntime.quantization: "Created a copy of bias input ..." per tensor)."""
+    return (
+        record.levelno > logging.INFO
+        or record.name != "root"
+        or "onnxruntime" not in (record.pathname)
+    )
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in QUIET_LOGGERS:  # the ONNX exporter logs every optimisation pass at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if _not_library_chatter not in handler.filters:
+            handler.addFilter(_not_library_chatter)
 
 
 def run_cli(entry: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:

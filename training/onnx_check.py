@@ -26,7 +26,9 @@ def ort_session(model: Path | bytes, threads: int | None = None) -> ort.Inferenc
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    # Fatal only: a failed run comes back as an exception, which the caller reports in one
+    # line; at ERROR, ONNX Runtime also printed it to stderr in colour first.
+    options.log_severity_level = 4
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

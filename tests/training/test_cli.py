@@ -4,6 +4,7 @@ of at least 1, refused by argparse (exit 2) on every entry point that takes one.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -43,3 +44,18 @@ def test_positive_int_says_what_it_expected() -> None:
         positive_int("0")
     with pytest.raises(argparse.ArgumentTypeError, match="expected an integer, got '1.5'"):
         positive_int("1.5")
+
+
+def test_library_info_on_the_root_logger_is_dropped() -> None:
+    """onnxruntime.quantization logs a line per tensor with `logging.info` on the root logger;
+    the training commands' handler drops those, and nothing else."""
+    from training.cli import _not_library_chatter
+
+    def record(name: str, level: int, path: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, path, 1, "Created a copy of bias input", None, None)
+
+    quantizer = "/venv/site-packages/onnxruntime/quantization/base_quantizer.py"
+    assert not _not_library_chatter(record("root", logging.INFO, quantizer))
+    assert _not_library_chatter(record("root", logging.WARNING, quantizer))
+    assert _not_library_chatter(record("training.export", logging.INFO, "/x/training/export.py"))
+    assert _not_library_chatter(record("root", logging.INFO, "/x/training/export.py"))
