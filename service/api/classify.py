@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.api.deps import check_api_key, request_deadline
 from service.api.direct import DirectRoute
+from service.api.errors import INFERENCE_ERRORS
 from service.api.inputs import read_images, wait_disconnect
 from service.api.params import classify_options, openapi_parameters, timeout_ms, version_param
 from service.classify import Classifier
@@ -49,11 +50,9 @@ REQUEST_BODY: dict[str, Any] = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Undecodable image or invalid option"},
     404: {"description": "Unknown model, version or feature-map layer"},
-    413: {"description": "Body too large"},
     415: {"description": "Unsupported media type"},
     422: {"description": "Invalid query parameter, header or JSON body; NaN in an output"},
-    503: {"description": "Not ready or queue full (Retry-After)"},
-    504: {"description": "Deadline passed before compute"},
+    **INFERENCE_ERRORS,
 }
 
 

@@ -46,6 +46,14 @@ HTTP_CODES = {
 }
 
 
+# OpenAPI `responses` every inference route shares (native classify and v2 infer).
+INFERENCE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Body too large"},
+    503: {"description": "Not ready or queue full (Retry-After)"},
+    504: {"description": "Deadline passed before compute"},
+}
+
+
 def is_v2_path(path: str) -> bool:
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 

@@ -21,6 +21,7 @@ from service.api.deps import (
     require_admin_key,
     require_api_key,
 )
+from service.api.errors import INFERENCE_ERRORS
 from service.api.health import readiness
 from service.api.inputs import read_body, wait_disconnect
 from service.api.params import TIMEOUT_PARAMETER, timeout_ms
@@ -56,10 +57,8 @@ INFER_OPENAPI: dict[str, Any] = {
 INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed request, tensor or image; unknown input or output"},
     404: {"description": "Unknown model or version"},
-    413: {"description": "Body too large"},
     422: {"description": "Bad X-Request-Timeout-Ms; NaN or infinity in an output"},
-    503: {"description": "Not ready or queue full (Retry-After)"},
-    504: {"description": "Deadline passed before compute"},
+    **INFERENCE_ERRORS,
 }
 
 
