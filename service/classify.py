@@ -125,7 +125,7 @@ class Classifier:
             )
         async with self._manager.lease(model, version) as loaded:
             meta = loaded.metadata
-            outputs = required_outputs(meta, options)  # option errors before any decoding
+            outputs = required_outputs(meta, options, len(images))  # errors before decoding
             loop = asyncio.get_running_loop()
             # Hopeless under load: refused before decoding; admitted: counted as work ahead.
             with loaded.batcher.admission(len(images), deadline) as reservation:

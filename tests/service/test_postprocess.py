@@ -11,6 +11,7 @@ from service import postprocess
 from service.errors import CamUnavailable, InvalidOption, LayerNotFound
 from service.metadata import FeatureMap
 from service.postprocess import (
+    MAX_MAP_VALUES,
     build_result,
     class_activation_map,
     encode_feature_map,
@@ -104,16 +105,27 @@ def test_cam_is_relu_of_weighted_sum() -> None:
 
 def test_option_validation(tiny_cnn: TinyModel) -> None:
     meta = tiny_cnn.metadata
-    assert required_outputs(meta, ClassifyOptions()) == frozenset()
-    outs = required_outputs(meta, ClassifyOptions(feature_maps=("all",), cam=True))
+    assert required_outputs(meta, ClassifyOptions(), 1) == frozenset()
+    outs = required_outputs(meta, ClassifyOptions(feature_maps=("all",), cam=True), 1)
     assert outs == {fm.output for fm in meta.feature_maps}
     with pytest.raises(LayerNotFound):
-        required_outputs(meta, ClassifyOptions(feature_maps=("nope",)))
-    short = required_outputs(meta, ClassifyOptions(feature_maps=("conv1", "features.pool1")))
+        required_outputs(meta, ClassifyOptions(feature_maps=("nope",)), 1)
+    short = required_outputs(meta, ClassifyOptions(feature_maps=("conv1", "features.pool1")), 1)
     assert short == {"fm.features.conv1", "fm.features.pool1"}
     flat = meta.model_copy(update={"cam": None})
     with pytest.raises(CamUnavailable, match="tiny-cnn/1 has no class .* no cam entry"):
-        required_outputs(flat, ClassifyOptions(cam=True))
+        required_outputs(flat, ClassifyOptions(cam=True), 1)
+
+
+def test_feature_map_values_are_bounded_before_any_work(tiny_cnn: TinyModel) -> None:
+    """Counted as the answer would carry them: at most `channels` of each map's channels."""
+    meta = tiny_cnn.metadata
+    options = ClassifyOptions(feature_maps=("all",), channels=2)
+    per_image = sum(min(2, fm.shape[0]) * fm.shape[1] * fm.shape[2] for fm in meta.feature_maps)
+    images = MAX_MAP_VALUES // per_image
+    assert required_outputs(meta, options, images)
+    with pytest.raises(InvalidOption, match=f"hold {(images + 1) * per_image} values for"):
+        required_outputs(meta, options, images + 1)
 
 
 @pytest.mark.parametrize("layers", [("all",), ("features.conv1",), ("conv1", "pool1")])
@@ -121,9 +133,9 @@ def test_feature_maps_of_a_model_without_any_are_refused(
     tiny_cnn: TinyModel, layers: tuple[str, ...]
 ) -> None:
     bare = tiny_cnn.metadata.model_copy(update={"feature_maps": [], "cam": None})
-    assert required_outputs(bare, ClassifyOptions()) == frozenset()
+    assert required_outputs(bare, ClassifyOptions(), 1) == frozenset()
     with pytest.raises(InvalidOption) as caught:
-        required_outputs(bare, ClassifyOptions(feature_maps=layers))
+        required_outputs(bare, ClassifyOptions(feature_maps=layers), 1)
     assert caught.value.message == (
         f"tiny-cnn/1 exports no feature maps (its metadata.json lists none), so "
         f"feature_maps={','.join(layers)} cannot be answered"
