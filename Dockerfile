@@ -90,8 +90,11 @@ COPY --from=service-build /opt/venv /opt/venv
 COPY models/ /models/
 # pip's CUDA wheels put their libraries under site-packages/nvidia; ONNX Runtime's CUDA provider
 # finds them through LD_LIBRARY_PATH (the paths do not exist in the CPU image, which is harmless).
+# ORT_DISABLE_TELEMETRY: ONNX Runtime's telemetry client stays off for anything in the image
+# (`python -m service` sets it too, service/__init__.py).
 ENV CONVSERVE_HOST=0.0.0.0 \
     CONVSERVE_PORT=8000 \
+    ORT_DISABLE_TELEMETRY=1 \
     CONVSERVE_MODEL_REPOSITORY=/models \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
 WORKDIR /home/convserve
