@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
 from service.api import classify, health, models, v2, web
-from service.api.edge import EdgeMiddleware
+from service.api.edge import CutOff, EdgeMiddleware
 from service.api.errors import install_error_handlers
 from service.classify import Classifier
 from service.looplag import LoopLag
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_pillow(settings.max_image_pixels)
     loop_lag = LoopLag()
+    cut_off = CutOff()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await _drain(manager, settings.shutdown_timeout_s)
+            await _drain(manager, settings.shutdown_timeout_s, cut_off)
             classifier.close()
             metrics.close()
 
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_inflight_requests=settings.max_inflight_requests,
         request_timeout_ms=settings.request_timeout_ms,
         loop_lag=loop_lag,
+        cut_off=cut_off,
         routes=routes,
     )
     install_error_handlers(app)
@@ -124,13 +126,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _drain(manager: ModelManager, timeout_s: int) -> None:
+async def _drain(manager: ModelManager, timeout_s: int, cut_off: CutOff) -> None:
     """Finish every accepted batch, for at most `timeout_s` (0: no limit): a session hung in
-    ONNX Runtime must not keep the process alive past its grace period."""
+    ONNX Runtime must not keep the process alive past its grace period. Says whether every
+    accepted request was answered: `cut_off` counts those the server's drain time ran out on."""
     try:
         await asyncio.wait_for(manager.close(), timeout_s or None)
     except TimeoutError:
         logger.error("shut down after %d s with batches still running (hung sessions?)", timeout_s)
+        return
+    if cut_off.count:
+        logger.error(
+            "shut down: %d request(s) still running after %d s were answered 503 "
+            "(CONVSERVE_SHUTDOWN_TIMEOUT_S)",
+            cut_off.count,
+            timeout_s,
+        )
         return
     logger.info("shut down: every accepted request answered")
 

@@ -38,6 +38,7 @@ traceback and counted in `convserve_failures_total`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import count_failure, model_label, render_error
 from service.api.params import TIMEOUT_HEADER, parse_timeout_ms
-from service.errors import ConvserveError, Overloaded, PayloadTooLarge, RequestTimeout
+from service.errors import ConvserveError, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
 from service.looplag import LoopLag
 from service.metadata import ascii_int
 from service.metrics import Metrics
@@ -99,6 +100,14 @@ def _with_security_headers(message: Message) -> Message:
     return {**message, "headers": headers}
 
 
+class CutOff:
+    """Requests still running when the graceful shutdown ran out: uvicorn cancels their tasks,
+    and each is answered 503 here (when its answer had not begun) and counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class EdgeMiddleware:
     def __init__(
         self,
@@ -111,8 +120,10 @@ class EdgeMiddleware:
         request_timeout_ms: float = 0,
         loop_lag: LoopLag | None = None,
         routes: Sequence[BaseRoute] = (),
+        cut_off: CutOff | None = None,
     ) -> None:
         self.app = app
+        self.cut_off = cut_off or CutOff()
         self.default_timeout_ms = request_timeout_ms
         self.loop_lag = loop_lag
         self.max_body_bytes = max_body_bytes
@@ -172,6 +183,16 @@ class EdgeMiddleware:
                 return
             limited = self._limited(receive, hold, admit if inference else None)
             await self.app(scope, limited, edge_send)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request's task: its graceful shutdown ran out
+            # (CONVSERVE_SHUTDOWN_TIMEOUT_S). Answered and counted here, not re-raised: the
+            # task ends with the answer instead of uvicorn's plain-text 500 and a traceback.
+            self.cut_off.count += 1
+            status = 503
+            if not response_started:
+                refusal = NotReady("the server shut down before this request was answered")
+                with contextlib.suppress(Exception):
+                    await render_error(scope, refusal)(scope, receive, edge_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
             if not response_started:
                 await render_error(scope, exc)(scope, receive, edge_send)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,34 @@ def test_sigterm_under_traffic_drops_nothing(tmp_path: Path) -> None:
         assert set(traffic.codes) == {200}
         assert code in {0, -15}
         assert "every accepted request answered" in service.log()
+
+
+def test_a_request_the_drain_time_runs_out_on_is_answered_503(tmp_path: Path) -> None:
+    """A body still arriving when CONVSERVE_SHUTDOWN_TIMEOUT_S runs out: uvicorn cancels its
+    request, which is answered 503 in the service's JSON (not uvicorn's plain-text 500), and the
+    log says that not every request was answered."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "tiny-cnn", color_mode="L", gap_head=True, seed=0)
+    with ServiceProcess(
+        tmp_path / "service.log", model_repository=repo, providers="cpu", shutdown_timeout_s=1
+    ) as service:
+        host, port = service.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n"
+            )
+            wait_for(lambda: "Application startup complete" in service.log(), "started")
+            time.sleep(0.5)  # the request is being read
+            service.terminate()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        code = service.process.wait(timeout=60)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b'"code":"not_ready"' in answer
+    assert code in {0, -15}
+    log = service.log()
+    assert "1 request(s) still running after 1 s were answered 503" in log
+    assert "every accepted request answered" not in log
+    assert "Traceback" not in log
