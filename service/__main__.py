@@ -11,6 +11,9 @@ import difflib
 import json
 import logging
 import os
+import socket
+import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,10 @@ HIDDEN_SETTINGS = frozenset({"fault_injection"})  # testing only: not listed by 
 
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(argv)
+    problem = listen_problem(settings.host, settings.port) or workers_problem(settings.workers)
+    if problem:  # one line and status 2, as an invalid setting gets
+        sys.stderr.write(f"python -m service: {problem}\n")
+        raise SystemExit(2)
     logs.configure(settings.log_format, settings.log_level)
     logger.info("settings: %s", json.dumps(settings.masked(), sort_keys=True))
     warn_if_exposed(settings)
@@ -54,6 +61,38 @@ def main(argv: list[str] | None = None) -> None:
         run_workers(settings, options)
     else:
         uvicorn.run(create_app(settings), **options)
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why `host`:`port` cannot be listened on (an address that does not resolve, a port in use
+    or below 1024 without the right), found before any model is loaded; None when it can."""
+    where = f"{flag_name('host')} / {env_name('host')}, {flag_name('port')} / {env_name('port')}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError) as err:
+        return f"cannot listen on {host!r} ({where}): {err}"
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        hint = " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)" if 0 < port < 1024 else ""
+        return f"cannot listen on {host}:{port} ({where}): {err.strerror or err}{hint}"
+    return None
+
+
+def workers_problem(workers: int) -> str | None:
+    """Several workers share their metrics through files in a temporary folder: none usable
+    (a read-only root without a writable /tmp) is said in one line before anything starts."""
+    if workers <= 1:
+        return None
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as err:
+        return f"{env_name('workers')}={workers} needs a writable temporary folder: {err}"
+    return None
 
 
 def warn_unknown_settings(environ: Mapping[str, str]) -> list[str]:

@@ -4,6 +4,7 @@ logs at startup about the environment."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,29 @@ def test_invalid_setting_exits_with_one_line_not_a_traceback() -> None:
     assert "--port / CONVSERVE_PORT" in result.stderr
     assert "Traceback" not in result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_an_address_that_cannot_be_listened_on_exits_with_one_line() -> None:
+    """Found before any model is loaded: a port in use, an address that does not resolve."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args, said in (
+            (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+            (["--host", "not.an.address"], "cannot listen on 'not.an.address'"),
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "service", *args],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.count("\n") == 1, result.stderr
+            assert said in result.stderr
+            assert "--host / CONVSERVE_HOST, --port / CONVSERVE_PORT" in result.stderr
 
 
 def test_a_missing_repository_without_polling_exits_with_one_line(tmp_path: Path) -> None:
