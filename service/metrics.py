@@ -115,7 +115,8 @@ class Metrics:
         )
         self.model_ready = Gauge(
             f"{PREFIX}model_ready",
-            "1 while a model version is loaded, warmed and serving.",
+            "1 while a model version is loaded, warmed and serving; 0 when it failed to load; "
+            "-1 when a reload retired it (several workers).",
             ["model", "version", "provider"],
             registry=r,
             multiprocess_mode="livemin",  # several workers: 1 only when every one serves it

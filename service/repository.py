@@ -154,9 +154,11 @@ def _load_version(root: Path, ref: VersionRef) -> VersionFiles:
         raise RepositoryError(f"{MODEL_FILENAME} is missing") from err
     except OSError as err:
         raise RepositoryError(f"cannot read {MODEL_FILENAME}: {err}") from err
-    check_onnx(onnx_bytes)
+    # The checksum first: a half-copied file is named as such, and bytes that are not the
+    # recorded model are never parsed.
     if hashlib.sha256(onnx_bytes).hexdigest() != metadata.export.sha256:
         raise RepositoryError(f"{MODEL_FILENAME} does not match metadata sha256")
+    check_onnx(onnx_bytes)
     for image in metadata.filters:
         inside(root, version_dir / image.file)
     cam_weights = None

@@ -29,6 +29,7 @@ from service.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 V2_PREFIX = "/v2"
+DEFAULT_MODEL_ROUTE = "/v1/classify"  # classifies with CONVSERVE_DEFAULT_MODEL
 INTERNAL = "internal"
 INTERNAL_MESSAGE = "internal server error"
 HTTP_CODES = {
@@ -60,12 +61,17 @@ def is_v2_path(path: str) -> bool:
 
 def model_label(scope: Scope, named: str = "") -> str:
     """The `model` label of a request's metrics: the model the request named (`named`, else the
-    route's, else its path's), when the server knows it; "" otherwise, so that requests for
+    route's, else its path's, else the default model for POST /v1/classify), when the server
+    knows it; "" otherwise, so that requests for
     made-up models cannot grow /metrics."""
     state: dict[str, Any] = scope.get("state") or {}
     path_params: dict[str, Any] = scope.get("path_params") or {}
     name = str(named or state.get("model") or path_params.get("model") or "")
-    manager = getattr(scope["app"].state, "manager", None)
+    app_state = scope["app"].state
+    if not name and getattr(scope.get("route"), "path", None) == DEFAULT_MODEL_ROUTE:
+        settings = getattr(app_state, "settings", None)  # the default model's route
+        name = settings.default_model if settings is not None else ""
+    manager = getattr(app_state, "manager", None)
     return name if name and manager is not None and manager.knows(name) else ""
 
 

@@ -203,10 +203,10 @@ def test_numbers_past_the_int_conversion_limit_are_ordinary_errors(base_url: str
     assert httpx.get(base_url + "/health/ready").status_code == 200
 
 
-def test_a_refusal_before_routing_is_counted_under_its_model(base_url: str) -> None:
-    head = (
-        "POST /v2/models/tiny-cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
-    )
+@pytest.mark.parametrize("path", ["/v2/models/tiny-cnn/infer", "/v1/classify"])
+def test_a_refusal_before_routing_is_counted_under_its_model(base_url: str, path: str) -> None:
+    """Named in the path, or the default model's route (tiny-cnn is this server's default)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
     before = httpx.get(base_url + "/metrics").text
     assert _raw_request(base_url, head).startswith(b"HTTP/1.1 413")
     after = httpx.get(base_url + "/metrics").text

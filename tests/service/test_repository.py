@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -53,6 +54,10 @@ def test_external_data_is_refused(repo: Path) -> None:
         location="weights.bin",
         size_threshold=0,
     )
+    meta_path = folder / "metadata.json"  # the file as recorded: refused for what it is
+    metadata = json.loads(meta_path.read_text())
+    metadata["export"]["sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(metadata))
     with pytest.raises(RepositoryError, match="external data"):
         load_version(repo, ref(repo, "good"))
 
@@ -94,7 +99,12 @@ def test_bad_metadata_is_refused(repo: Path, change: object, message: str) -> No
 
 
 def test_missing_or_garbage_onnx_is_refused(repo: Path) -> None:
-    (repo / "good" / "1" / "model.onnx").write_bytes(b"garbage")
+    model = repo / "good" / "1" / "model.onnx"
+    whole = model.read_bytes()
+    model.write_bytes(whole[: len(whole) // 2])  # half copied: named as such, never parsed
+    with pytest.raises(RepositoryError, match="model.onnx does not match metadata sha256"):
+        load_version(repo, ref(repo, "good"))
+    model.write_bytes(b"garbage")
     with pytest.raises(RepositoryError):
         load_version(repo, ref(repo, "good"))
     shutil.rmtree(repo / "good" / "1")
