@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 from pydantic import ValidationError
@@ -124,8 +124,15 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line (as a bad setting is), not the 30-line usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the settings)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m service",
         description="convserve: serve the ONNX models of a model repository over HTTP. Every "
         "flag also reads from its environment variable; a flag wins over the variable.",

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpus import cpu_count
 from service.faults import parse_fault_spec
+from service.metadata import NAME_PATTERN, is_valid_name
 
 ENV_PREFIX = "CONVSERVE_"
 MIB = 1024 * 1024
@@ -190,6 +191,22 @@ class Settings(BaseSettings):
         set, it would lock every client out, since no header can carry an empty key."""
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("default_model")
+    @classmethod
+    def _a_model_name(cls, value: str) -> str:
+        if not is_valid_name(value):
+            raise ValueError(f"{value!r} can never name a model ({NAME_PATTERN})")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: str) -> str:
+        bad = [name for name in (n.strip() for n in value.split(",")) if name]
+        bad = [name for name in bad if not is_valid_name(name)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} can never name a model ({NAME_PATTERN})")
         return value
 
     @field_validator("fault_injection")

@@ -30,9 +30,17 @@ def test_env_prefix_and_cli_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.providers == "cpu"
 
 
-def test_a_value_outside_the_choices_is_refused() -> None:
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--providers", "tpu"])
+def test_a_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A value outside the choices, an unknown flag, a flag without its value: one line each,
+    exit 2, not the usage block."""
+    for args in (["--providers", "tpu"], ["--nosuch", "1"], ["--port"]):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args(args)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith("python -m service: ")
+        assert "usage:" not in err
 
 
 def test_invalid_setting_exits_with_one_line_not_a_traceback() -> None:

@@ -78,3 +78,17 @@ def test_settings_env_rebuilds_the_same_settings(monkeypatch: pytest.MonkeyPatch
     assert rebuilt == given
     assert rebuilt.api_key is not None
     assert rebuilt.api_key.get_secret_value() == "s3cret"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"default_model": "Lenet5"}, {"models": "lenet5-fashion,BAD NAME"}, {"models": "../x"}],
+)
+def test_a_name_no_model_can_have_is_refused(given: dict[str, str]) -> None:
+    """The repository's name rule: such a server would wait unready for ever (or answer 404)."""
+    with pytest.raises(ValidationError, match="can never name a model"):
+        Settings(**given)
+    assert Settings(models=" lenet5-fashion , resnet18-int8 ,").model_names == [
+        "lenet5-fashion",
+        "resnet18-int8",
+    ]
