@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from service.errors import NotFound
@@ -71,16 +71,24 @@ def static_path(name: str, root: Path = STATIC_DIR) -> Path:
     return path
 
 
-def _file(path: Path) -> FileResponse:
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=SECURITY_HEADERS)
+def _file(request: Request, path: Path) -> Response:
+    """The file, or 304 when the client's copy (If-None-Match) is current: the ETag is the
+    file's modification time and size, as the browser revalidates each load (no-cache)."""
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    headers = {**SECURITY_HEADERS, "ETag": etag}
+    wanted = request.headers.get("if-none-match", "")
+    if etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")) or wanted == "*":
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=headers)
 
 
 @router.api_route("/", methods=["GET", "HEAD"])
-async def index() -> FileResponse:
+async def index(request: Request) -> Response:
     """The explorer page: upload, top-5, latency, layer-by-layer feature maps, CAM."""
-    return _file(static_path(INDEX_FILE))
+    return _file(request, static_path(INDEX_FILE))
 
 
 @router.api_route("/static/{name:path}", methods=["GET", "HEAD"])
-async def static_file(name: str) -> FileResponse:
-    return _file(static_path(name))
+async def static_file(request: Request, name: str) -> Response:
+    return _file(request, static_path(name))

@@ -575,3 +575,18 @@ def test_bad_timeout_header_is_one_422(client: httpx.Client, value: str) -> None
     )
     assert_error(response, 422, "invalid_request")
     assert "X-Request-Timeout-Ms" in response.json()["error"]["message"]
+
+
+def test_the_page_revalidates_with_its_etag(client: httpx.Client) -> None:
+    """no-cache: each load asks again, and a current copy costs a 304 without the body."""
+    for path in ("/", "/static/js/main.js"):
+        first = client.get(path)
+        assert first.status_code == 200
+        assert first.headers["cache-control"] == "no-cache"
+        etag = first.headers["etag"]
+        again = client.get(path, headers={"If-None-Match": etag})
+        assert again.status_code == 304
+        assert again.content == b""
+        assert again.headers["etag"] == etag
+        assert "default-src 'self'" in again.headers["content-security-policy"]
+        assert client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
