@@ -359,3 +359,25 @@ def test_page_headers_and_static_allow_list(service: ServiceProcess) -> None:
         response = httpx.get(f"{service.base_url}{path}", timeout=30)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_with_an_api_key_the_filters_are_shown_too(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The key typed into the page goes with every request, the filter grid's too (an <img>
+    cannot send it: the grid is fetched and shown from an object URL)."""
+    root = tmp_path_factory.mktemp("keyed")
+    shutil.copytree(REPO_ROOT / "models" / DEFAULT_MODEL, root / DEFAULT_MODEL)
+    log = tmp_path_factory.mktemp("logs") / "keyed.log"
+    with (
+        ServiceProcess(log, model_repository=root, providers="cpu", api_key="sekret") as keyed,
+        browser_page(browser, viewport=DESKTOP) as page,
+    ):
+        page.goto(keyed.base_url + "/")
+        expect(page.locator("#error")).to_be_visible()  # the models cannot be listed yet
+        page.fill("#api-key-input", "sekret")
+        page.locator("#api-key-input").dispatch_event("change")
+        page.wait_for_selector("#model-form[data-ready=true]")
+        upload(page, FASHION_SAMPLE)
+        first = page.locator("article.layer").first
+        expect(first.locator("button.tile.pair canvas.filter")).to_have_count(6)

@@ -61,7 +61,16 @@ export const api = {
   },
   listModels: () => getJson("/v1/models"),
   describe: (model, version) => getJson(`/v1/models/${enc(model)}/versions/${enc(version)}`),
-  filterUrl: (model, layer) => `/v1/models/${enc(model)}/filters/${enc(layer)}`,
+  /** The filter grid PNG as an object URL: fetched with the API key, which an <img> cannot send;
+  null when it cannot be had (the figure is then left out). */
+  async filterImageUrl(model, layer) {
+    try {
+      const response = await request(`/v1/models/${enc(model)}/filters/${enc(layer)}`);
+      return URL.createObjectURL(await response.blob());
+    } catch {
+      return null;
+    }
+  },
 
   /** Classify one image (a Blob/File) as the raw body; returns {body, roundTripMs}. */
   async classify(

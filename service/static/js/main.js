@@ -257,7 +257,8 @@ async function classify() {
     if (state.filters === null && detail.filters.length > 0 && detail.feature_maps.length > 0) {
       const pairs = filtersPairWith(detail.filters[0], detail.feature_maps[0].layer);
       const count = pairs ? detail.feature_maps[0].shape[0] : null;
-      state.filters = await loadFilterTiles(api.filterUrl(detail.name, detail.filters[0]), count);
+      const url = await api.filterImageUrl(detail.name, detail.filters[0]);
+      state.filters = url === null ? null : await loadFilterTiles(url, count);
     }
     render(body, roundTripMs);
     performance.clearMeasures("convserve:result");
