@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -381,3 +382,37 @@ def test_with_an_api_key_the_filters_are_shown_too(
         upload(page, FASHION_SAMPLE)
         first = page.locator("article.layer").first
         expect(first.locator("button.tile.pair canvas.filter")).to_have_count(6)
+
+
+def test_a_version_removed_under_the_page_is_dropped_on_retry(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Hot reload removes the version the page shows: classify says so, and Retry lists the
+    models again and answers with what is left instead of asking for the gone version."""
+    root = tmp_path_factory.mktemp("reloaded")
+    for version in ("1", "2"):
+        shutil.copytree(REPO_ROOT / "models" / DEFAULT_MODEL / "1", root / DEFAULT_MODEL / version)
+        meta_path = root / DEFAULT_MODEL / version / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "version": int(version)}))
+    log = tmp_path_factory.mktemp("logs") / "reloaded.log"
+    with (
+        ServiceProcess(log, model_repository=root, providers="cpu", model_poll_seconds=1) as svc,
+        browser_page(browser, viewport=DESKTOP) as page,
+    ):
+        open_page(page, svc.base_url)
+        expect(page.locator("#version-select")).to_have_value("2")
+        upload(page, FASHION_SAMPLE)
+        shutil.rmtree(root / DEFAULT_MODEL / "2")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{svc.base_url}/v1/models").json()["models"][0]["versions"] != [1]:
+            assert time.monotonic() < deadline, "version 2 was not unloaded"
+            time.sleep(0.2)
+        page.set_input_files("#file-input", str(FASHION_SAMPLE))
+        expect(page.locator("#error")).to_be_visible()
+        assert page.locator("#error").get_attribute("data-code") == "version_not_found"
+        page.locator("#error-retry").click()
+        expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator("#version-select option")).to_have_count(1)
+        expect(page.locator("#version-select")).to_have_value("1")
+        expect(page.locator("#predictions li")).to_have_count(5)

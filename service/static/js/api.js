@@ -28,7 +28,7 @@ async function request(path, options = {}) {
   try {
     response = await fetch(path, { ...options, headers });
   } catch (err) {
-    throw new ApiError(0, "network", `cannot reach the service (${err.message})`);
+    throw new ApiError(0, "network", err.message);
   }
   if (response.ok) return response;
   let code = "http_" + response.status;
@@ -122,14 +122,14 @@ export function describeError(err) {
       return { text: `The model is not ready yet: ${err.message}.${wait}`, retry: true };
     case "model_not_found":
     case "version_not_found":
-      return { text: `Model not available: ${err.message}. Pick another model or version.`, retry: true };
+      return { text: `Model not available: ${err.message}. Retry lists the models again.`, retry: true };
     case "unauthorized":
     case "forbidden":
       return { text: `The service needs an API key: ${err.message}. Enter it under “API key”.`, retry: true };
     case "deadline_exceeded":
       return { text: `The service took too long: ${err.message}`, retry: true };
     case "network":
-      return { text: `Cannot reach the service: ${err.message}`, retry: true };
+      return { text: `Cannot reach the service (${err.message}).`, retry: true };
     default:
       return { text: `The service answered ${err.status} ${err.code}: ${err.message}`, retry: true };
   }

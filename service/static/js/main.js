@@ -53,6 +53,7 @@ function showError(err, retry = null) {
   if (err instanceof ApiError && (err.code === "unauthorized" || err.code === "forbidden")) {
     $("api-key-details").open = true;
   }
+  if (err instanceof ApiError && err.code === "network") setStatus("Service unreachable", "warn");
   setPageState("error");
 }
 
@@ -98,10 +99,13 @@ function fillSelect(select, values, selected) {
 
 async function loadModels() {
   const { models } = await api.listModels();
+  // The model chosen before when the list is loaded again (after a version went away), else
+  // the one the address names.
+  const chosen =
+    state.models.length > 0 ? $("model-select").value : new URLSearchParams(location.search).get("model");
   state.models = models;
   if (models.length === 0) throw new ApiError(503, "not_ready", "the service has no model loaded");
-  const params = new URLSearchParams(location.search);
-  const wanted = models.find((m) => m.name === params.get("model")) || models[0];
+  const wanted = models.find((m) => m.name === chosen) || models[0];
   fillSelect($("model-select"), models.map((m) => m.name), wanted.name);
   await selectModel(wanted.name);
 }
@@ -268,7 +272,10 @@ async function classify() {
   } catch (err) {
     if (sequence !== state.sequence) return;
     setBusy("");
-    showError(err, () => classify());
+    // A model or version gone (a reload removed it), or the service unreachable: Retry lists
+    // the models again (and classifies the image with what is there); otherwise it resends.
+    const relist = ["model_not_found", "version_not_found", "network"].includes(err.code);
+    showError(err, relist ? () => start() : () => classify());
   }
 }
 
