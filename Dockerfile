@@ -100,8 +100,9 @@ ENV CONVSERVE_HOST=0.0.0.0 \
 WORKDIR /home/convserve
 USER 10001:10001
 EXPOSE 8000
-# The slim image has no curl: the stdlib client probes liveness on whatever port is configured.
+# The slim image has no curl: the stdlib client probes liveness on whatever address and port are
+# configured (the loopback of the listening family for 0.0.0.0 and ::, else the host itself).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('CONVSERVE_PORT', '8000') + '/health/live', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; h = os.environ.get('CONVSERVE_HOST', '0.0.0.0'); h = {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(h, h); h = '[' + h + ']' if ':' in h else h; urllib.request.urlopen('http://' + h + ':' + os.environ.get('CONVSERVE_PORT', '8000') + '/health/live', timeout=2)"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]
