@@ -29,8 +29,10 @@ RUN groupadd --system --gid 10001 convserve \
 WORKDIR /src
 
 # ---------------------------------------------------------------------------------------------
-# Builds the service's virtual environment. No torch: the service only needs ONNX Runtime.
-FROM base AS service-build
+# The service's virtual environment with its dependencies only. No torch: the service only needs
+# ONNX Runtime. A stage of its own, cached until pyproject.toml or constraints.txt change, and
+# copied whole into the image: a change to service/ leaves that layer as it was.
+FROM base AS service-deps
 # cpu | gpu. gpu adds the CUDA 13 + cuDNN runtime libraries as PyPI wheels (onnxruntime-gpu's
 # `cuda` and `cudnn` extras, pinned in constraints.txt); the driver (libcuda) comes from the
 # NVIDIA container runtime on the host, so the base image stays the same small Python image.
@@ -52,11 +54,18 @@ RUN case "${VARIANT}" in \
     && pip install --quiet -c constraints.txt '.[service]' ${gpu_requirements:+"$gpu_requirements"} \
     && capi="$(python -I -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')/capi" \
     && for library in ${unused_libraries}; do rm "${capi}/${library}"; done
+
+# ---------------------------------------------------------------------------------------------
+# The package itself (its dependencies are all in place), then set aside in /opt/package: the
+# image copies it over the dependencies' venv in a small layer of its own. `python -I`
+# (isolated: the working directory is not on sys.path) imports the installed package.
+FROM service-deps AS service-build
 COPY service/ service/
-# The package itself (its dependencies are all in place). `python -I` (isolated: the working
-# directory is not on sys.path) imports the installed package.
 RUN pip install --quiet --no-deps --force-reinstall . \
-    && python -I -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+    && python -I -c "import service, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())" \
+    && site="$(python -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && mkdir /opt/package \
+    && cp -a "${site}/service" "${site}"/convserve-*.dist-info /opt/package/
 
 # ---------------------------------------------------------------------------------------------
 # Training image: torch + torchvision (their PyPI wheels carry CUDA), for `python -m
@@ -82,7 +91,8 @@ ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="convserve" \
       org.opencontainers.image.description="CNN image classification over HTTP (ONNX Runtime, ${VARIANT})" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=service-build /opt/venv /opt/venv
+COPY --from=service-deps /opt/venv /opt/venv
+COPY --from=service-build /opt/package/ /opt/venv/lib/python3.11/site-packages/
 # The default model is baked in; mount another repository over /models (or point
 # CONVSERVE_MODEL_REPOSITORY elsewhere) to serve other models. Files stay root-owned: the
 # service only reads them. No VOLUME: that would copy /models into an anonymous volume per

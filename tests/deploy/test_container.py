@@ -5,10 +5,13 @@ compared with the native service; then the compose stack, scraped by Prometheus.
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -360,3 +363,46 @@ def test_compose_stack_is_scraped_by_prometheus(base_image: str, service_image: 
     assert project.leftovers == [], "podman-compose down left these behind"
     assert podman.port_is_free(service_port)
     assert podman.port_is_free(prometheus_port)
+
+
+def test_a_code_change_rebuilds_only_the_package_layer(
+    service_image: str, base_image: str, tmp_path: Path
+) -> None:
+    """The dependencies' venv (hundreds of MB) is a layer of its own, copied from a stage that
+    service/ does not reach: an image built after a code change shares it (only the package's
+    layer, about 1 MB, and the ones above it differ)."""
+    context = tmp_path / "context"
+    shutil.copytree(
+        REPO_ROOT,
+        context,
+        ignore=shutil.ignore_patterns(".venv", ".git", "runs", "test-artifacts", "__pycache__"),
+    )
+    with (context / "service" / "__init__.py").open("a") as module:
+        module.write("# changed\n")
+    changed = podman.build(
+        f"{SERVICE_IMAGE}-changed",
+        context,
+        "--target",
+        "service",
+        "--build-arg",
+        "VARIANT=cpu",
+        "--build-arg",
+        f"PYTHON_IMAGE={base_image}",
+    )
+    try:
+        layers = [
+            podman.run(
+                ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image]
+            ).stdout
+            for image in (service_image, changed)
+        ]
+        first, second = (json.loads(text) for text in layers)
+        assert len(first) == len(second)
+        base = podman.run(
+            ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", base_image]
+        ).stdout
+        venv = len(json.loads(base)) + 1  # above the base image and the user's layer
+        assert first[venv] == second[venv]
+        assert first[venv + 1] != second[venv + 1]  # the package's
+    finally:
+        podman.run(["podman", "rmi", "-f", changed], check=False)

@@ -78,7 +78,7 @@ def test_inline_hadolint_ignores_are_justified(path: Path) -> None:
 
 def test_stages(dockerfile: Dockerfile) -> None:
     names = [stage.name for stage in dockerfile.stages]
-    assert {"base", "service-build", "train", "service"} <= set(names)
+    assert {"base", "service-deps", "service-build", "train", "service"} <= set(names)
     # The last stage is what a plain `docker build .` produces: the service.
     assert names[-1] == "service"
     base = dockerfile.global_args[0].arguments
@@ -90,8 +90,8 @@ def _install_lines(stage: Stage) -> list[str]:
 
 
 def _dependency_install(dockerfile: Dockerfile) -> str:
-    """service-build's first install: the dependencies, before service/ is copied in."""
-    dependencies, _ = _install_lines(dockerfile.stage("service-build"))
+    """service-deps' one install: the dependencies, before service/ is copied in."""
+    (dependencies,) = _install_lines(dockerfile.stage("service-deps"))
     return dependencies
 
 
@@ -116,18 +116,22 @@ def test_service_install_matches_makefile(dockerfile: Dockerfile) -> None:
     The dependencies install first, in a layer that stays cached while only service/ changes;
     then the package alone goes in (--no-deps: it can add or change nothing else).
     """
-    stage = dockerfile.stage("service-build")
-    dependencies, package = _install_lines(stage)
+    deps, build = dockerfile.stage("service-deps"), dockerfile.stage("service-build")
     expected = f"pip {makefile_pip_install()} '{makefile_service_extras()}'"
-    assert expected in dependencies
+    assert expected in _dependency_install(dockerfile)
+    (package,) = _install_lines(build)
     assert "pip install --quiet --no-deps --force-reinstall . " in package + " "
-    copies = stage.all("COPY")
+    copies = deps.all("COPY")
     assert "constraints.txt" in copies[0].arguments
     assert "pyproject.toml" in copies[0].arguments
-    # service/ arrives between the two installs, not before the first.
-    (service_copy,) = [c for c in copies if c.arguments.startswith("service/")]
-    runs = [r for r in stage.all("RUN") if "pip install" in r.arguments]
-    assert runs[0].line < service_copy.line < runs[1].line
+    # service/ arrives only in the package's stage: the dependencies' stays cached without it.
+    assert not [c for c in copies if c.arguments.startswith("service/")]
+    assert [c for c in build.all("COPY") if c.arguments.startswith("service/")]
+    # The image: the dependencies' venv as built, then the package over it.
+    image = dockerfile.stage("service")
+    sources = [c.arguments for c in image.all("COPY") if "--from=" in c.arguments]
+    assert sources[0].startswith("--from=service-deps /opt/venv ")
+    assert sources[1].startswith("--from=service-build /opt/package/ ")
 
 
 def test_cpu_variant_drops_only_the_gpu_provider_libraries(dockerfile: Dockerfile) -> None:
@@ -174,16 +178,17 @@ def test_train_install_uses_constraints(dockerfile: Dockerfile) -> None:
 
 
 def test_runtime_has_no_torch_and_no_training_code(dockerfile: Dockerfile) -> None:
-    for name in ("service-build", "service"):
+    for name in ("service-deps", "service-build", "service"):
         stage = dockerfile.stage(name)
         text = " ".join(i.arguments for i in stage.instructions)
         assert "torch" not in text
         assert "[train" not in text
         assert ",train" not in text
         assert not any(c.arguments.startswith("training") for c in stage.all("COPY"))
-    # The runtime copies the venv from the build stage, not a compiler or pip cache.
+    # The runtime copies the venv and the package from the build stages, not a compiler or
+    # pip cache.
     copies = [c.arguments for c in dockerfile.stage("service").all("COPY")]
-    assert "--from=service-build /opt/venv /opt/venv" in copies
+    assert "--from=service-deps /opt/venv /opt/venv" in copies
 
 
 def test_gpu_variant_requirements_are_pinned(dockerfile: Dockerfile) -> None:
