@@ -35,7 +35,8 @@ UNLIMITED_FD_CONNECTIONS = 65_536
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # No float setting means anything at infinity or NaN (a delay, a timeout, a budget).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", allow_inf_nan=False)
 
     model_repository: Path = Field(Path("models"), description="Model repository root folder.")
     default_model: str = Field("lenet5-fashion", description="Model served by POST /v1/classify.")

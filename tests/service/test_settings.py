@@ -92,3 +92,10 @@ def test_a_name_no_model_can_have_is_refused(given: dict[str, str]) -> None:
         "lenet5-fashion",
         "resnet18-int8",
     ]
+
+
+@pytest.mark.parametrize("name", ["max_queue_delay_ms", "max_batch_compute_ms", "body_timeout_s"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_no_float_setting_takes_infinity_or_nan(name: str, value: str) -> None:
+    with pytest.raises(ValidationError, match="finite number"):
+        Settings(**{name: value})
