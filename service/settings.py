@@ -204,8 +204,7 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _model_names(cls, value: str) -> str:
-        bad = [name for name in (n.strip() for n in value.split(",")) if name]
-        bad = [name for name in bad if not is_valid_name(name)]
+        bad = [n for n in (n.strip() for n in value.split(",")) if n and not is_valid_name(n)]
         if bad:
             raise ValueError(f"{', '.join(map(repr, bad))} can never name a model ({NAME_PATTERN})")
         return value

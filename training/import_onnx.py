@@ -14,6 +14,7 @@ one ERROR line and exit status 2, with nothing written to the repository.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -357,8 +358,15 @@ def read_preprocess_file(path: Path, channels: int) -> Preprocess:
 def preprocess_image(image: Image.Image, pre: Preprocess) -> npt.NDArray[np.float32]:
     """(C, H, W) float32, exactly as the service computes it for a decoded image: convert,
     shorter side to `resize`, center crop, /255, (x - mean) / std."""
-    spec = Preprocessing.model_validate(pre.metadata())
+    spec = _service_spec(pre)
     return to_input(resize_and_crop(image.convert(pre.color_mode), spec), spec)
+
+
+@functools.lru_cache(maxsize=8)
+def _service_spec(pre: Preprocess) -> Preprocessing:
+    """`pre` as the service's Preprocessing, validated once (images are preprocessed by the
+    hundred for calibration)."""
+    return Preprocessing.model_validate(pre.metadata())
 
 
 def sample_photos() -> list[Image.Image]:

@@ -196,13 +196,13 @@ def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(cfg.device)
+        device: torch.device | None = torch.device(cfg.device)
     except RuntimeError:
-        raise UserError(f"--device {cfg.device!r}: expected auto, cpu or cuda[:N]") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {cfg.device!r}: expected auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {cfg.device}: torch finds no CUDA device here")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {cfg.device!r}: expected auto, cpu or cuda[:N]")
     return device
 
 
@@ -259,7 +259,8 @@ def _plain_config(cfg: TrainConfig) -> dict[str, Any]:
 
 def check_config(cfg: TrainConfig) -> None:
     """UserError, before any data is read, for a setting torch would refuse with a traceback
-    (some only after the data has loaded), and for a run that would overwrite another."""
+    (some only after the data has loaded), and for a run that would overwrite another;
+    `--device` is checked by `_device`, which `main` calls next."""
     if cfg.epochs < 1:
         raise UserError("--epochs must be at least 1")
     if cfg.weights is None and (cfg.freeze_backbone or cfg.trainable_layers is not None):
@@ -283,7 +284,6 @@ def check_config(cfg: TrainConfig) -> None:
             f"--out {cfg.out} holds a run already: continue it with --resume {last}, or train "
             "into another --out (or remove that folder)"
         )
-    _device(cfg)
 
 
 def main(cfg: TrainConfig) -> TrainResult:

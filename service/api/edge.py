@@ -79,9 +79,9 @@ def declared_length(scope: Scope) -> int | None:
     return ascii_int(value.strip())
 
 
-def declared_too_large(scope: Scope, limit: int) -> PayloadTooLarge | None:
-    """413 for a declared Content-Length above `limit`, before a byte of the body is read."""
-    declared = declared_length(scope)
+def declared_too_large(declared: int | None, limit: int) -> PayloadTooLarge | None:
+    """413 for a declared Content-Length (`declared_length`) above `limit`, before a byte of the
+    body is read."""
     if declared is None or declared <= limit:
         return None
     return PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
@@ -209,10 +209,11 @@ class EdgeMiddleware:
             _observe(scope, status, time.perf_counter() - started)
 
     def _refusal(self, scope: Scope, inference: bool) -> ConvserveError | None:
-        too_large = declared_too_large(scope, self.max_body_bytes)
+        declared = declared_length(scope)
+        too_large = declared_too_large(declared, self.max_body_bytes)
         if too_large is not None:
             return too_large
-        if self.body_memory + (declared_length(scope) or 0) > self.max_body_memory:
+        if self.body_memory + (declared or 0) > self.max_body_memory:
             return self._no_body_memory()
         if not inference:
             return None

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.api.edge import declared_too_large
+from service.api.edge import declared_length, declared_too_large
 from service.errors import (
     BadRequest,
     InvalidImage,
@@ -52,7 +52,7 @@ JSON_ENVELOPE_VALUES = 16
 
 
 def _check_declared_length(request: Request, limit: int) -> None:
-    too_large = declared_too_large(request.scope, limit)
+    too_large = declared_too_large(declared_length(request.scope), limit)
     if too_large is not None:
         raise too_large
 

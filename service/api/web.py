@@ -80,7 +80,9 @@ def _file(request: Request, path: Path) -> Response:
     wanted = request.headers.get("if-none-match", "")
     if etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")) or wanted == "*":
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=headers)
+    return FileResponse(
+        path, media_type=MEDIA_TYPES[path.suffix], headers=headers, stat_result=stat
+    )
 
 
 @router.api_route("/", methods=["GET", "HEAD"])

@@ -96,9 +96,14 @@ def service_image(base_image: str) -> str:
         f"the default model models/{DEFAULT_MODEL}/1",
         "make train-default",
     )
+    return build_cpu_service(SERVICE_IMAGE, REPO_ROOT, base_image)
+
+
+def build_cpu_service(tag: str, context: Path, base_image: str) -> str:
+    """The CPU service image from `context` on `base_image`."""
     return podman.build(
-        SERVICE_IMAGE,
-        REPO_ROOT,
+        tag,
+        context,
         "--target",
         "service",
         "--build-arg",
@@ -106,6 +111,15 @@ def service_image(base_image: str) -> str:
         "--build-arg",
         f"PYTHON_IMAGE={base_image}",
     )
+
+
+def root_layers(image: str) -> list[str]:
+    """The image's layer digests, base first."""
+    template = "{{json .RootFS.Layers}}"
+    layers: list[str] = json.loads(
+        podman.run(["podman", "image", "inspect", "--format", template, image]).stdout
+    )
+    return layers
 
 
 @pytest.fixture(scope="module")
@@ -379,29 +393,11 @@ def test_a_code_change_rebuilds_only_the_package_layer(
     )
     with (context / "service" / "__init__.py").open("a") as module:
         module.write("# changed\n")
-    changed = podman.build(
-        f"{SERVICE_IMAGE}-changed",
-        context,
-        "--target",
-        "service",
-        "--build-arg",
-        "VARIANT=cpu",
-        "--build-arg",
-        f"PYTHON_IMAGE={base_image}",
-    )
+    changed = build_cpu_service(f"{SERVICE_IMAGE}-changed", context, base_image)
     try:
-        layers = [
-            podman.run(
-                ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image]
-            ).stdout
-            for image in (service_image, changed)
-        ]
-        first, second = (json.loads(text) for text in layers)
+        first, second = root_layers(service_image), root_layers(changed)
         assert len(first) == len(second)
-        base = podman.run(
-            ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", base_image]
-        ).stdout
-        venv = len(json.loads(base)) + 1  # above the base image and the user's layer
+        venv = len(root_layers(base_image)) + 1  # above the base image and the user's layer
         assert first[venv] == second[venv]
         assert first[venv + 1] != second[venv + 1]  # the package's
     finally:
