@@ -37,7 +37,7 @@ from service.errors import (
     RuntimeStalled,
 )
 from service.metrics import Metrics
-from service.pool import BatchRunner, InstancePool
+from service.pool import BatchRunner, Displaced, InstancePool, Lease
 from service.runtime import Outputs
 
 logger = logging.getLogger(__name__)
@@ -284,15 +284,15 @@ class Batcher:
                 if remaining <= 0 or not await self._wait(self._wakeup, remaining):
                     break
                 self._take(batch)
-            if not pool.has_free:
-                await pool.wait_free()
+            if not pool.has_free:  # a full batch may wait behind a running one
+                await pool.wait_room(behind=len(batch) >= self.batch_limit())
             self._take(batch)  # what arrived while waiting for an instance
             self._trim(batch)  # to the limit measured meanwhile
             ready = self._drop_unservable(batch)
             if not ready:
                 continue
-            instance = pool.claim(len(ready), alone=not self._work_ahead())
-            task = asyncio.get_running_loop().create_task(self._run(instance, ready))
+            lease = pool.claim(len(ready), alone=not self._work_ahead())
+            task = asyncio.get_running_loop().create_task(self._run(lease, ready))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -311,26 +311,35 @@ class Batcher:
             ready.append(item)
         return ready
 
-    async def _run(self, instance: int, items: list[Item]) -> None:
+    async def _run(self, lease: Lease, items: list[Item]) -> None:
         outputs = sorted(set(self._required).union(*(i.outputs for i in items)))
-        started = time.perf_counter()
-        for item in items:
-            item.queue_s = started - item.enqueued
-            self._queue_seconds.observe(item.queue_s)
         if len(items) == 1:  # a view, not a copy (a ResNet input is 600 KB)
             batch = np.ascontiguousarray(items[0].tensor[None])
         else:
             batch = np.stack([item.tensor for item in items])
+        # Past the last deadline among them, none is computed (one waiting behind a running
+        # batch may get there before it starts).
+        deadlines = [item.deadline for item in items if item.deadline is not None]
+        expires = max(deadlines) if len(deadlines) == len(items) else None
         try:
-            result, nonfinite, compute_s = await self.pool.run(instance, batch, outputs, started)
-        except (RuntimeFailure, RuntimeStalled) as err:
+            computed = await self.pool.run(lease, batch, outputs, expires=expires)
+        except Displaced:  # waited behind a batch that failed: first in line again
+            self._pending.extendleft(reversed(items))
+            self._depth_gauge.inc(len(items))
+            self._wakeup.set()
+            return
+        except (RuntimeFailure, RuntimeStalled, DeadlineExceeded) as err:
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(err)
             return
+        result, nonfinite = computed.outputs, computed.nonfinite
+        for item in items:
+            item.queue_s = computed.started - item.enqueued
+            self._queue_seconds.observe(item.queue_s)
         self._batch_sizes.observe(len(items))
         for index, item in enumerate(items):
-            item.compute_s = compute_s
+            item.compute_s = computed.seconds
             if item.future.done():
                 continue
             invalid = [

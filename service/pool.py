@@ -1,13 +1,17 @@
 """The model instances of one loaded version, their threads, watchdog, recovery and compute
 estimates (docs/service.md, Batching).
 
-`InstancePool` lends one free instance per batch (`claim`) and runs the batch on that
-instance's own daemon thread (`run`): ONNX Runtime releases the GIL in `run`, so instances
-compute in parallel, never on the event loop. A batch whose `run` raises fails with
-`RuntimeFailure` (503); one that outlives the watchdog (`batch_timeout_s`) fails with
+`InstancePool` lends an instance per batch (`claim`) and runs the batch on that instance's own
+daemon thread (`run`): ONNX Runtime releases the GIL in `run`, so instances compute in
+parallel, never on the event loop. While every instance is busy, a full batch may wait on a
+busy instance's thread, behind its running batch, and starts the moment that one returns:
+going back through the event loop between two batches would leave the core idle for as long as
+the loop is busy with HTTP. A batch whose `run` raises fails with `RuntimeFailure` (503); one
+that outlives the watchdog (`batch_timeout_s`, counted from its start) fails with
 `RuntimeStalled` (504), and its thread, stuck in a `run` that cannot be interrupted, is abandoned
 (it never blocks exit) for a new one. Either way the instance leaves service while its session
-is recreated in the background, retried until it works.
+is recreated in the background, retried until it works, and a batch waiting behind the failed
+one goes back to the queue (`Displaced`).
 
 Compute estimates: measured seconds per image, kept apart for a batch that ran alone and one
 that ran beside another (on CPU it shares the cores), give how long work ahead will take
@@ -22,13 +26,15 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import RuntimeFailure, RuntimeStalled
+from service.errors import DeadlineExceeded, RuntimeFailure, RuntimeStalled
 from service.metrics import Metrics
 from service.runtime import Outputs
 
@@ -58,8 +64,6 @@ class BatchRunner(Protocol):
 
 # The rows (images) of a batch whose outputs hold NaN or infinity, each with those outputs' names.
 NonFinite = dict[int, list[str]]
-# What a batch computed, and the rows among it that are not finite.
-Ran = tuple[Outputs, NonFinite]
 T = TypeVar("T")
 
 
@@ -111,73 +115,138 @@ def start_after(free_in: Sequence[float], work_s: float) -> float:
     return free_in[-1] + work_s / len(free_in)
 
 
-# What to run, where its outcome goes (a future of the submitting loop) and its watchdog, if any.
-Job = tuple[Callable[[], T], "asyncio.Future[T]", asyncio.TimerHandle | None]
-
-
 class Stalled(Exception):
     """A job outlived the watchdog given to `InstanceThread.submit`."""
 
 
-def _settle(
-    future: asyncio.Future[T],
-    watchdog: asyncio.TimerHandle | None,
-    result: T | None,
-    error: BaseException | None,
-) -> None:
-    if watchdog is not None:
-        watchdog.cancel()
-    if future.done():  # given up on meanwhile (the watchdog)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]
+class Displaced(Exception):
+    """A job queued behind one that failed or hung, never started: its batch is for the batcher
+    to queue again."""
 
 
-def _expire(future: asyncio.Future[T]) -> None:
-    if not future.done():
-        future.set_exception(Stalled())
+class _Job(Generic[T]):
+    """What to run, where its outcome goes (a future of the submitting loop) and its watchdog."""
+
+    def __init__(self, fn: Callable[[], T], future: asyncio.Future[T], timeout_s: float | None):
+        self.fn = fn
+        self.future = future
+        self._timeout_s = timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        """Start the watchdog: the job is starting (nothing runs ahead of it)."""
+        if self._timeout_s is not None and self._watchdog is None and not self.future.done():
+            self._watchdog = self.future.get_loop().call_later(self._timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(Stalled())
+
+    def settle(self, result: T | None, error: BaseException | None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.future.done():  # given up on meanwhile (the watchdog)
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)  # type: ignore[arg-type]
 
 
 class InstanceThread(Generic[T]):
-    """One daemon thread running one instance's batches in order. A hung batch's thread is
-    abandoned (`stop` returns at once) and a new one takes its place."""
+    """One daemon thread running one instance's jobs in order, so that the next batch can wait
+    on the thread itself and start the moment the one ahead returns. A job that raises halts
+    the thread: the jobs queued behind it are displaced (`Displaced`) until `resume`. A hung
+    job's thread is abandoned (`abandon` returns at once) and a new one takes its place."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Job[T] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job[T] | None] = queue.SimpleQueue()
+        self._order: deque[_Job[T]] = deque()  # submitted and not settled, oldest first
+        self._halted = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[[], T], timeout_s: float | None = None) -> asyncio.Future[T]:
-        """Run `fn` on this thread; its outcome lands in the returned future of the calling
-        event loop with one `call_soon_threadsafe` (a concurrent future wrapped for the loop
-        cost the loop ~12 us more per batch). Past `timeout_s` the future fails with `Stalled`
-        (the run itself cannot be interrupted)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        watchdog = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
-        self._jobs.put((fn, future, watchdog))
-        return future
+        """Run `fn` on this thread after the jobs submitted before it; its outcome lands in the
+        returned future of the calling event loop with one `call_soon_threadsafe` (a concurrent
+        future wrapped for the loop cost the loop ~12 us more per batch). Past `timeout_s` from
+        its start (as the job ahead of it returns) the future fails with `Stalled` (the run
+        itself cannot be interrupted)."""
+        job = _Job(fn, asyncio.get_running_loop().create_future(), timeout_s)
+        self._order.append(job)
+        if len(self._order) == 1:
+            job.arm()
+        self._jobs.put(job)
+        return job.future
+
+    def resume(self) -> None:
+        """Run jobs again after one raised."""
+        self._halted = False
+
+    def abandon(self) -> None:
+        """Leave the thread (stuck in a hung job) for good: the jobs still queued behind it
+        fail with `Displaced`, and it ends if its job ever returns."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.settle(None, Displaced())
+        self._order.clear()
+        self.stop()
 
     def stop(self) -> None:
         self._jobs.put(None)
 
+    def _settled(self, job: _Job[T], result: T | None, error: BaseException | None) -> None:
+        """On the loop: the job's outcome, and the watchdog of the one behind it, now starting."""
+        job.settle(result, error)
+        if self._order and self._order[0] is job:
+            self._order.popleft()
+            if self._order:
+                self._order[0].arm()
+
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, future, watchdog = job
-            result, error = None, None
-            try:
-                result = fn()
-            except BaseException as err:  # noqa: BLE001 - handed to the awaiting batch
-                error = err
+            result: T | None = None
+            error: BaseException | None = None
+            if self._halted:
+                error = Displaced()
+            else:
+                try:
+                    result = job.fn()
+                except BaseException as err:  # noqa: BLE001 - handed to the awaiting batch
+                    error = err
+                    self._halted = True
             # The loop may have closed while an abandoned (hung) run went on.
             with contextlib.suppress(RuntimeError):
-                future.get_loop().call_soon_threadsafe(_settle, future, watchdog, result, error)
+                job.future.get_loop().call_soon_threadsafe(self._settled, job, result, error)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An instance lent to one batch by `InstancePool.claim`; `alone`: the batch may take every
+    core (`BatchRunner.run`)."""
+
+    instance: int
+    alone: bool
+
+
+@dataclass(frozen=True)
+class Computed:
+    """What a batch computed on its instance's thread: the outputs, the rows that are not
+    finite, when the run started (`time.perf_counter()`) and its seconds."""
+
+    outputs: Outputs
+    nonfinite: NonFinite
+    started: float
+    seconds: float
 
 
 class InstancePool:
-    """The instances of `runner`, each with its own thread, lent one batch at a time."""
+    """The instances of `runner`, each with its own thread, lent to a batch at a time, and to
+    one more waiting behind it (`claim`)."""
 
     def __init__(
         self,
@@ -193,15 +262,15 @@ class InstancePool:
         self._on_free = on_free
         self._compute_seconds = metrics.compute_duration.labels(model)
         self._timeout_s = batch_timeout_s or None
-        self._free = list(range(runner.instances))
-        self._busy_until: dict[int, float] = {}  # instance -> expected end of its batch
-        self._alone = [True] * runner.instances  # whether each instance's batch started alone
+        self._free = list(range(runner.instances))  # idle and in service
+        self._batches = [0] * runner.instances  # batches lent to each: running, and waiting
+        self._busy_until: dict[int, float] = {}  # instance -> expected end of its batches
         self._freed = asyncio.Event()
         self._threads = [self._thread(i) for i in range(runner.instances)]
         self._recovering: dict[int, asyncio.Task[None]] = {}
         self.times = ImageTimes()
 
-    def _thread(self, instance: int) -> InstanceThread[Ran]:
+    def _thread(self, instance: int) -> InstanceThread[Computed | None]:
         return InstanceThread(f"ort-{self.model}-{instance}")
 
     @property
@@ -211,33 +280,52 @@ class InstancePool:
 
     @property
     def has_free(self) -> bool:
-        """An instance is free to `claim`."""
+        """An instance is idle: a batch claimed now starts at once."""
         return bool(self._free)
+
+    def _behind(self) -> int | None:
+        """The instance in service, running one batch with none waiting behind it, that is
+        expected to finish first; None if there is none."""
+        running = [
+            i for i, count in enumerate(self._batches) if count == 1 and i not in self._recovering
+        ]
+        return min(running, key=self._busy_until.__getitem__, default=None)
 
     @property
     def busy(self) -> bool:
         """A batch is running."""
         return bool(self._busy_until)
 
-    async def wait_free(self) -> None:
-        """Until an instance is free to `claim`."""
-        while not self._free:
+    async def wait_room(self, *, behind: bool) -> None:
+        """Until an instance is idle or, with `behind`, one can take a batch to start the
+        moment its running batch returns."""
+        while not self._free and not (behind and self._behind() is not None):
             self._freed.clear()
             await self._freed.wait()
 
-    def claim(self, images: int, *, alone: bool) -> int:
-        """A free instance for a batch of `images` (one must be free: `wait_free`), busy until
-        `run` returns; `alone`: nothing else of the model is queued, decoding or running (no
-        batch is `busy`), so the batch may take every core (`BatchRunner.run`)."""
-        instance = self._free.pop()
-        self._alone[instance] = alone
-        self._busy_until[instance] = time.monotonic() + images * self.times.per_image(alone=alone)
-        return instance
+    def claim(self, images: int, *, alone: bool) -> Lease:
+        """An instance for a batch of `images` (`wait_room` first): an idle one, else one whose
+        running batch it waits behind, on the instance's own thread, so that no hand-off
+        through the event loop falls between the two (the cores stay busy while the loop is).
+        `alone`: nothing else of the model is queued, decoding or running (no batch is `busy`),
+        so the batch may take every core; a batch waiting behind another never does."""
+        if self._free:
+            instance = self._free.pop()
+        else:
+            behind = self._behind()
+            if behind is None:
+                raise RuntimeError("claim without room: wait_room first")
+            instance, alone = behind, False
+        self._batches[instance] += 1
+        now = time.monotonic()
+        start = max(now, self._busy_until.get(instance, now))
+        self._busy_until[instance] = start + images * self.times.per_image(alone=alone)
+        return Lease(instance, alone)
 
     def wait_s(self, ahead: int, count: int, *, alone: bool) -> float:
         """Seconds until `count` images are computed behind `ahead` others, at the measured
         seconds per image: the instances in service start on the images ahead as each finishes
-        its running batch, then the `count` images' own compute follows on the first instance
+        its lent batches, then the `count` images' own compute follows on the first instance
         to reach them, `alone` or beside others."""
         now = time.monotonic()
         free_in = sorted(
@@ -249,24 +337,37 @@ class InstancePool:
         return start_after(free_in or [0.0], ahead_s) + count * self.times.per_image(alone=alone)
 
     async def run(
-        self, instance: int, batch: npt.NDArray[np.float32], outputs: Sequence[str], started: float
-    ) -> tuple[Outputs, NonFinite, float]:
-        """Run `batch` on the `claim`ed `instance`'s thread, then free the instance; its compute
-        seconds count from `started` (a `time.perf_counter()` value). Returns the outputs, the
-        rows that are not finite and the compute seconds. RuntimeFailure or
-        RuntimeStalled when the run fails, the instance then out of service until its session
-        is recreated."""
+        self,
+        lease: Lease,
+        batch: npt.NDArray[np.float32],
+        outputs: Sequence[str],
+        *,
+        expires: float | None = None,
+    ) -> Computed:
+        """Run `batch` on the `claim`ed instance's thread, then give the instance back.
+        DeadlineExceeded, not run, when the run would start at or after `expires` (a monotonic
+        time: the latest deadline among the batch's images). RuntimeFailure or RuntimeStalled
+        when the run fails, the instance then out of service until its session is recreated;
+        Displaced when the batch waited behind one that failed (never run: queue it again)."""
+        instance = lease.instance
 
-        def compute() -> Ran:
-            result = self._runner.run(instance, batch, outputs, alone=self._alone[instance])
-            return result, nonfinite_rows(result)  # in the instance's thread, not the loop's
+        def compute() -> Computed | None:
+            if expires is not None and time.monotonic() >= expires:
+                return None
+            started = time.perf_counter()
+            result = self._runner.run(instance, batch, outputs, alone=lease.alone)
+            nonfinite = nonfinite_rows(result)  # in the instance's thread, not the loop's
+            return Computed(result, nonfinite, started, time.perf_counter() - started)
 
+        thread = self._threads[instance]
         try:
-            result, nonfinite = await self._threads[instance].submit(compute, self._timeout_s)
+            computed = await thread.submit(compute, self._timeout_s)
+        except Displaced:
+            raise
         except Stalled:
             message = "%s: batch of %d still running after %.1f s: session abandoned, recreating"
             logger.error(message, self.model, len(batch), self._timeout_s)
-            self._threads[instance].stop()  # its thread is stuck in run(); a new one replaces it
+            thread.abandon()  # stuck in run(); a new thread replaces it
             self._threads[instance] = self._thread(instance)
             self._recover(instance)
             raise RuntimeStalled(f"{self.model}: inference timed out", model=self.model) from None
@@ -279,18 +380,25 @@ class InstancePool:
                 f"{self.model}: inference failed: {err}", model=self.model
             ) from err
         self._release(instance)
-        compute_s = time.perf_counter() - started
-        self._compute_seconds.observe(compute_s)
-        self.times.record(alone=self._alone[instance], per_image_s=compute_s / len(batch))
-        return result, nonfinite, compute_s
+        if computed is None:
+            raise DeadlineExceeded("deadline passed before compute", model=self.model)
+        self._compute_seconds.observe(computed.seconds)
+        self.times.record(alone=lease.alone, per_image_s=computed.seconds / len(batch))
+        return computed
 
     def _release(self, instance: int) -> None:
-        self._busy_until.pop(instance, None)
-        self._free.append(instance)
+        """A batch of `instance` returned: idle again if none waits behind it."""
+        self._batches[instance] -= 1
+        if not self._batches[instance]:
+            self._busy_until.pop(instance, None)
+            self._free.append(instance)
         self._freed.set()
         self._on_free()
 
     def _recover(self, instance: int) -> None:
+        """Out of service until its session is recreated; a batch waiting behind the failed
+        one comes back `Displaced`."""
+        self._batches[instance] = 0
         self._busy_until.pop(instance, None)
         task = asyncio.get_running_loop().create_task(self._recreate(instance))
         self._recovering[instance] = task
@@ -306,7 +414,10 @@ class InstancePool:
                     logger.exception("%s: recreating session %d failed", self.model, instance)
                     await asyncio.sleep(RECOVERY_RETRY_S)
             logger.info("%s: session %d recreated, back in service", self.model, instance)
-            self._release(instance)
+            self._threads[instance].resume()
+            self._free.append(instance)
+            self._freed.set()
+            self._on_free()
         finally:
             self._recovering.pop(instance, None)
 

@@ -91,6 +91,51 @@ async def test_images_being_decoded_hold_their_queue_places(runtime: Runtime) ->
     await batcher.close()
 
 
+async def test_a_full_batch_waits_behind_the_running_one_on_its_thread(runtime: Runtime) -> None:
+    """While every instance is busy, a full batch is handed to a busy instance's thread and
+    starts the moment the batch ahead returns, with the event loop blocked meanwhile: no
+    hand-off through the loop leaves the core idle between two batches."""
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated, max_batch_size=1)
+    (first,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    (second,) = batcher.submit(images(1, start=1), frozenset(), None)
+    await asyncio.sleep(0.05)
+    assert batcher.depth == 0  # not in the queue: waiting on the instance's thread
+    gated.gate.set()
+    blocked_until = time.monotonic() + 10  # the loop runs nothing while this waits
+    while len(gated.calls) < 2 and time.monotonic() < blocked_until:
+        time.sleep(0.001)
+    assert gated.sizes == [1, 1]
+    results = [await first.future, await second.future]
+    direct = runtime.run(0, np.stack(images(2)), ["logits"])["logits"]
+    for index, result in enumerate(results):
+        np.testing.assert_allclose(result["logits"], direct[index], rtol=1e-5, atol=1e-6)
+    assert gated.alone == [True, False]  # one waiting behind another never takes every core
+    await batcher.close()
+
+
+async def test_a_batch_waiting_behind_another_is_not_computed_past_its_deadline(
+    runtime: Runtime,
+) -> None:
+    gated = GatedRuntime(runtime)
+    gated.gate.clear()
+    batcher = make(gated, max_batch_size=1)
+    (first,) = batcher.submit(images(1), frozenset(), None)
+    await wait_started(gated)
+    (late,) = batcher.submit(images(1, start=1), frozenset(), time.monotonic() + 0.05)
+    await asyncio.sleep(0.02)
+    assert batcher.depth == 0  # waiting behind the running batch
+    await asyncio.sleep(0.1)
+    gated.gate.set()
+    with pytest.raises(DeadlineExceeded, match="before compute"):
+        await late.future
+    await first.future
+    assert gated.sizes == [1]
+    await batcher.close()
+
+
 async def test_queue_full_is_overloaded(runtime: Runtime) -> None:
     gated = GatedRuntime(runtime)
     gated.gate.clear()
@@ -106,7 +151,8 @@ async def test_queue_full_is_overloaded(runtime: Runtime) -> None:
             refused += 1
         await asyncio.sleep(0)
     assert refused > 0
-    assert accepted <= 2 + 1  # the queue plus the one batch the worker holds
+    # The queue, the batch waiting behind the running one, and the one the worker holds.
+    assert accepted <= 2 + 2
     with pytest.raises(Overloaded):  # a request that cannot fit now is refused whole
         batcher.submit(images(2), frozenset(), None)
     with pytest.raises(InvalidOption):  # one that can never fit is a bad request, not a 503

@@ -1,6 +1,7 @@
-"""The instance pool's parts: `InstanceThread` (a job's outcome reaches the loop's future, and
-the watchdog gives up on a job that outlives it: the run itself goes on, its late outcome is
-dropped) and `start_after`, when instances coming free reach work behind a queue."""
+"""The instance pool's parts: `InstanceThread` (a job's outcome reaches the loop's future, jobs
+run in order, the watchdog gives up on a job that outlives it, counted from its start: the run
+itself goes on, its late outcome is dropped; a job that raises or hangs displaces the jobs
+behind it) and `start_after`, when instances coming free reach work behind a queue."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.pool import InstanceThread, Stalled, start_after
+from service.pool import Displaced, InstanceThread, Stalled, start_after
 from service.runtime import Outputs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -57,6 +58,84 @@ async def test_watchdog_gives_up_on_a_hung_job_and_drops_its_late_outcome() -> N
         assert (await thread.submit(outputs))["logits"].shape == (3,)
     finally:
         thread.stop()
+
+
+async def test_a_job_behind_another_starts_its_watchdog_as_that_one_returns() -> None:
+    release = threading.Event()
+    order: list[str] = []
+
+    def slow() -> Outputs:
+        release.wait(10)
+        order.append("slow")
+        return outputs()
+
+    def quick() -> Outputs:
+        order.append("quick")
+        return outputs()
+
+    thread = InstanceThread("test-instance")
+    try:
+        first = thread.submit(slow, timeout_s=10)
+        behind = thread.submit(quick, timeout_s=0.1)
+        await asyncio.sleep(0.3)  # longer than the job behind may run: it has not started
+        assert not behind.done()
+        release.set()
+        await first
+        assert (await behind)["logits"].shape == (3,)
+        assert order == ["slow", "quick"]
+    finally:
+        thread.stop()
+
+
+async def test_jobs_behind_a_raising_job_are_displaced_until_resume() -> None:
+    release = threading.Event()
+
+    def fail() -> Outputs:
+        release.wait(10)
+        raise ValueError("bad batch")
+
+    thread = InstanceThread("test-instance")
+    try:
+        failing = thread.submit(fail, timeout_s=10)
+        behind = thread.submit(outputs, timeout_s=10)
+        release.set()
+        with pytest.raises(ValueError, match="bad batch"):
+            await failing
+        with pytest.raises(Displaced):
+            await behind
+        with pytest.raises(Displaced):  # halted: nothing runs until resumed
+            await thread.submit(outputs, timeout_s=10)
+        thread.resume()
+        assert (await thread.submit(outputs, timeout_s=10))["logits"].shape == (3,)
+    finally:
+        thread.stop()
+
+
+async def test_abandoning_a_hung_thread_displaces_the_jobs_behind_it() -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def hang() -> Outputs:
+        release.wait(10)
+        return outputs()
+
+    def behind_job() -> Outputs:
+        ran.append("behind")
+        return outputs()
+
+    thread = InstanceThread("test-abandoned")
+    hung = thread.submit(hang, timeout_s=0.05)
+    behind = thread.submit(behind_job, timeout_s=10)
+    with pytest.raises(Stalled):
+        await hung
+    thread.abandon()
+    with pytest.raises(Displaced):
+        await behind
+    release.set()  # the hung job returns; the thread then ends without running the other
+    (native,) = [t for t in threading.enumerate() if t.name == "test-abandoned"]
+    await asyncio.to_thread(native.join, 10)
+    assert not native.is_alive()
+    assert ran == []
 
 
 def test_start_after_shares_the_work_ahead_as_instances_free() -> None:
