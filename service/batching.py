@@ -4,7 +4,8 @@ One bounded queue (a deque with a size check: `submit` never blocks, a full queu
 `Overloaded`) feeds one worker task. The worker takes what is waiting, up to `max_batch_size`
 and to what fits the compute budget (`batch_limit`). While every instance of the pool
 (service/pool.py) is busy it lets the batch fill for at most `max_queue_delay_s`; an idle
-instance runs it at once. Expired or cancelled requests are dropped before compute.
+instance runs it at once, and a full batch waits on a busy instance's thread, behind its running
+batch. Expired or cancelled requests are dropped before compute.
 
 A request whose deadline has passed is answered `DeadlineExceeded` (504) without queueing; one
 that the work ahead of it and its own compute would finish past its deadline (`admit`) is
