@@ -79,6 +79,9 @@ class ModelManager:
         # join it.
         self.unloaded: set[str] = set()
         self._loaded_by_name: set[str] = set()
+        # Models found by the initial load (loaded or not): without CONVSERVE_MODELS, those
+        # readiness waits for. A model first found by a later poll counts once it has loaded.
+        self._found_at_start: set[str] | None = None
         # Testing only (docs/security.md): one injector for every model of the process.
         self.faults = FaultInjector.from_spec(settings.fault_injection, settings.batch_timeout_s)
 
@@ -99,12 +102,17 @@ class ModelManager:
         )
 
     def configured_models(self) -> list[str]:
-        """Models that must be loaded for readiness: the configured list, else every one seen."""
+        """Models that must be loaded for readiness: the configured list, else every one the
+        initial load found and every one loaded since. A model that a poll finds later and
+        cannot load is reported (`errors`) but does not take the whole server out of its load
+        balancer: the models it served before go on being served."""
         if self.settings.model_names:
             names = [*self.settings.model_names, *sorted(self._loaded_by_name)]
             return [m for m in dict.fromkeys(names) if m not in self.unloaded]
-        seen = {m for (m, _) in self.loaded} | {m for (m, _) in self.errors}
-        return sorted(seen - self.unloaded)
+        failed = {m for (m, _) in self.errors}
+        if self._found_at_start is not None:
+            failed &= self._found_at_start
+        return sorted(({m for (m, _) in self.loaded} | failed) - self.unloaded)
 
     def _scan_only(self) -> list[str] | None:
         if not self.settings.model_names:
@@ -162,6 +170,8 @@ class ModelManager:
             try:
                 await self._sync()
             finally:  # even past an unforeseen error: readiness then says what is missing
+                if not self.initial_load_done:
+                    self._found_at_start = {m for (m, _) in (*self.loaded, *self.errors)}
                 self.initial_load_done = True
 
     async def _sync(self) -> None:
