@@ -43,7 +43,8 @@ from training.metrics import ClassificationReport, confusion_matrix
 from training.onnx_check import LOGITS_NAME, ort_session, run_onnx
 from training.publish import METADATA_FILE, MODEL_FILE
 
-logger = logging.getLogger(__name__)
+# Named by the module even when run with -m (as __main__): log lines say where they come from.
+logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
 DEFAULT_BATCH_SIZE = 256
 
 

@@ -98,7 +98,8 @@ from training.publish import (
 )
 from training.registry import get_spec
 
-logger = logging.getLogger(__name__)
+# Named by the module even when run with -m (as __main__): log lines say where they come from.
+logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
 DEFAULT_PARITY_SAMPLES = 32
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnx.version_converter
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -65,6 +66,8 @@ DEFAULT_CALIBRATION_IMAGES = 256
 # Held-out images the gate compares on without a test split or val/ folder (photo crops, the
 # rest of a flat image folder); `--gate-images` chooses.
 DEFAULT_EVALUATION_IMAGES = 256
+# QDQ with per-channel weights: DequantizeLinear's `axis` exists from opset 13 on.
+MIN_QDQ_OPSET = 13
 MIN_AGREEMENT = 0.99  # top-1 of int8 equal to float32's on at least 99 % of held-out images
 MAX_ACCURACY_DROP = 0.01  # and test accuracy at most 1 percentage point lower
 CALIBRATION_BATCH_SIZE = 16
@@ -223,14 +226,35 @@ class BatchReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime i
         return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
+def at_qdq_opset(model: onnx.ModelProto, source: Path, converted: Path) -> Path:
+    """`source` itself when its opset carries per-channel QDQ, else `model` converted to
+    MIN_QDQ_OPSET at `converted` (UserError when ONNX cannot convert it)."""
+    opset = default_opset(model)
+    if opset >= MIN_QDQ_OPSET:
+        return source
+    try:
+        upgraded = onnx.version_converter.convert_version(model, MIN_QDQ_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds, all one answer
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(
+            f"int8 needs opset {MIN_QDQ_OPSET} or later (per-channel DequantizeLinear); this "
+            f"graph is opset {opset} and ONNX could not convert it: {message}"
+        ) from err
+    logger.info("int8: graph converted from opset %d to %d for quantization", opset, MIN_QDQ_OPSET)
+    onnx.save_model(upgraded, str(converted))
+    return converted
+
+
 def quantize_model(source: Path, target: Path, plan: Int8Plan) -> int:
     """Write the int8 QDQ graph of the float32 graph `source` to `target`; returns the number
     of calibration images it was calibrated on."""
-    graph = onnx.load(str(source), load_external_data=False).graph
-    constants = {t.name for t in graph.initializer}  # older graphs list weights as inputs too
-    input_name = next(i.name for i in graph.input if i.name not in constants)
+    model = onnx.load(str(source), load_external_data=False)
+    constants = {t.name for t in model.graph.initializer}  # older graphs list weights as inputs
+    input_name = next(i.name for i in model.graph.input if i.name not in constants)
     with tempfile.TemporaryDirectory(prefix="convserve-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
+        source = at_qdq_opset(model, source, Path(tmp) / "opset.onnx")
         try:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             with Progress(plan.calibration_count, "calibrating") as progress:

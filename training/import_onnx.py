@@ -89,7 +89,8 @@ from training.publish import (
     write_metadata,
 )
 
-logger = logging.getLogger(__name__)
+# Named by the module even when run with -m (as __main__): log lines say where they come from.
+logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
 DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
 COLOR_MODES = {1: "L", 3: "RGB"}
 PROBABILITY_SUM_TOLERANCE = 1e-4  # rows of an output summing to 1 within this are probabilities
@@ -300,7 +301,7 @@ def read_preprocess_file(path: Path, channels: int) -> Preprocess:
     """A JSON object: resize, center_crop, mean, std, optional interpolation and color_mode."""
     where = f"--preprocess {path}"
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise UserError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -27,9 +27,10 @@ def imagenet_categories() -> list[str]:
 
 
 def read_labels_file(path: Path) -> list[str]:
-    """One label per line; UserError for a missing, unreadable or malformed file."""
+    """One label per line (UTF-8, a byte-order mark as Windows editors write it ignored);
+    UserError for a missing, unreadable or malformed file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"labels file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:

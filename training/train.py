@@ -49,7 +49,8 @@ from training.registry import build_model, check_input_size, list_models, torchv
 from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
 from training.seeding import rng_state, seed_everything, set_rng_state
 
-logger = logging.getLogger(__name__)
+# Named by the module even when run with -m (as __main__): log lines say where they come from.
+logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
 METRICS_FILE = "metrics.jsonl"
 SCHEDULES = ("cosine", "onecycle", "constant")
 OPTIMIZERS = ("adamw", "sgd")

@@ -31,6 +31,7 @@ from service.v2.codec import (
 from service.v2.schemas import (
     BINARY_DATA,
     BINARY_DATA_OUTPUT,
+    BYTES,
     CLASSIFICATION,
     IMAGE_INPUT,
     TIMEOUT_US,
@@ -140,7 +141,11 @@ def _batch_rows(parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int)
     if len(request.inputs) != 1:
         raise BadRequest(f"send exactly one input: {expected}")
     tensor, raw = request.inputs[0], parsed.binary.get(0)
-    if tensor.name == meta.input.name:
+    # A model whose own input is called `image` takes both: BYTES are encoded files.
+    encoded = tensor.name == IMAGE_INPUT and (
+        tensor.name != meta.input.name or tensor.datatype == BYTES
+    )
+    if tensor.name == meta.input.name and not encoded:
         if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != meta.input.shape:
             raise BadRequest(
                 f"input {tensor.name!r} has shape {tensor.shape}, expected "
@@ -148,7 +153,7 @@ def _batch_rows(parsed: ParsedRequest, meta: ModelMetadata, max_batch_size: int)
             )
         _check_batch_size(tensor.shape[0], max_batch_size)
         return fp32_tensor(tensor, raw)
-    if tensor.name == IMAGE_INPUT:
+    if encoded:
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise BadRequest(f"input {IMAGE_INPUT!r} has shape {tensor.shape}, expected [N]")
         _check_batch_size(tensor.shape[0], max_batch_size)

@@ -97,7 +97,12 @@ def model_config(settings: Settings, loaded: LoadedVersion) -> dict[str, Any]:
             # optional ones, and a request carries exactly one of the two.
             "image_input": {
                 "string_value": f"{IMAGE_INPUT}: BYTES [N], encoded JPEG/PNG/WebP files, "
-                f"instead of {meta.input.name!r}; preprocessed by the service"
+                + (
+                    f"instead of {meta.input.name!r}"
+                    if meta.input.name != IMAGE_INPUT
+                    else f"beside FP32 {meta.input.name!r} of the same name"
+                )
+                + "; preprocessed by the service"
             },
         },
     }

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import numpy.typing as npt
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -25,7 +26,13 @@ from service.settings import Settings
 from service.v2 import infer as v2_infer
 from tests.service.fakes import GatedRuntime, gate_every_runtime
 from tests.service.server import metric_value, threaded_server
-from tests.service.tiny_model import LABELS, TinyModel, random_png
+from tests.service.tiny_model import (
+    LABELS,
+    TinyModel,
+    random_png,
+    rewrite_model,
+    write_tiny_model,
+)
 
 MODEL = "tiny-cnn"
 ADMIN_KEY = "admin-secret"
@@ -225,6 +232,7 @@ def test_bytes_image_input_matches_native(client: httpx.Client) -> None:
     assert [r["predictions"][0]["index"] for r in native["results"]] == list(v2.argmax(axis=1))
 
 
+PNG_TYPE = {"Content-Type": "image/png"}
 TENSOR = {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [0.0] * 256}
 
 
@@ -477,3 +485,35 @@ def test_api_key_and_disabled_repository(tiny_repo: Path, gate: GatedRuntime) ->
         assert disabled.status_code == 403
         assert "set CONVSERVE_ADMIN_KEY" in disabled.json()["error"]
         assert "model_repository" not in client.get("/v2").json()["extensions"]
+
+
+def test_a_model_whose_input_is_called_image_takes_both_kinds(tmp_path: Path) -> None:
+    """Many exported graphs call their input `image`: BYTES under that name are encoded files,
+    FP32 the preprocessed tensor, and the config says so."""
+    repo = tmp_path / "models"
+    tiny = write_tiny_model(repo, "named")
+    model = onnx.load(str(tiny.path / "model.onnx"))
+    for node in model.graph.node:
+        node.input[:] = ["image" if name == "input" else name for name in node.input]
+    model.graph.input[0].name = "image"
+    meta = json.loads((tiny.path / "metadata.json").read_text())
+    rewrite_model(tiny.path, model, input={**meta["input"], "name": "image"})
+    png = random_png(5)
+    settings = Settings(model_repository=repo, default_model="named", providers="cpu")
+    with threaded_server(settings) as url, httpx.Client(base_url=url) as client:
+        encoded = {"name": "image", "shape": [1], "datatype": "BYTES",
+                   "data": [base64.b64encode(png).decode()]}  # fmt: skip
+        by_file = client.post("/v2/models/named/infer", json={"inputs": [encoded]})
+        native = client.post("/v1/models/named/classify", content=png, headers=PNG_TYPE)
+        tensor = {**TENSOR, "name": "image"}
+        by_tensor = client.post("/v2/models/named/infer", json={"inputs": [tensor]})
+        config = client.get("/v2/models/named/config").json()
+    assert by_file.status_code == 200, by_file.text
+    logits = np.array(by_file.json()["outputs"][0]["data"])
+    assert int(logits.argmax()) == native.json()["results"][0]["predictions"][0]["index"]
+    assert by_tensor.status_code == 200, by_tensor.text
+    direct = ort.InferenceSession(str(tiny.path / "model.onnx")).run(
+        ["logits"], {"image": np.zeros((1, 1, 16, 16), np.float32)}
+    )[0]
+    np.testing.assert_allclose(by_tensor.json()["outputs"][0]["data"], direct[0], rtol=1e-5)
+    assert "beside FP32 'image'" in config["parameters"]["image_input"]["string_value"]

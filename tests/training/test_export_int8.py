@@ -36,6 +36,7 @@ from training.export import cli as export_cli
 from training.export import main as export_main
 from training.export_int8 import MIN_AGREEMENT, folder_split, photo_split
 from training.import_onnx import ImportConfig
+from training.import_onnx import cli as import_cli
 from training.import_onnx import main as import_main
 from training.onnx_check import PARITY_TOLERANCE, ort_session, run_onnx
 from training.train import TrainResult
@@ -327,3 +328,41 @@ def test_pretrained_weights_fall_back_to_the_photos(
         numpy_helper.to_array(t) for t in onnx.load(str(folder / "model.onnx")).graph.initializer
     ]
     assert any(w.dtype == np.int8 and w.ndim == 4 for w in weights_in_graph)
+
+
+def test_a_graph_below_the_qdq_opset_is_converted_for_int8(tmp_path: Path) -> None:
+    """Per-channel QDQ needs opset 13 (DequantizeLinear's axis): an older graph, as
+    torchvision's and many exporters' defaults still write, is converted, not refused with a
+    traceback from the quantized graph."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+    source = tmp_path / "opset12.onnx"
+    torch.onnx.export(
+        net, (torch.randn(1, 3, 32, 32),), str(source), dynamo=False, opset_version=12,
+        input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+    )  # fmt: skip
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    preprocess = tmp_path / "pre.json"
+    preprocess.write_text(
+        json.dumps({"resize": 36, "center_crop": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    )
+    repo = tmp_path / "models"
+    argv = [str(source), "--name", "old", "--repository", str(repo), "--labels", str(labels),
+            "--preprocess", str(preprocess), "--int8", "--calibration", "8", "--gate-images",
+            "16", "--accept-accuracy-loss"]  # fmt: skip
+    assert run_cli(import_cli, argv) == 0
+    folder = repo / "old" / "1"
+    assert metadata_of(folder).export.precision == "int8"
+    graph = onnx.load(str(folder / "model.onnx"))
+    assert next(o.version for o in graph.opset_import if o.domain in {"", "ai.onnx"}) >= 13
+    assert any(node.op_type == "DequantizeLinear" for node in graph.graph.node)
+    session = ort_session(folder / "model.onnx")
+    (logits,) = session.run(["logits"], {"input": np.zeros((2, 3, 32, 32), np.float32)})
+    assert logits.shape == (2, 4)

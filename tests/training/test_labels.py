@@ -30,3 +30,10 @@ def test_labels_file(tmp_path: Path) -> None:
         resolve_labels(str(path))
     with pytest.raises(UserError, match="does not exist"):
         resolve_labels(str(tmp_path / "missing.txt"))
+
+
+def test_labels_file_from_a_windows_editor(tmp_path: Path) -> None:
+    """A byte-order mark and CRLF line ends, as Notepad writes UTF-8, are not part of a label."""
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffcat\r\ndog\r\nbird\r\n".encode())
+    assert resolve_labels(str(path), 3) == ["cat", "dog", "bird"]
