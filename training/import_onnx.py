@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnx.external_data_helper
 import onnxruntime as ort
 from PIL import Image
 
@@ -89,6 +90,7 @@ from training.publish import (
     write_metadata,
 )
 
+MAX_PROTO_BYTES = 2**31  # protobuf's limit on one serialized message
 # Named by the module even when run with -m (as __main__): log lines say where they come from.
 logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
 DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
@@ -195,8 +197,8 @@ def one_line(err: BaseException) -> str:
 
 # --- reading and checking the file -------------------------------------------------------------
 def read_graph(path: Path) -> onnx.ModelProto:
-    """The parsed model, external data never loaded; UserError when it is no ONNX model or
-    keeps tensors in external files."""
+    """The parsed model, with the tensors it keeps in external files read into it; UserError
+    when it is no ONNX model."""
     if not path.is_file():
         raise UserError(f"{path} does not exist" if not path.exists() else f"{path} is no file")
     try:
@@ -207,13 +209,27 @@ def read_graph(path: Path) -> onnx.ModelProto:
         raise UserError(f"{path} is not an ONNX model (no graph in it)")
     external = external_tensors(model)
     if external:
-        raise UserError(
-            f"{path} keeps {len(external)} tensor(s) in external data files (e.g. "
-            f"{external[0]}): the model repository serves one self-contained model.onnx; "
-            "load it with its data and re-save it with onnx.save_model(model, path, "
-            "save_as_external_data=False) (possible below 2 GiB)"
-        )
+        inline_external_data(model, path, len(external))
     return model
+
+
+def inline_external_data(model: onnx.ModelProto, path: Path, count: int) -> None:
+    """Read the `count` tensors that `model` keeps in external files beside `path` (as
+    `torch.onnx.export` writes by default) into it: the repository serves one self-contained
+    model.onnx. UserError when they cannot be read, or make a model of 2 GiB or more."""
+    try:  # onnx refuses a location outside the model's folder
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as err:  # noqa: BLE001 - missing files, bad offsets, paths: one answer
+        raise UserError(
+            f"{path} keeps {count} tensor(s) in external data files that cannot be read: "
+            f"{one_line(err)}"
+        ) from err
+    if model.ByteSize() >= MAX_PROTO_BYTES:
+        raise UserError(
+            f"{path} with its external data is 2 GiB or more: the model repository serves one "
+            "self-contained model.onnx, which protobuf limits to 2 GiB"
+        )
+    logger.info("read %d tensor(s) from external data files into the model", count)
 
 
 def input_info(model: onnx.ModelProto) -> InputInfo:

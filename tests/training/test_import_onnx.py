@@ -50,7 +50,7 @@ from training.import_onnx import (
 )
 from training.labels import imagenet_categories
 from training.onnx_check import PARITY_TOLERANCE, ort_session, parity_errors, run_onnx
-from training.onnx_graph import layer_names
+from training.onnx_graph import external_tensors, layer_names
 
 MAX_PIXELS = 10_000_000
 
@@ -287,6 +287,27 @@ def test_logits_are_not_flagged(
     assert "softmax" not in caplog.text
 
 
+def test_external_data_beside_the_file_is_read_into_model_onnx(
+    tiny_file: Path, labels10: Path, tmp_path: Path
+) -> None:
+    """`torch.onnx.export` keeps the weights in a file beside the graph by default; the
+    repository's model.onnx holds them itself."""
+    source = external_data(tiny_file, tmp_path)
+    folder = main(
+        ImportConfig(source, "tiny", repository=tmp_path / "models", labels=str(labels10))
+    )
+    assert not external_tensors(onnx.load(str(folder / "model.onnx"), load_external_data=False))
+    assert not list(folder.glob("*.data"))
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    np.testing.assert_allclose(
+        logits_one_by_one(folder / "model.onnx", images),
+        logits_one_by_one(tiny_file, images),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_path: Path) -> None:
     def layers(choice: str) -> list[str]:
         cfg = ImportConfig(
@@ -377,6 +398,12 @@ def external_data(tiny: Path, folder: Path) -> Path:
     return path
 
 
+def external_data_missing(tiny: Path, folder: Path) -> Path:
+    path = external_data(tiny, folder)
+    (folder / "external.data").unlink()
+    return path
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -439,7 +466,11 @@ def same(tiny: Path, _folder: Path) -> Path:
 RefusalCase = tuple[Callable[[Path, Path], Path], list[str], str]
 REFUSALS: dict[str, RefusalCase] = {
     "not-onnx": (not_onnx, [], "is not an ONNX model"),
-    "external-data": (external_data, [], "external data"),
+    "external-data-missing": (
+        external_data_missing,
+        [],
+        "tensor(s) in external data files that cannot be read",
+    ),
     "two-inputs": (two_inputs, [], "the graph has 2 inputs"),
     "channels-last": (channels_last, [], "C = 1 or 3"),
     "future-opset": (future_opset, [], "ONNX Runtime cannot load"),
