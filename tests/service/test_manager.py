@@ -269,7 +269,9 @@ def test_the_repository_poll_outlives_a_version_that_fails_to_load(tmp_path: Pat
         model_repository=repo, default_model="good", providers="cpu", model_poll_seconds=0.05
     )
     with threaded_server(settings) as url:
-        write_zipmap_model(repo, "zipmap")
+        # Written aside and moved in whole, as an exporter does: a poll never sees it half done.
+        write_zipmap_model(tmp_path / "staging", "zipmap")
+        (tmp_path / "staging" / "zipmap").rename(repo / "zipmap")
         for _ in range(400):  # bounded: 20 s
             errors = httpx.get(url + "/health/ready").json()["errors"]
             if errors:
@@ -282,7 +284,8 @@ def test_the_repository_poll_outlives_a_version_that_fails_to_load(tmp_path: Pat
         assert ready.status_code == 200
         assert ready.json()["status"] == "ok"
         assert ready.json()["missing"] == []
-        write_tiny_model(repo, "late")  # the next polls still run: it is loaded
+        write_tiny_model(tmp_path / "staging", "late")  # the next polls still run: it loads
+        (tmp_path / "staging" / "late").rename(repo / "late")
         for _ in range(400):
             models = httpx.get(url + "/health/ready").json()["models"]
             if "late" in models:
