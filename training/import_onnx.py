@@ -600,6 +600,11 @@ def main(cfg: ImportConfig) -> Path:
     chunk = info.batch or 1  # the original runs at its own batch size
     what = f"{cfg.model} on the sample photos"
     reference = run_or_refuse(original, images, [logits], chunk, what)
+    if not np.isfinite(reference[logits]).all():
+        raise UserError(
+            f"{cfg.model} outputs NaN or infinity in {logits} for the sample photos (preprocessed "
+            "as --preprocess says): no class can be read from it"
+        )
     output = logits
     logits, reference_logits = served_logits(model, output, reference[logits], images, chunk)
     shapes = intermediate_maps(model, images[np.zeros(chunk, dtype=np.intp)])
@@ -629,7 +634,11 @@ def main(cfg: ImportConfig) -> Path:
     taken = tensor_names(model) - {logits}
     clashes = [n for n in [LOGITS_NAME, *(output_name(m.layer) for m in maps)] if n in taken]
     if clashes:
-        raise UserError(f"the graph already has tensors named {', '.join(clashes)}")
+        raise UserError(
+            f"the graph already has tensors named {', '.join(clashes)}, the names the served "
+            "graph gives its outputs: rename them in the source graph (onnx.compose.add_prefix "
+            "renames every tensor)"
+        )
     size = pre.center_crop
 
     def written(batch: int | str) -> onnx.ModelProto:

@@ -445,6 +445,19 @@ def no_logits(tiny: Path, folder: Path) -> Path:
     return _save(model, folder / "maps-only.onnx")
 
 
+def nan_logits(tiny: Path, folder: Path) -> Path:
+    """The log of the logits: NaN wherever a logit is negative."""
+    model = onnx.load(str(tiny))
+    final = model.graph.output[0]
+    model.graph.node.append(onnx.helper.make_node("Log", [final.name], ["logged"]))
+    logged = onnx.ValueInfoProto()
+    logged.CopyFrom(final)
+    logged.name = "logged"
+    del model.graph.output[:]
+    model.graph.output.append(logged)
+    return _save(model, folder / "nan.onnx")
+
+
 def channels_last(_tiny: Path, folder: Path) -> Path:
     class Permuted(nn.Module):
         def __init__(self) -> None:
@@ -475,6 +488,7 @@ REFUSALS: dict[str, RefusalCase] = {
     "channels-last": (channels_last, [], "C = 1 or 3"),
     "future-opset": (future_opset, [], "ONNX Runtime cannot load"),
     "no-logits": (no_logits, [], "no float output of shape (N, num_classes)"),
+    "nan-logits": (nan_logits, [], "outputs NaN or infinity in logged for the sample photos"),
     "labels-count": (same, ["--labels", "{labels9}"], "has 9 labels but the model has 10"),
     "labels-missing": (same, [], "the model has 10 classes: pass --labels FILE"),
     "preprocess": (same, ["--preprocess", "{bad_pre}"], "std must be positive"),
