@@ -525,6 +525,11 @@ def choose_feature_maps(
             )
             found = [found[i] for i in sorted(set(keep.tolist()))]
         return [entry(t) for t in found]
+    if not choice.replace(",", "").strip():
+        raise UserError(
+            f"--feature-maps {choice!r} names no map: auto, all, none or a comma list of tensor "
+            "or layer names"
+        )
     by_layer = {layer: tensor for tensor, layer in names.items()}
     chosen: list[FeatureMapChoice] = []
     unknown: list[str] = []

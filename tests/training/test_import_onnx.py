@@ -497,6 +497,7 @@ REFUSALS: dict[str, RefusalCase] = {
         ["--preprocess", "{huge_pre}"],
         "resize must be from center_crop to 4 x center_crop, got 100000 for 32",
     ),
+    "empty-maps": (same, ["--feature-maps", " , "], "names no map: auto, all, none"),
     "unknown-map": (
         same,
         ["--feature-maps", "layer9"],
