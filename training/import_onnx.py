@@ -450,6 +450,14 @@ def served_logits(
     return output, values
 
 
+def conv_precision(model: onnx.ModelProto) -> Literal["float32", "float16"]:
+    """float16 when the graph's convolution weights are float16 initializers (a graph converted
+    with float32 inputs and outputs kept), else float32."""
+    initializers = {t.name: t.data_type for t in model.graph.initializer}
+    weights = [initializers.get(n.input[1]) for n in model.graph.node if n.op_type == "Conv"]
+    return "float16" if onnx.TensorProto.FLOAT16 in weights else "float32"
+
+
 def intermediate_maps(
     model: onnx.ModelProto, image: npt.NDArray[np.float32]
 ) -> dict[str, tuple[int, int, int]]:
@@ -628,6 +636,12 @@ def main(cfg: ImportConfig) -> Path:
         cfg.feature_maps,
         ", ".join(f"{m.layer} {'x'.join(map(str, m.shape))}" for m in maps) or "none",
     )
+    precision = conv_precision(model)
+    if precision == "float16":
+        logger.info(
+            "the graph computes in float16 (float16 convolution weights): its layers' float16 "
+            "outputs are not offered as feature maps or for a CAM, which are served in float32"
+        )
     if head is None:
         logger.info("CAM: no global-average-pool + linear head with constant weights")
     else:
@@ -693,7 +707,7 @@ def main(cfg: ImportConfig) -> Path:
                 "opset": opset,
                 "producer": {"name": model.producer_name, "version": model.producer_version},
                 "ir_version": int(model.ir_version),
-                "precision": "float32",
+                "precision": precision,
                 "parity_tolerance": PARITY_TOLERANCE,
                 "parity_max_abs_diff": figure,
                 "parity_per_output": {LOGITS_NAME: figure},

@@ -308,6 +308,33 @@ def test_external_data_beside_the_file_is_read_into_model_onnx(
     )
 
 
+def test_a_graph_computing_in_float16_is_recorded_as_such(
+    tiny_file: Path, labels10: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """float32 inputs and outputs around float16 layers (onnxruntime's converter with
+    keep_io_types): classified as the original, its precision float16, no float16 maps."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    caplog.set_level(logging.INFO)
+    half = convert_float_to_float16(onnx.load(str(tiny_file)), keep_io_types=True)
+    source = _save(half, tmp_path / "half.onnx")
+    folder = main(
+        ImportConfig(source, "half", repository=tmp_path / "models", labels=str(labels10))
+    )
+    meta = validated(folder)
+    assert meta.export.precision == "float16"
+    assert meta.feature_maps == []
+    assert "computes in float16" in caplog.text
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    np.testing.assert_allclose(
+        logits_one_by_one(folder / "model.onnx", images),
+        logits_one_by_one(source, images),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_path: Path) -> None:
     def layers(choice: str) -> list[str]:
         cfg = ImportConfig(
