@@ -39,7 +39,9 @@ class FeatureMapModel(nn.Module):
 
     def _hook(self, layer: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self._maps[layer] = output
+            # A copy: torchvision's in-place ReLUs (ReLU(inplace=True), F.relu(x, inplace=True))
+            # overwrite the layer's output after the hook, and the map would be the ReLU's.
+            self._maps[layer] = output.clone()
 
         return hook
 
