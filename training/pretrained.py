@@ -14,6 +14,7 @@ name, else the architecture's default entry is assumed and a log line says so.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from dataclasses import dataclass
@@ -176,12 +177,15 @@ def head_classes(state: dict[str, torch.Tensor]) -> int | None:
 
 
 def normalise_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The file's keys as the model names them: aux heads dropped, DenseNet's legacy names."""
-    out = {}
-    for key, value in state.items():
+    """The file's keys as the model names them: aux heads dropped, DenseNet's legacy names.
+    A shallow copy of the file's own dict, so the module versions torch saved beside the keys
+    (MNASNet's builder reads them) go with it."""
+    out = copy.copy(state)
+    for key in list(out):
         if arch in AUX_HEAD_MODELS and key.startswith(AUX_HEAD_PREFIXES):
-            continue
-        out[DENSENET_LEGACY_KEY.sub(r"\1\2", key) if arch.startswith("densenet") else key] = value
+            del out[key]
+        elif arch.startswith("densenet") and DENSENET_LEGACY_KEY.search(key):
+            out[DENSENET_LEGACY_KEY.sub(r"\1\2", key)] = out.pop(key)
     return out
 
 
@@ -362,11 +366,18 @@ def load_fitting(model: nn.Module, pretrained: Pretrained, head: str | None = No
     """Load the file into `model`; one UserError naming the first mismatches when it does not
     fit. With `head` (a module path), that module keeps its own (new) weights."""
     skip = () if head is None else (f"{head}.",)
-    problems = fit_errors(model, pretrained.state_dict, skip)
+    state = copy.copy(pretrained.state_dict)  # with the module versions torch saved
+    for key in [k for k in state if k.startswith(skip)]:
+        del state[key]
+    for key, value in model.state_dict().items():
+        # BatchNorm's step counter, absent from files saved before PyTorch 0.4.1 (DenseNet's
+        # published weights) and from hand-trimmed ones: torch itself starts it at 0 for them.
+        if key.endswith(".num_batches_tracked") and key not in state and not key.startswith(skip):
+            state[key] = torch.zeros_like(value)
+    problems = fit_errors(model, state, skip)
     if problems:
         raise UserError(
             f"weights {pretrained.source['file']} do not fit {pretrained.arch}: "
             + "; ".join(problems)
         )
-    state = {k: v for k, v in pretrained.state_dict.items() if not k.startswith(skip)}
     model.load_state_dict(state, strict=head is None)

@@ -98,6 +98,14 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+# Builder options that convserve sets itself, from the data and the other flags.
+SET_BY_TRAINING = {
+    "num_classes": "the labels",
+    "in_channels": "--color-mode or the dataset",
+    "image_size": "--image-size",
+}
+
+
 def _parse_kwarg(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -190,6 +198,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k not in {"list_archs", "arch_kwarg"}}
     values["dataset"] = absolute_spec(values["dataset"])
+    reserved = [key for key, _ in args.arch_kwarg if key in SET_BY_TRAINING]
+    if reserved:
+        key = reserved[0]
+        raise UserError(f"--arch-kwarg {key}: it is set from {SET_BY_TRAINING[key]}")
     return TrainConfig(arch_kwargs=dict(args.arch_kwarg), **values)
 
 

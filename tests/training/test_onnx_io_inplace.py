@@ -36,7 +36,8 @@ def test_maps_before_an_in_place_relu_keep_their_negative_values(tmp_path: Path)
     with torch.no_grad():
         conv = model.conv(images)
         norm = model.bn(torch.relu(conv))
-    assert conv.min() < 0 and norm.min() < 0
+    assert conv.min() < 0
+    assert norm.min() < 0
     wrapper = FeatureMapModel(model, ["conv", "bn"])
     reference = torch_outputs(wrapper, images)
     np.testing.assert_allclose(reference["fm.conv"], conv.numpy(), atol=1e-6)

@@ -233,6 +233,24 @@ def test_legacy_and_aux_keys_are_renamed_as_torchvision_does() -> None:
     assert list(normalise_keys("inception_v3", aux)) == ["fc.weight"]
 
 
+@pytest.mark.parametrize("arch", ["mnasnet0_5", "resnet18"])
+def test_files_torchvision_loads_are_loaded(arch: str, tmp_path: Path) -> None:
+    """MNASNet's builder reads the module versions torch saves beside the keys; an older or
+    trimmed file lacks BatchNorm's num_batches_tracked, which torch then starts at 0."""
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(arch).eval()
+    state = reference.state_dict()
+    if arch == "resnet18":
+        for key in [k for k in state if k.endswith("num_batches_tracked")]:
+            del state[key]
+    path = tmp_path / f"{arch}.pth"
+    torch.save(state, path)
+    model = build_pretrained(load_pretrained(arch, str(path), labels="imagenet"))
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images))
+
+
 def test_freezing_leaves_the_head_and_last_blocks_trainable() -> None:
     model = torchvision.models.resnet18(num_classes=3)
     head = head_path(model)

@@ -12,7 +12,9 @@ import torch
 from tests.conftest import REPO_ROOT
 from tests.training.conftest import tiny_config
 from training.checkpoint import load_checkpoint
+from training.cli import run_cli
 from training.train import METRICS_FILE, TrainResult
+from training.train import cli as train_cli
 from training.train import main as train_main
 
 # What docs/training.md (Training) says a checkpoint holds.
@@ -103,3 +105,15 @@ def test_ddp_two_cpu_processes(fashion_dir: Path, tmp_path: Path) -> None:
     assert not any(k.startswith("module.") for k in content["model"])  # unwrapped from DDP
     assert "x2" in result.stderr  # both processes joined: 256 images / 2 ranks / 32 = 4 steps
     assert "4 steps per epoch" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["num_classes", "in_channels", "image_size"])
+def test_arch_kwargs_that_training_sets_are_refused_in_one_line(
+    key: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["--arch", "resnet18", "--arch-kwarg", f"{key}=5", "--out", str(tmp_path / "run")]
+    assert run_cli(train_cli, argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [errors[0]]
+    assert f"--arch-kwarg {key}: it is set from" in errors[0]
+    assert not (tmp_path / "run").exists()
