@@ -72,3 +72,22 @@ def test_export_parity(arch: str, pre: Preprocessing, fashion_dir: Path, tmp_pat
         assert weights.shape == (10, channels.shape[0])
     else:
         assert meta.cam is None
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        ("regnet_y_400mf", ["stem.2", "trunk_output.block1", "trunk_output.block2",
+                            "trunk_output.block3", "trunk_output.block4"]),
+        ("shufflenet_v2_x0_5", ["conv1.2", "maxpool", "stage2.3", "stage3.7", "conv5.2"]),
+        ("googlenet", ["conv1", "conv3", "inception3b", "inception4e", "inception5b"]),
+    ],
+)  # fmt: skip
+def test_layouts_without_common_names_get_one_map_per_resolution(
+    arch: str, expected: list[str]
+) -> None:
+    """Torchvision classifiers with neither layer1..4 nor a `features` Sequential: the last
+    block at each spatial size, as one probe run finds them."""
+    model = build_model(arch, num_classes=10)
+    assert get_spec(arch).feature_layers(model) == expected
+    assert model.training  # the probe leaves the model as it found it

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 
@@ -110,14 +111,59 @@ def torchvision_classifiers() -> frozenset[str]:
 
 
 def generic_feature_layers(model: nn.Module) -> list[str]:
-    """Block outputs of an unregistered torchvision classifier, by its common layout."""
+    """Block outputs of an unregistered torchvision classifier, by its common layout, else the
+    last block at each resolution (`last_block_per_resolution`)."""
     names = dict(model.named_children())
     if all(f"layer{i}" in names for i in range(1, 5)):
         return [f"layer{i}" for i in range(1, 5)]
     features = names.get("features")
     if isinstance(features, nn.Sequential):
         return [f"features.{n}" for n, _ in features.named_children()]
-    return []
+    return last_block_per_resolution(model)
+
+
+PROBE_SIZE = 224  # every torchvision classifier takes it (Inception v3 from 75 px)
+
+
+def last_block_per_resolution(model: nn.Module) -> list[str]:
+    """Of the model's top-level blocks (a Sequential's children, one level down), the last to
+    output each spatial size, in forward order: one map per resolution, as RegNet's, ShuffleNet's,
+    GoogLeNet's and Inception's layouts have no common names. Found by one probe run."""
+    candidates = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            candidates += [f"{name}.{n}" for n, _ in child.named_children()]
+        else:
+            candidates.append(name)
+    order: list[str] = []
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(path: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            is_map = isinstance(output, torch.Tensor) and output.ndim == 4
+            if is_map and path not in sizes and output.shape[2] * output.shape[3] > 1:
+                sizes[path] = (int(output.shape[2]), int(output.shape[3]))
+                order.append(path)
+
+        return hook
+
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return []
+    handles = [model.get_submodule(p).register_forward_hook(record(p)) for p in candidates]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, conv.in_channels, PROBE_SIZE, PROBE_SIZE))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    last: dict[tuple[int, int], str] = {}
+    for path in order:
+        last.pop(sizes[path], None)  # re-inserted: the dict keeps the order of the last ones
+        last[sizes[path]] = path
+    return sorted(last.values(), key=order.index)
 
 
 def generic_cam(model: nn.Module) -> CamSource:
