@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from service.metadata import ModelMetadata
 from tests.training.archs import REQUIRED
@@ -91,3 +92,34 @@ def test_layouts_without_common_names_get_one_map_per_resolution(
     model = build_model(arch, num_classes=10)
     assert get_spec(arch).feature_layers(model) == expected
     assert model.training  # the probe leaves the model as it found it
+
+
+@pytest.mark.parametrize(
+    ("arch", "cam_layer"),
+    [("shufflenet_v2_x0_5", "conv5.2"), ("googlenet", "inception5b"),
+     ("regnet_x_400mf", "trunk_output.block4"), ("resnext50_32x4d", "layer4"),
+     ("densenet121", None), ("mobilenet_v3_small", None)],
+)  # fmt: skip
+def test_a_cam_wherever_the_logits_are_a_linear_map_of_the_pooled_features(
+    arch: str, cam_layer: str | None
+) -> None:
+    """Logits = W · mean over H, W of the deepest map + b: then the CAM weights are W. DenseNet's
+    ReLU and MobileNet-V3's MLP between them leave no CAM."""
+    spec = get_spec(arch)
+    model = build_model(arch, num_classes=10).eval()
+    if cam_layer is None:
+        assert spec.cam is None
+        return
+    assert spec.cam is not None
+    source = spec.cam(model)
+    assert source.layer == cam_layer
+    maps: list[torch.Tensor] = []
+    hook = model.get_submodule(cam_layer).register_forward_hook(
+        lambda _m, _i, output: maps.append(output.clone())  # type: ignore[func-returns-value]
+    )
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits = model(images)
+    hook.remove()
+    bias = logits - maps[0].mean(dim=(2, 3)) @ source.weights.T
+    torch.testing.assert_close(bias, bias[:1].expand_as(bias), rtol=1e-4, atol=1e-4)

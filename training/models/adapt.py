@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from training.registry import ArchSpec, CamSource
+from training.registry import ArchSpec, CamLocator, CamSource
 
 # Below this side length the 224-oriented stems (stride 2-4 plus max pool) waste most of the image.
 SMALL_INPUT_MAX = 64
@@ -166,10 +166,54 @@ def last_block_per_resolution(model: nn.Module) -> list[str]:
     return sorted(last.values(), key=order.index)
 
 
-def generic_cam(model: nn.Module) -> CamSource:
-    fc = model.get_submodule("fc")
-    assert isinstance(fc, nn.Linear)
-    return CamSource("layer4", fc.weight.detach())
+def gap_linear_cam(probe: nn.Module) -> CamLocator | None:
+    """Where a CAM comes from when the probe's logits are its last Linear layer applied to the
+    global average of its deepest default feature map (checked on one probe run, since the
+    layouts differ: ResNeXt's `layer4` and `fc`, EfficientNet-B1's `features.8` and
+    `classifier.1`, GoogLeNet's `inception5b` and `fc`, ...); None otherwise (a ReLU or an MLP
+    between them, as in DenseNet and MobileNet)."""
+    layers = generic_feature_layers(probe)
+    linears = [name for name, m in probe.named_modules() if isinstance(m, nn.Linear)]
+    conv = next((m for m in probe.modules() if isinstance(m, nn.Conv2d)), None)
+    if not layers or not linears or conv is None:
+        return None
+    layer, linear = layers[-1], linears[-1]
+    seen: dict[str, Any] = {}
+
+    def record_map(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        # A copy, as the export takes one: an in-place ReLU after it (DenseNet) must show.
+        if isinstance(output, torch.Tensor):
+            seen.setdefault("map", output.clone())
+
+    def record_head(_module: nn.Module, inputs: Any, output: Any) -> None:
+        seen.setdefault("head", (inputs[0], output))
+
+    hooks = [
+        probe.get_submodule(layer).register_forward_hook(record_map),
+        probe.get_submodule(linear).register_forward_hook(record_head),
+    ]
+    seed = torch.Generator().manual_seed(0)
+    image = torch.randn(1, conv.in_channels, PROBE_SIZE, PROBE_SIZE, generator=seed)
+    try:
+        with torch.no_grad():
+            logits = probe.eval()(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if "map" not in seen or "head" not in seen or not isinstance(logits, torch.Tensor):
+        return None
+    pooled = seen["map"].mean(dim=(2, 3))
+    features, output = seen["head"]
+    fits = features.shape == pooled.shape and torch.allclose(features, pooled, atol=1e-5)
+    if not fits or not torch.equal(output, logits):
+        return None
+
+    def locate(model: nn.Module) -> CamSource:
+        head = model.get_submodule(linear)
+        assert isinstance(head, nn.Linear)
+        return CamSource(layer, head.weight.detach())
+
+    return locate
 
 
 def _defaults(name: str) -> dict[str, Any]:
@@ -179,6 +223,7 @@ def _defaults(name: str) -> dict[str, Any]:
     return {"aux_logits": False, "init_weights": True} if name in AUX_HEAD_MODELS else {}
 
 
+@cache
 def torchvision_spec(name: str) -> ArchSpec:
     """Registry entry for any torchvision classifier: builder, channel adaptation only."""
 
@@ -192,5 +237,4 @@ def torchvision_spec(name: str) -> ArchSpec:
         return model
 
     probe = torchvision.models.get_model(name, weights=None, **_defaults(name))
-    has_gap_fc = isinstance(getattr(probe, "fc", None), nn.Linear) and hasattr(probe, "layer4")
-    return ArchSpec(name, build, generic_feature_layers, generic_cam if has_gap_fc else None)
+    return ArchSpec(name, build, generic_feature_layers, gap_linear_cam(probe))
