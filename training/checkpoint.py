@@ -9,6 +9,7 @@ config. Values are tensors and plain Python types only: no numpy, dataclass or N
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from training.registry import build_model
 
 CHECKPOINT_FORMAT = 1
 # Lines of torch.load's errors that advise rather than explain (e.g. to unpickle untrusted code).
+# What torch's weights-only unpickler names when a file holds more than tensors.
+PICKLED_OBJECT = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 TORCH_ADVICE = ("Weights only load failed", "In PyTorch", "Please file an issue", "Re-running")
 REQUIRED_KEYS = ("format", "arch", "arch_kwargs", "labels", "preprocessing", "model", "epoch")
 
@@ -60,7 +63,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def describe_load_error(err: Exception) -> str:
-    """One short line: the error's first line, not torch's advice to unpickle untrusted code."""
+    """One short line: the object the file pickles beside its tensors (never unpickled), else
+    the error's first line, not torch's advice to unpickle untrusted code."""
+    pickled = PICKLED_OBJECT.search(str(err))
+    if pickled:
+        return f"it holds a pickled {pickled.group(1)}, which is never unpickled: tensors only"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     first = next((ln for ln in lines if not ln.startswith(TORCH_ADVICE)), "")
     if not first:

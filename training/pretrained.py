@@ -154,9 +154,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - the unpickler raises many types on bad files
-        raise UserError(
-            f"{path} is not a readable state-dict file ({describe_load_error(err)})"
-        ) from err
+        reason = describe_load_error(err)
+        advice = "; save model.state_dict() alone" if "pickled" in reason else ""
+        raise UserError(f"{path} is not a readable state-dict file ({reason}){advice}") from err
     if isinstance(content, dict) and {"arch", "model", "labels"} <= content.keys():
         raise UserError(f"{path} is a convserve training checkpoint: pass it as --checkpoint")
     if not isinstance(content, dict) or not content:

@@ -44,6 +44,7 @@ from training.data.transforms import (
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.engine import StepTools, evaluate, train_one_epoch
 from training.errors import UserError
+from training.models.adapt import SMALL_INPUT_MAX, is_small
 from training.pretrained import Pretrained, freeze, head_path, load_fitting, load_pretrained
 from training.registry import build_model, check_input_size, list_models, torchvision_names
 from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
@@ -502,7 +503,18 @@ def _start_from_weights(
     then the freezing that --freeze-backbone / --trainable-layers ask for."""
     head = head_path(model)
     if pretrained is not None:
-        load_fitting(model, pretrained, head=head)
+        try:
+            load_fitting(model, pretrained, head=head)
+        except UserError as err:
+            size = cfg.image_size
+            if size is None or not is_small(size) or "shape" not in str(err):
+                raise
+            raise UserError(
+                f"--image-size {size} is below {SMALL_INPUT_MAX}: {cfg.arch}'s stem is rebuilt "
+                "for such small images, so the pretrained weights no longer fit it ("
+                + str(err)
+                + f"); use --image-size {SMALL_INPUT_MAX} or more: images are resized to it"
+            ) from err
     blocks = 0 if cfg.freeze_backbone else cfg.trainable_layers
     trainable = freeze(model, head, blocks)
     if info.is_main and pretrained is not None:

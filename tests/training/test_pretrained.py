@@ -205,6 +205,16 @@ def test_pickle_with_arbitrary_objects_is_never_run(
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_whole_pickled_model_is_refused_saying_what_to_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = tmp_path / "whole.pt"
+    torch.save(torchvision.models.resnet18(), whole)
+    line = refused(export_args(tmp_path / "repo", whole), caplog)
+    assert "holds a pickled torchvision.models.resnet.ResNet, which is never unpickled" in line
+    assert line.endswith("save model.state_dict() alone")
+
+
 def test_labels_file_with_the_wrong_count(
     resnet18_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -346,3 +356,6 @@ def test_a_fine_tuned_run_keeps_its_input_size_and_colour_mode(
     assert torch.load(last, weights_only=True)["epoch"] == 1  # untouched
     with pytest.raises(UserError, match="--color-mode L: the weights take RGB"):
         train_cli([*tune, "--color-mode", "L", "--out", str(tmp_path / "other")])
+    # Below 64 px the stem is rebuilt: the size is named as the cause, not the weights file.
+    with pytest.raises(UserError, match="--image-size 32 is below 64: resnet18's stem is rebuilt"):
+        train_cli([*tune, "--image-size", "32", "--out", str(tmp_path / "small")])
