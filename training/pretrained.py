@@ -161,13 +161,27 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is a convserve training checkpoint: pass it as --checkpoint")
     if not isinstance(content, dict) or not content:
         raise UserError(f"{path} holds {type(content).__name__}, not a state dict")
-    not_tensors = [str(k) for k, v in content.items() if not isinstance(v, torch.Tensor)]
+    nested = [k for k, v in content.items() if is_state_dict(v)]
+    if len(nested) == 1 and not is_state_dict(content):  # {"state_dict": ..., "epoch": ...}
+        logger.info("%s: the state dict under its key %r", path.name, nested[0])
+        content = content[nested[0]]
+    state: dict[str, torch.Tensor] = content
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise UserError(
             f"{path} is not a plain state dict: {', '.join(not_tensors[:MISMATCHES_SHOWN])} "
             "hold no tensors (a training checkpoint? save model.state_dict() alone)"
         )
-    return content
+    return state
+
+
+def is_state_dict(value: object) -> bool:
+    """A non-empty dict of tensors by name."""
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 def head_classes(state: dict[str, torch.Tensor]) -> int | None:

@@ -215,6 +215,18 @@ def test_a_whole_pickled_model_is_refused_saying_what_to_save(
     assert line.endswith("save model.state_dict() alone")
 
 
+def test_a_state_dict_nested_in_a_checkpoint_is_found(tmp_path: Path) -> None:
+    """Training scripts save {"epoch": ..., "state_dict": ..., "optimizer": ...}."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 3, "state_dict": reference.state_dict(), "optimizer": {"lr": 0.1}}, path)
+    model = build_pretrained(load_pretrained("resnet18", str(path), labels="imagenet"))
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images))
+
+
 def test_labels_file_with_the_wrong_count(
     resnet18_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
