@@ -287,6 +287,18 @@ def test_logits_are_not_flagged(
     assert "softmax" not in caplog.text
 
 
+def assert_classifies_alike(written: Path, original: Path) -> None:
+    """The same logits from both files for two random tiny-model inputs."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    np.testing.assert_allclose(
+        logits_one_by_one(written, images),
+        logits_one_by_one(original, images),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_external_data_beside_the_file_is_read_into_model_onnx(
     tiny_file: Path, labels10: Path, tmp_path: Path
 ) -> None:
@@ -298,14 +310,7 @@ def test_external_data_beside_the_file_is_read_into_model_onnx(
     )
     assert not external_tensors(onnx.load(str(folder / "model.onnx"), load_external_data=False))
     assert not list(folder.glob("*.data"))
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
-    np.testing.assert_allclose(
-        logits_one_by_one(folder / "model.onnx", images),
-        logits_one_by_one(tiny_file, images),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    assert_classifies_alike(folder / "model.onnx", tiny_file)
 
 
 def test_a_graph_computing_in_float16_is_recorded_as_such(
@@ -325,14 +330,7 @@ def test_a_graph_computing_in_float16_is_recorded_as_such(
     assert meta.export.precision == "float16"
     assert meta.feature_maps == []
     assert "computes in float16" in caplog.text
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
-    np.testing.assert_allclose(
-        logits_one_by_one(folder / "model.onnx", images),
-        logits_one_by_one(source, images),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    assert_classifies_alike(folder / "model.onnx", source)
 
 
 def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_path: Path) -> None:
