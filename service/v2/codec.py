@@ -63,7 +63,8 @@ def parse_request(
     if max_values is not None and holds_more_values(head, max_values):
         raise BadRequest(
             f"the JSON request holds more than {max_values} array values, more than a full "
-            "batch of this model's inputs needs"
+            "batch of this model's inputs needs: send at most its max_batch_size images (v2 "
+            "config) per request"
         )
     try:
         request = InferRequest.model_validate_json(head)

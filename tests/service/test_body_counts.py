@@ -105,7 +105,7 @@ def hostile_bodies() -> dict[str, Hostile]:
             INFER,
             gzip.compress(compact({"inputs": [{**fp32, "data": [0] * (10_000 * 256)}]})),
             GZIP,
-            "array values",
+            "array values, more than a full batch of this model's inputs needs: send at most",
         ),
         "v1-json-images-5M": Hostile(
             f"/v1/models/{MODEL}/classify",
