@@ -348,19 +348,37 @@ def head_path(model: nn.Module) -> str:
     return str(linears[-1])
 
 
-def backbone_blocks(model: nn.Module, head: str) -> list[str]:
-    """The model's blocks that hold weights, input to output, without the head: its top-level
-    children, with a `features` sequence counted block by block (EfficientNet, ConvNeXt, VGG)."""
-    blocks = []
+# Sequential children that hold a network's whole trunk, one stage per child.
+TRUNKS = ("features", "trunk_output", "layers")
+
+
+def backbone_blocks(model: nn.Module, head: str) -> list[list[str]]:
+    """The model's blocks that hold weights, input to output, without the head, each as the
+    module paths it spans: its top-level children, a trunk Sequential counted block by block
+    (`TRUNKS`: EfficientNet's, ConvNeXt's, VGG's and DenseNet's `features`, RegNet's
+    `trunk_output`, MNASNet's `layers`; ResNet's `layer1`… stay one block each). A
+    part with weights but no conv or linear layer (a norm: ResNet's `bn1`, DenseNet's `norm5`,
+    ConvNeXt's head LayerNorm) belongs to the block before it."""
+    parts = []
     head_root = head.split(".", 1)[0]
     for name, child in model.named_children():
         if name == head_root and head != name:
-            parts = [(f"{name}.{n}", m) for n, m in child.named_children() if f"{name}.{n}" != head]
-        elif name == "features" and isinstance(child, nn.Sequential):
-            parts = [(f"{name}.{n}", m) for n, m in child.named_children()]
+            parts += [
+                (f"{name}.{n}", m) for n, m in child.named_children() if f"{name}.{n}" != head
+            ]
+        elif isinstance(child, nn.Sequential) and name in TRUNKS:
+            parts += [(f"{name}.{n}", m) for n, m in child.named_children()]
+        elif name != head:
+            parts.append((name, child))
+    blocks: list[list[str]] = []
+    for path, module in parts:
+        if not any(True for _ in module.parameters()):
+            continue
+        computes = any(isinstance(m, nn.Conv2d | nn.Linear) for m in module.modules())
+        if computes or not blocks:
+            blocks.append([path])
         else:
-            parts = [(name, child)] if name != head else []
-        blocks += [path for path, m in parts if any(True for _ in m.parameters())]
+            blocks[-1].append(path)
     return blocks
 
 
@@ -370,7 +388,7 @@ def freeze(model: nn.Module, head: str, trainable_blocks: int | None) -> int:
     if trainable_blocks is not None:
         blocks = backbone_blocks(model, head)
         keep = blocks[len(blocks) - trainable_blocks :] if trainable_blocks else []
-        trainable = (head, *keep)
+        trainable = (head, *(path for block in keep for path in block))
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith(tuple(f"{t}." for t in trainable))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

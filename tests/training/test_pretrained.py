@@ -277,13 +277,30 @@ def test_freezing_leaves_the_head_and_last_blocks_trainable() -> None:
     model = torchvision.models.resnet18(num_classes=3)
     head = head_path(model)
     assert head == "fc"
-    assert backbone_blocks(model, head) == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+    assert backbone_blocks(model, head) == [
+        ["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]
+    ]  # fmt: skip
     freeze(model, head, 1)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"fc", "layer4"}
     convnext = torchvision.models.convnext_tiny(num_classes=3)
     assert head_path(convnext) == "classifier.2"
-    assert backbone_blocks(convnext, "classifier.2")[-2:] == ["features.7", "classifier.0"]
+    assert backbone_blocks(convnext, "classifier.2")[-1] == ["features.7", "classifier.0"]
+    # A norm-only last part trains with the block before it, not alone.
+    densenet = torchvision.models.densenet121(num_classes=3)
+    assert backbone_blocks(densenet, "classifier")[-1] == ["features.denseblock4", "features.norm5"]
+    regnet = torchvision.models.regnet_y_400mf(num_classes=3)
+    assert [b[0] for b in backbone_blocks(regnet, "fc")][-4:] == [
+        f"trunk_output.block{i}" for i in range(1, 5)
+    ]
+    freeze(regnet, "fc", 1)
+    trainable = {n.rsplit(".", 3)[0] for n, p in regnet.named_parameters() if p.requires_grad}
+    assert {t.split(".")[0] for t in trainable} == {"fc", "trunk_output"}
+    assert all(
+        n.startswith(("fc.", "trunk_output.block4."))
+        for n, p in regnet.named_parameters()
+        if p.requires_grad
+    )
 
 
 @pytest.fixture(scope="module")
