@@ -7,6 +7,7 @@ shrink below 1×1, or the fully connected head sized for 224×224 inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -123,6 +124,27 @@ def generic_feature_layers(model: nn.Module) -> list[str]:
 
 
 PROBE_SIZE = 224  # every torchvision classifier takes it (Inception v3 from 75 px)
+Hook = Callable[[nn.Module, Any, Any], None]
+
+
+def probe_run(model: nn.Module, hooks: Mapping[str, Hook]) -> Any:
+    """One forward pass of a seeded random PROBE_SIZE image through `model` in eval mode, each
+    of `hooks` (a forward hook by module path) attached for it; the model's mode is restored.
+    None, without a run, for a model without a Conv2d (its input channels are unknown)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return None
+    seed = torch.Generator().manual_seed(0)
+    image = torch.randn(1, conv.in_channels, PROBE_SIZE, PROBE_SIZE, generator=seed)
+    handles = [model.get_submodule(path).register_forward_hook(h) for path, h in hooks.items()]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
 
 
 def last_block_per_resolution(model: nn.Module) -> list[str]:
@@ -138,7 +160,7 @@ def last_block_per_resolution(model: nn.Module) -> list[str]:
     order: list[str] = []
     sizes: dict[str, tuple[int, int]] = {}
 
-    def record(path: str) -> Any:
+    def record(path: str) -> Hook:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             is_map = isinstance(output, torch.Tensor) and output.ndim == 4
             if is_map and path not in sizes and output.shape[2] * output.shape[3] > 1:
@@ -147,18 +169,7 @@ def last_block_per_resolution(model: nn.Module) -> list[str]:
 
         return hook
 
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        return []
-    handles = [model.get_submodule(p).register_forward_hook(record(p)) for p in candidates]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, conv.in_channels, PROBE_SIZE, PROBE_SIZE))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    probe_run(model, {path: record(path) for path in candidates})
     last: dict[tuple[int, int], str] = {}
     for path in order:
         last.pop(sizes[path], None)  # re-inserted: the dict keeps the order of the last ones
@@ -174,8 +185,7 @@ def gap_linear_cam(probe: nn.Module) -> CamLocator | None:
     between them, as in DenseNet and MobileNet)."""
     layers = generic_feature_layers(probe)
     linears = [name for name, m in probe.named_modules() if isinstance(m, nn.Linear)]
-    conv = next((m for m in probe.modules() if isinstance(m, nn.Conv2d)), None)
-    if not layers or not linears or conv is None:
+    if not layers or not linears:
         return None
     layer, linear = layers[-1], linears[-1]
     seen: dict[str, Any] = {}
@@ -188,18 +198,7 @@ def gap_linear_cam(probe: nn.Module) -> CamLocator | None:
     def record_head(_module: nn.Module, inputs: Any, output: Any) -> None:
         seen.setdefault("head", (inputs[0], output))
 
-    hooks = [
-        probe.get_submodule(layer).register_forward_hook(record_map),
-        probe.get_submodule(linear).register_forward_hook(record_head),
-    ]
-    seed = torch.Generator().manual_seed(0)
-    image = torch.randn(1, conv.in_channels, PROBE_SIZE, PROBE_SIZE, generator=seed)
-    try:
-        with torch.no_grad():
-            logits = probe.eval()(image)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    logits = probe_run(probe, {layer: record_map, linear: record_head})
     if "map" not in seen or "head" not in seen or not isinstance(logits, torch.Tensor):
         return None
     pooled = seen["map"].mean(dim=(2, 3))
