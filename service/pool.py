@@ -362,7 +362,7 @@ class InstancePool:
         thread = self._threads[instance]
         try:
             computed = await thread.submit(compute, self._timeout_s)
-        except Displaced:
+        except Displaced:  # never ran: no fault of this instance's session
             raise
         except Stalled:
             message = "%s: batch of %d still running after %.1f s: session abandoned, recreating"
@@ -387,11 +387,16 @@ class InstancePool:
         return computed
 
     def _release(self, instance: int) -> None:
-        """A batch of `instance` returned: idle again if none waits behind it."""
+        """A batch of `instance` returned: idle again if none waits behind it, else room for
+        another to wait."""
         self._batches[instance] -= 1
         if not self._batches[instance]:
             self._busy_until.pop(instance, None)
             self._free.append(instance)
+        self._room_made()
+
+    def _room_made(self) -> None:
+        """Wake whatever waits for an instance (`wait_room`, the batcher's worker)."""
         self._freed.set()
         self._on_free()
 
@@ -416,8 +421,7 @@ class InstancePool:
             logger.info("%s: session %d recreated, back in service", self.model, instance)
             self._threads[instance].resume()
             self._free.append(instance)
-            self._freed.set()
-            self._on_free()
+            self._room_made()
         finally:
             self._recovering.pop(instance, None)
 
