@@ -66,6 +66,7 @@ from training.onnx_check import (
 )
 from training.onnx_graph import (
     BATCH_DIM,
+    MAX_ONNX_BYTES,
     cam_head,
     default_opset,
     dims,
@@ -90,7 +91,6 @@ from training.publish import (
     write_metadata,
 )
 
-MAX_PROTO_BYTES = 2**31  # protobuf's limit on one serialized message
 # Named by the module even when run with -m (as __main__): log lines say where they come from.
 logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
 DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
@@ -224,7 +224,7 @@ def inline_external_data(model: onnx.ModelProto, path: Path, count: int) -> None
             f"{path} keeps {count} tensor(s) in external data files that cannot be read: "
             f"{one_line(err)}"
         ) from err
-    if model.ByteSize() >= MAX_PROTO_BYTES:
+    if model.ByteSize() > MAX_ONNX_BYTES:
         raise UserError(
             f"{path} with its external data is 2 GiB or more: the model repository serves one "
             "self-contained model.onnx, which protobuf limits to 2 GiB"

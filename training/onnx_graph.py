@@ -19,6 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from training.onnx_check import LOGITS_NAME, output_name
 
+# protobuf cannot serialise a single message of 2 GiB or more: such models need external data.
+MAX_ONNX_BYTES = 2**31 - 1
+
 BATCH_DIM = "batch"
 # The dynamo exporter records each node's module path in this metadata entry:
 # ['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1'] (root, modules outermost first, the op).

@@ -20,10 +20,9 @@ from torch import nn
 
 from training.errors import UserError
 from training.onnx_check import INPUT_NAME, LOGITS_NAME, Arrays, output_name
+from training.onnx_graph import MAX_ONNX_BYTES
 
 logger = logging.getLogger(__name__)
-# protobuf cannot serialise a single message of 2 GiB or more: such models need external data.
-MAX_ONNX_BYTES = 2**31 - 1
 
 
 class FeatureMapModel(nn.Module):
