@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
+from importlib.machinery import ModuleSpec
 
 from training.errors import UserError
 
 logger = logging.getLogger(__name__)
 USER_ERROR_EXIT_CODE = 2
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._export")
+
+
+def command_logger(name: str, spec: ModuleSpec | None) -> logging.Logger:
+    """An entry point's logger, named by its module even when it runs with -m (as __main__,
+    where `spec` still has the dotted name): log lines say where they come from."""
+    return logging.getLogger(spec.name if spec is not None else name)
 
 
 def _not_library_chatter(record: logging.LogRecord) -> bool:

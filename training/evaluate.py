@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
-from training.cli import positive_int, run_cli
+from training.cli import command_logger, positive_int, run_cli
 from training.data.datasets import (
     IMAGEFOLDER_PREFIX,
     DatasetBundle,
@@ -43,8 +42,7 @@ from training.metrics import ClassificationReport, confusion_matrix
 from training.onnx_check import LOGITS_NAME, ort_session, run_onnx
 from training.publish import METADATA_FILE, MODEL_FILE
 
-# Named by the module even when run with -m (as __main__): log lines say where they come from.
-logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
+logger = command_logger(__name__, __spec__)
 DEFAULT_BATCH_SIZE = 256
 
 

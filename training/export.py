@@ -18,7 +18,6 @@ held-out images (the test split; for --weights, images disjoint from the calibra
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from torch.utils.data import DataLoader
 from service.metadata import NAME_PATTERN
 from training.artifacts import sha256_of, write_cam_weights, write_filters
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_of
-from training.cli import positive_int, run_cli
+from training.cli import command_logger, positive_int, run_cli
 from training.data.datasets import DatasetBundle, image_paths, subset, with_transform
 from training.data.photos import PHOTO_NAMES, photo_views, sample_photo
 from training.data.transforms import Preprocessing, eval_transform
@@ -98,8 +97,7 @@ from training.publish import (
 )
 from training.registry import get_spec
 
-# Named by the module even when run with -m (as __main__): log lines say where they come from.
-logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
+logger = command_logger(__name__, __spec__)
 DEFAULT_PARITY_SAMPLES = 32
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import math
 import re
 import sys
@@ -36,7 +35,7 @@ from service.metadata import MAX_RESIZE_RATIO, NAME_PATTERN, Preprocessing
 from service.preprocess import RESAMPLE, resize_and_crop, to_input
 from service.runtime import ORT_ERRORS
 from training.artifacts import sha256_of, write_cam_weights, write_filters
-from training.cli import positive_int, run_cli
+from training.cli import command_logger, positive_int, run_cli
 from training.data.photos import views_of
 from training.errors import UserError
 from training.export_int8 import (
@@ -91,8 +90,7 @@ from training.publish import (
     write_metadata,
 )
 
-# Named by the module even when run with -m (as __main__): log lines say where they come from.
-logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
+logger = command_logger(__name__, __spec__)
 DEFAULT_INPUT_SIZE = 224  # the crop for a graph whose height and width are dynamic
 COLOR_MODES = {1: "L", 3: "RGB"}
 PROBABILITY_SUM_TOLERANCE = 1e-4  # rows of an output summing to 1 within this are probabilities

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from training.checkpoint import load_checkpoint, preprocessing_of, save_checkpoint
-from training.cli import positive_int, run_cli
+from training.cli import command_logger, positive_int, run_cli
 from training.data.datasets import (
     DatasetBundle,
     absolute_spec,
@@ -50,8 +49,7 @@ from training.registry import build_model, check_input_size, list_models, torchv
 from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
 from training.seeding import rng_state, seed_everything, set_rng_state
 
-# Named by the module even when run with -m (as __main__): log lines say where they come from.
-logger = logging.getLogger(__spec__.name if __spec__ is not None else __name__)
+logger = command_logger(__name__, __spec__)
 METRICS_FILE = "metrics.jsonl"
 SCHEDULES = ("cosine", "onecycle", "constant")
 OPTIMIZERS = ("adamw", "sgd")
