@@ -203,6 +203,18 @@ def normalise_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+def shape_mismatches(
+    model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()
+) -> list[str]:
+    """`key (file's shape) vs (model's shape)` for each tensor that both hold under another
+    shape; keys starting with a `skip` prefix are not compared."""
+    return [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in model.state_dict().items()
+        if not k.startswith(skip) and k in state and state[k].shape != v.shape
+    ]
+
+
 def fit_errors(
     model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()
 ) -> list[str]:
@@ -213,11 +225,7 @@ def fit_errors(
     problems = []
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    shapes = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in given and given[k].shape != v.shape
-    ]
+    shapes = shape_mismatches(model, state, skip)
     for what, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
         if items:
             more = (

@@ -44,7 +44,15 @@ from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.engine import StepTools, evaluate, train_one_epoch
 from training.errors import UserError
 from training.models.adapt import SMALL_INPUT_MAX, is_small
-from training.pretrained import Pretrained, freeze, head_path, load_fitting, load_pretrained
+from training.pretrained import (
+    MISMATCHES_SHOWN,
+    Pretrained,
+    freeze,
+    head_path,
+    load_fitting,
+    load_pretrained,
+    shape_mismatches,
+)
 from training.registry import build_model, check_input_size, list_models, torchvision_names
 from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
 from training.seeding import rng_state, seed_everything, set_rng_state
@@ -501,18 +509,16 @@ def _start_from_weights(
     then the freezing that --freeze-backbone / --trainable-layers ask for."""
     head = head_path(model)
     if pretrained is not None:
-        try:
-            load_fitting(model, pretrained, head=head)
-        except UserError as err:
-            size = cfg.image_size
-            if size is None or not is_small(size) or "shape" not in str(err):
-                raise
+        size = cfg.image_size
+        mismatched = shape_mismatches(model, pretrained.state_dict, (f"{head}.",))
+        if size is not None and is_small(size) and mismatched:
             raise UserError(
                 f"--image-size {size} is below {SMALL_INPUT_MAX}: {cfg.arch}'s stem is rebuilt "
-                "for such small images, so the pretrained weights no longer fit it ("
-                + str(err)
-                + f"); use --image-size {SMALL_INPUT_MAX} or more: images are resized to it"
-            ) from err
+                "for such small images, so the pretrained weights no longer fit it (shape: "
+                f"{', '.join(mismatched[:MISMATCHES_SHOWN])}); use --image-size "
+                f"{SMALL_INPUT_MAX} or more: images are resized to it"
+            )
+        load_fitting(model, pretrained, head=head)
     blocks = 0 if cfg.freeze_backbone else cfg.trainable_layers
     trainable = freeze(model, head, blocks)
     if info.is_main and pretrained is not None:
