@@ -148,6 +148,7 @@ def test_metadata_records_calibration_and_the_gate(versions: dict[str, Path]) ->
     }
     assert q["evaluation"]["images"] == GATE_IMAGES
     assert "test split" in q["evaluation"]["source"]
+    assert q["space_to_depth"] == []  # LeNet-5's convs have stride 1
     agreement, before, after = q["top1_agreement"], q["accuracy_float32"], q["accuracy_int8"]
     assert 0.9 < agreement <= 1.0
     assert q["accuracy_drop_pp"] == pytest.approx(100 * (before - after), abs=1e-3)
@@ -328,6 +329,10 @@ def test_pretrained_weights_fall_back_to_the_photos(
         numpy_helper.to_array(t) for t in onnx.load(str(folder / "model.onnx")).graph.initializer
     ]
     assert any(w.dtype == np.int8 and w.ndim == 4 for w in weights_in_graph)
+    # the 7x7/2 stem over RGB runs as SpaceToDepth + a 4x4 conv over 12 channels
+    assert q["space_to_depth"] == ["model.conv1.weight"]
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert [n.op_type for n in graph.node].count("SpaceToDepth") == 1
 
 
 def test_a_graph_below_the_qdq_opset_is_converted_for_int8(tmp_path: Path) -> None:
