@@ -13,6 +13,7 @@ statically quantized with ONNX Runtime's own tooling, kept only when an accuracy
    also runs on the CUDA and TensorRT providers. uint8 rather than int8 activations: ONNX
    Runtime's x86 kernels take the VNNI fast path for uint8 × int8 only; int8 × int8 ran no faster
    than float32 (docs/training.md, "INT8 export").
+   The weights' zero point is then chosen by timing on this CPU (`choose_weight_zero_point`).
 3. The gate: on held-out images, never the calibration ones, the float32 and the int8 graph are
    compared: top-1 agreement at least `MIN_AGREEMENT` and, where the images have labels, an
    accuracy drop of at most `MAX_ACCURACY_DROP`; otherwise the export refuses (one `UserError`)
@@ -32,6 +33,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ import numpy.typing as npt
 import onnx
 import onnx.version_converter
 import onnxruntime as ort
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -90,6 +93,16 @@ QUANTIZATION = {
     "weights": "int8, per channel",
     "calibrate_method": "MinMax",
 }
+# ONNX Runtime's x86 QLinearConv has two kernels: weights whose zero point is 0 (symmetric, as
+# quantize_static writes per-channel int8 weights) run in a conv kernel of their own, any other
+# zero point through im2col and the int8 GEMM, which uses AMX where the CPU has it. The same
+# weights one lower with zero point -1 ([-127, 127] -> [-128, 126]) dequantize to the same
+# floats and take the GEMM; the export times both forms on its CPU and keeps the shifted one
+# only when it runs at least SHIFT_MIN_GAIN x as fast.
+SHIFTED_ZERO_POINT = -1
+SHIFT_MIN_GAIN = 1.05
+TIMING_ROUNDS = 7  # best of, both forms interleaved
+TIMING_BATCHES = (1, 8)
 # A BatchNormalization that could not be folded into its conv (the conv's output is a feature
 # map) has rank-1 scales: one per channel along axis 0, not the default axis 1 of conv weights.
 EXTRA_OPTIONS = {"QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}}
@@ -293,6 +306,76 @@ def recast_stems(path: Path) -> list[str]:
     return stems
 
 
+def shift_weight_zero_points(model: onnx.ModelProto) -> int:
+    """Give every symmetric int8 weight (a DequantizeLinear of a rank >= 2 int8 initializer with
+    zero points 0 and no -128) zero point SHIFTED_ZERO_POINT and values shifted by as much, in
+    place: each dequantizes to the same float as before. Returns how many were shifted."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    shifted = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        weight, zero = initializers.get(node.input[0]), initializers.get(node.input[2])
+        if weight is None or zero is None or weight.data_type != onnx.TensorProto.INT8:
+            continue
+        values, zeros = numpy_helper.to_array(weight), numpy_helper.to_array(zero)
+        if values.ndim < 2 or zeros.any() or values.min() < -127:
+            continue
+        weight.CopyFrom(numpy_helper.from_array(values - np.int8(1), weight.name))
+        zero.CopyFrom(numpy_helper.from_array(np.full_like(zeros, SHIFTED_ZERO_POINT), zero.name))
+        shifted += 1
+    return shifted
+
+
+def seconds_per_image(paths: Sequence[Path], images: Images, batches: Sequence[int]) -> list[float]:
+    """Per graph: the sum over `batches` of its best time per image, one intra-op thread as
+    the service runs an instance, the graphs' runs interleaved so that other work on the host
+    slows each alike."""
+    sessions = [ort_session(path, threads=1) for path in paths]
+    name = sessions[0].get_inputs()[0].name
+    feeds = [{name: np.resize(images, (batch, *images.shape[1:]))} for batch in batches]
+    best = [[float("inf")] * len(batches) for _ in sessions]
+    for _ in range(TIMING_ROUNDS):
+        for index, session in enumerate(sessions):
+            for slot, feed in enumerate(feeds):
+                start = time.perf_counter()
+                session.run([LOGITS_NAME], feed)
+                best[index][slot] = min(best[index][slot], time.perf_counter() - start)
+    return [sum(t / b for t, b in zip(times, batches, strict=True)) for times in best]
+
+
+def choose_weight_zero_point(path: Path, images: Images, max_batch: int | None) -> dict[str, Any]:
+    """Time the int8 graph at `path` against its `shift_weight_zero_points` form on `images`
+    and keep the faster (the shifted one only by SHIFT_MIN_GAIN); what was chosen and the two
+    timings, for metadata."""
+    model = onnx.load(str(path))
+    if shift_weight_zero_points(model) == 0:
+        return {"weight_zero_point": 0}
+    shifted = path.with_name(f"{path.stem}.shifted{path.suffix}")
+    onnx.save_model(model, str(shifted))
+    batches = sorted({min(b, max_batch or b) for b in TIMING_BATCHES})
+    try:
+        zero, moved = seconds_per_image([path, shifted], images, batches)
+        gain = zero / moved
+        chosen = SHIFTED_ZERO_POINT if gain >= SHIFT_MIN_GAIN else 0
+        if chosen:
+            shifted.replace(path)
+    finally:
+        shifted.unlink(missing_ok=True)
+    logger.info(
+        "int8: weights with zero point %d ran %.2fx as fast as with 0 here; zero point %d kept",
+        SHIFTED_ZERO_POINT, gain, chosen,
+    )  # fmt: skip
+    return {
+        "weight_zero_point": chosen,
+        "weight_zero_point_timing": {
+            "batches": batches,
+            "ms_per_image_zero_point_0": round(1000 * zero, 4),
+            f"ms_per_image_zero_point_{SHIFTED_ZERO_POINT}": round(1000 * moved, 4),
+        },
+    }
+
+
 def compare(
     float32: ort.InferenceSession,
     int8: ort.InferenceSession,
@@ -349,6 +432,7 @@ def quantize_version(
             "int8: calibrating on %d images (%s)", plan.calibration_count, plan.calibration_source
         )
         calibrated, stems = quantize_model(float_path, path, plan)
+        zero_point = choose_weight_zero_point(path, parity_images, plan.max_batch_size)
         float32 = ort_session(float_path, plan.threads)
         int8 = ort_session(path, plan.threads)
         check_outputs(float32, int8)
@@ -381,6 +465,7 @@ def quantize_version(
         "onnxruntime": ort.__version__,
         "calibration": {"source": plan.calibration_source, "images": calibrated},
         "space_to_depth": stems,
+        **zero_point,
         "evaluation": {"source": plan.evaluation_source, "images": comparison.images},
         "top1_agreement": round(comparison.agreement, 6),
         **(

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torchvision
 from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from PIL import Image
 
 from service.metadata import ModelMetadata
@@ -34,7 +35,14 @@ from training.errors import UserError
 from training.export import ExportConfig
 from training.export import cli as export_cli
 from training.export import main as export_main
-from training.export_int8 import MIN_AGREEMENT, folder_split, photo_split
+from training.export_int8 import (
+    MIN_AGREEMENT,
+    SHIFT_MIN_GAIN,
+    SHIFTED_ZERO_POINT,
+    folder_split,
+    photo_split,
+    shift_weight_zero_points,
+)
 from training.import_onnx import ImportConfig
 from training.import_onnx import cli as import_cli
 from training.import_onnx import main as import_main
@@ -154,6 +162,66 @@ def test_metadata_records_calibration_and_the_gate(versions: dict[str, Path]) ->
     assert q["accuracy_drop_pp"] == pytest.approx(100 * (before - after), abs=1e-3)
     assert q["float32_parity_max_abs_diff"] <= PARITY_TOLERANCE
     assert q["gate"]["passed"] == (agreement >= MIN_AGREEMENT and before - after <= 0.01)
+
+
+def weight_zero_points(model: onnx.ModelProto) -> set[int]:
+    """Every zero point of the graph's weights (DequantizeLinear of a rank >= 2 initializer)."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    found: set[int] = set()
+    for node in model.graph.node:
+        weight = initializers.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and weight is not None and len(weight.dims) >= 2:
+            found |= {int(z) for z in numpy_helper.to_array(initializers[node.input[2]]).ravel()}
+    return found
+
+
+def test_the_faster_weight_zero_point_is_kept(versions: dict[str, Path]) -> None:
+    q = quantization_of(versions["int8"])
+    timing = q["weight_zero_point_timing"]
+    assert timing["batches"] == [1, 8]
+    zero, shifted = timing["ms_per_image_zero_point_0"], timing["ms_per_image_zero_point_-1"]
+    assert min(zero, shifted) > 0
+    want = SHIFTED_ZERO_POINT if zero / shifted >= SHIFT_MIN_GAIN else 0
+    assert q["weight_zero_point"] == want
+    assert weight_zero_points(onnx.load(str(versions["int8"] / "model.onnx"))) == {want}
+
+
+def test_shifted_weight_zero_points_compute_the_same_bits(tmp_path: Path) -> None:
+    """Weights one lower with zero point -1 dequantize to the same floats: ONNX Runtime's
+    integer kernels, whichever it picks, give the same logits to the bit."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 7, stride=2, padding=3), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    source = tmp_path / "net.onnx"
+    images = np.random.default_rng(0).standard_normal((16, 3, 64, 64)).astype(np.float32)
+    torch.onnx.export(
+        net, (torch.from_numpy(images),), str(source), input_names=["input"],
+        output_names=["logits"],
+    )  # fmt: skip
+    quantized = tmp_path / "int8.onnx"
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": images}])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantize_static(
+        str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    model = onnx.load(str(quantized))
+    assert weight_zero_points(model) == {0}
+    assert shift_weight_zero_points(model) == 3  # two convs and the linear layer
+    assert weight_zero_points(model) == {SHIFTED_ZERO_POINT}
+    assert shift_weight_zero_points(model) == 0  # already shifted: nothing to do
+    want = run_onnx(ort_session(quantized), images)["logits"]
+    got = run_onnx(ort_session(model.SerializeToString()), images)["logits"]
+    assert np.array_equal(got, want)
 
 
 @pytest.fixture(scope="module")
