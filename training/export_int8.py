@@ -34,6 +34,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,15 +309,19 @@ def recast_stems(path: Path) -> list[str]:
 
 def shift_weight_zero_points(model: onnx.ModelProto) -> int:
     """Give every symmetric int8 weight (a DequantizeLinear of a rank >= 2 int8 initializer with
-    zero points 0 and no -128) zero point SHIFTED_ZERO_POINT and values shifted by as much, in
-    place: each dequantizes to the same float as before. Returns how many were shifted."""
+    zero points 0 and no -128, neither shared with another node) zero point SHIFTED_ZERO_POINT
+    and values shifted by as much, in place: each dequantizes to the same float as before.
+    Returns how many were shifted."""
     initializers = {t.name: t for t in model.graph.initializer}
+    uses = Counter(name for node in model.graph.node for name in node.input)
     shifted = 0
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
         weight, zero = initializers.get(node.input[0]), initializers.get(node.input[2])
         if weight is None or zero is None or weight.data_type != onnx.TensorProto.INT8:
+            continue
+        if uses[weight.name] > 1 or uses[zero.name] > 1:  # shared: shifting one shifts another
             continue
         values, zeros = numpy_helper.to_array(weight), numpy_helper.to_array(zero)
         if values.ndim < 2 or zeros.any() or values.min() < -127:

@@ -186,26 +186,30 @@ def test_the_faster_weight_zero_point_is_kept(versions: dict[str, Path]) -> None
     assert weight_zero_points(onnx.load(str(versions["int8"] / "model.onnx"))) == {want}
 
 
-def test_shifted_weight_zero_points_compute_the_same_bits(tmp_path: Path) -> None:
-    """Weights one lower with zero point -1 dequantize to the same floats: ONNX Runtime's
-    integer kernels, whichever it picks, give the same logits to the bit."""
+IMAGES_64 = np.random.default_rng(0).standard_normal((16, 3, 64, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def quantized_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN (stem 7x7/2, a 16 -> 16 conv, a 16 -> 32 conv, a linear head) as
+    `quantize_static` writes it: per-channel int8 weights, zero point 0."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 7, stride=2, padding=3), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
     ).eval()  # fmt: skip
-    source = tmp_path / "net.onnx"
-    images = np.random.default_rng(0).standard_normal((16, 3, 64, 64)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("quantized")
+    source, quantized = folder / "net.onnx", folder / "int8.onnx"
     torch.onnx.export(
-        net, (torch.from_numpy(images),), str(source), input_names=["input"],
+        net, (torch.from_numpy(IMAGES_64),), str(source), input_names=["input"],
         output_names=["logits"],
     )  # fmt: skip
-    quantized = tmp_path / "int8.onnx"
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"input": images}])
+            self.batches = iter([{"input": IMAGES_64}])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -214,13 +218,41 @@ def test_shifted_weight_zero_points_compute_the_same_bits(tmp_path: Path) -> Non
         str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
-    model = onnx.load(str(quantized))
+    return quantized
+
+
+def test_shifted_weight_zero_points_compute_the_same_bits(quantized_net: Path) -> None:
+    """Weights one lower with zero point -1 dequantize to the same floats: ONNX Runtime's
+    integer kernels, whichever it picks, give the same logits to the bit."""
+    model = onnx.load(str(quantized_net))
     assert weight_zero_points(model) == {0}
-    assert shift_weight_zero_points(model) == 3  # two convs and the linear layer
+    assert shift_weight_zero_points(model) == 4  # three convs and the linear layer
     assert weight_zero_points(model) == {SHIFTED_ZERO_POINT}
     assert shift_weight_zero_points(model) == 0  # already shifted: nothing to do
-    want = run_onnx(ort_session(quantized), images)["logits"]
-    got = run_onnx(ort_session(model.SerializeToString()), images)["logits"]
+    want = run_onnx(ort_session(quantized_net), IMAGES_64)["logits"]
+    got = run_onnx(ort_session(model.SerializeToString()), IMAGES_64)["logits"]
+    assert np.array_equal(got, want)
+
+
+def test_a_shared_zero_point_is_not_shifted(quantized_net: Path) -> None:
+    """Two weights reading one zero-point tensor: shifting the tensor for one would move the
+    other's floats, so neither is shifted; the rest are, and the logits stay the same."""
+    model = onnx.load(str(quantized_net))
+    initializers = {t.name: t for t in model.graph.initializer}
+    sixteen = [
+        node
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in initializers
+        and list(initializers[node.input[0]].dims[:2]) in ([16, 3], [16, 16])
+    ]
+    assert len(sixteen) == 2  # the stem and the 16 -> 16 conv: 16 output channels each
+    sixteen[1].input[2] = sixteen[0].input[2]
+    want = run_onnx(ort_session(model.SerializeToString()), IMAGES_64)["logits"]
+    assert shift_weight_zero_points(model) == 2
+    values = {name: numpy_helper.to_array(initializers[name]) for name in initializers}
+    assert not values[sixteen[0].input[2]].any()
+    got = run_onnx(ort_session(model.SerializeToString()), IMAGES_64)["logits"]
     assert np.array_equal(got, want)
 
 
