@@ -359,6 +359,10 @@ def choose_weight_zero_point(path: Path, images: Images, max_batch: int | None) 
     shifted = path.with_name(f"{path.stem}.shifted{path.suffix}")
     onnx.save_model(model, str(shifted))
     batches = sorted({min(b, max_batch or b) for b in TIMING_BATCHES})
+    logger.info(
+        "int8: timing the weights with zero point 0 and %d (batches %s, best of %d)",
+        SHIFTED_ZERO_POINT, ", ".join(map(str, batches)), TIMING_ROUNDS,
+    )  # fmt: skip
     try:
         zero, moved = seconds_per_image([path, shifted], images, batches)
         gain = zero / moved
