@@ -217,9 +217,9 @@ class Batcher:
 
     def batch_limit(self) -> int:
         """Images per batch: `max_batch_size`, or fewer when the measured compute seconds per
-        image would make a full batch outlast `max_batch_compute_s`. On CPU a large CNN computes
-        no faster per image in a batch, and every image in it waits for the whole batch
-        (docs/benchmarks.md), so it runs one at a time; a tiny model still batches fully."""
+        image would make a full batch outlast `max_batch_compute_s`. On CPU a float32 ResNet
+        computes no faster per image in a batch, and every image in it waits for the whole batch
+        (docs/benchmarks.md), so it runs one or two at a time; a tiny model still batches fully."""
         image_s = self.pool.times.slowest  # a batch may run beside another
         if not self._compute_budget_s or not image_s:
             return self.max_batch_size
