@@ -332,11 +332,13 @@ def shift_weight_zero_points(model: onnx.ModelProto) -> int:
     return shifted
 
 
-def seconds_per_image(paths: Sequence[Path], images: Images, batches: Sequence[int]) -> list[float]:
-    """Per graph: the sum over `batches` of its best time per image, one intra-op thread as
-    the service runs an instance, the graphs' runs interleaved so that other work on the host
-    slows each alike."""
-    sessions = [ort_session(path, threads=1) for path in paths]
+def seconds_per_image(
+    models: Sequence[Path | bytes], images: Images, batches: Sequence[int]
+) -> list[float]:
+    """Per graph (a file or a serialized model): the sum over `batches` of its best time per
+    image, one intra-op thread as the service runs an instance, the graphs' runs interleaved so
+    that other work on the host slows each alike."""
+    sessions = [ort_session(model, threads=1) for model in models]
     name = sessions[0].get_inputs()[0].name
     feeds = [{name: np.resize(images, (batch, *images.shape[1:]))} for batch in batches]
     best = [[float("inf")] * len(batches) for _ in sessions]
@@ -356,21 +358,16 @@ def choose_weight_zero_point(path: Path, images: Images, max_batch: int | None) 
     model = onnx.load(str(path))
     if shift_weight_zero_points(model) == 0:
         return {"weight_zero_point": 0}
-    shifted = path.with_name(f"{path.stem}.shifted{path.suffix}")
-    onnx.save_model(model, str(shifted))
     batches = sorted({min(b, max_batch or b) for b in TIMING_BATCHES})
     logger.info(
         "int8: timing the weights with zero point 0 and %d (batches %s, best of %d)",
         SHIFTED_ZERO_POINT, ", ".join(map(str, batches)), TIMING_ROUNDS,
     )  # fmt: skip
-    try:
-        zero, moved = seconds_per_image([path, shifted], images, batches)
-        gain = zero / moved
-        chosen = SHIFTED_ZERO_POINT if gain >= SHIFT_MIN_GAIN else 0
-        if chosen:
-            shifted.replace(path)
-    finally:
-        shifted.unlink(missing_ok=True)
+    zero, moved = seconds_per_image([path, model.SerializeToString()], images, batches)
+    gain = zero / moved
+    chosen = SHIFTED_ZERO_POINT if gain >= SHIFT_MIN_GAIN else 0
+    if chosen:
+        onnx.save_model(model, str(path))
     logger.info(
         "int8: weights with zero point %d ran %.2fx as fast as with 0 here; zero point %d kept",
         SHIFTED_ZERO_POINT, gain, chosen,
