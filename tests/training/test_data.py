@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Subset
 from torchvision import transforms as T
 
-from training.data.datasets import load_dataset, with_transform
+from training.data.datasets import load_dataset, stratified_holdout, with_transform
 from training.data.transforms import Preprocessing, eval_transform, train_transform
 from training.errors import UserError
 
@@ -57,6 +59,40 @@ def test_imagefolder_split_and_rgb(tmp_path: Path) -> None:
     assert len(data.train) + len(data.test) == 20  # type: ignore[arg-type]
     image, _ = with_transform(data.train, train_transform(data.preprocessing, "flip-crop", True))[0]
     assert image.shape == (3, 32, 32)
+
+
+def test_imagefolder_holdout_keeps_every_class(tmp_path: Path) -> None:
+    """A small, uneven folder: each class with two or more images is both trained and held out,
+    a one-image class is trained on, and the two parts never share a file."""
+    rng = np.random.default_rng(0)
+    counts = {"common": 40, "rare": 3, "single": 1, "two": 2}
+    for cls, count in counts.items():
+        (tmp_path / cls).mkdir()
+        for i in range(count):
+            pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=16)
+    test, train = data.test, data.train
+    assert isinstance(test, Subset)
+    assert isinstance(train, Subset)
+    targets = test.dataset.targets
+    held = collections.Counter(data.labels[targets[i]] for i in test.indices)
+    kept = collections.Counter(data.labels[targets[i]] for i in train.indices)
+    assert held == {"common": 4, "rare": 1, "two": 1}
+    assert kept == {"common": 36, "rare": 2, "single": 1, "two": 1}
+    assert not set(test.indices) & set(train.indices)
+
+
+def test_stratified_holdout_is_fixed_and_never_empty() -> None:
+    targets = [0] * 30 + [1] * 10
+    first = stratified_holdout(targets, 0.1)
+    assert first == stratified_holdout(targets, 0.1)
+    assert first != stratified_holdout(targets, 0.1, seed=1)
+    assert len(first[0]) == 4
+    assert sorted(first[0] + first[1]) == list(range(40))
+    held, kept = stratified_holdout([0, 1, 2], 0.1)  # one image per class
+    assert len(held) == 1
+    assert len(kept) == 2
 
 
 def test_eval_transform_is_the_service_pipeline() -> None:

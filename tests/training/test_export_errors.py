@@ -20,7 +20,7 @@ from training.export import main as export_main
 from training.train import TrainConfig
 from training.train import main as train_main
 
-CLASSES = {"china": 5, "gray": 5}  # the 90/10 split leaves one test image
+CLASSES = {"china": 5, "gray": 5}  # the held-out tenth: one test image per class
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def _metadata(folder: Path) -> schema.ModelMetadata:
 def test_tiny_tree_takes_parity_samples_from_train_too(checkpoint: Path, tmp_path: Path) -> None:
     folder = _export(checkpoint, tmp_path, evaluate=True)
     meta = _metadata(folder)
-    assert meta.export.parity_samples == 10  # type: ignore[attr-defined]  # 1 test + 9 train
+    assert meta.export.parity_samples == 10  # type: ignore[attr-defined]  # 2 test + 8 train
     assert meta.labels == ["china", "gray"]
-    assert meta.training["test_samples"] == 1
+    assert meta.training["test_samples"] == 2
 
 
 def test_metadata_written_is_valid_for_the_service(checkpoint: Path, tmp_path: Path) -> None:
@@ -135,9 +135,9 @@ def test_relative_imagefolder_from_elsewhere_says_how_to_fix(
     assert meta.training["dataset"] == "imagefolder:imgtree"
     assert meta.training["evaluation_dataset"] == f"imagefolder:{tree}"
     # evaluate --model-dir reads where export found the data
-    assert evaluate_main(EvalConfig(model_dir=folder))["samples"] == 1
+    assert evaluate_main(EvalConfig(model_dir=folder))["samples"] == 2  # one held out per class
     monkeypatch.chdir(tree.parent)  # from the folder training ran in, the recorded path works
-    assert evaluate_main(EvalConfig(checkpoint=relative_checkpoint))["samples"] == 1
+    assert evaluate_main(EvalConfig(checkpoint=relative_checkpoint))["samples"] == 2
 
 
 def test_labels_that_differ_from_the_models_are_refused(checkpoint: Path, tmp_path: Path) -> None:

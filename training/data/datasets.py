@@ -251,6 +251,26 @@ class _ImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision is untyped
         return sorted(train, key=train.__getitem__), {c: train[c] for c in classes}
 
 
+def stratified_holdout(
+    targets: Sequence[int], fraction: float, seed: int = SPLIT_SEED
+) -> tuple[list[int], list[int]]:
+    """Held-out and kept indices: `fraction` of each class (rounded, at least one image of every
+    class that has two or more, so each such class is both trained and evaluated), at least one
+    image in all; a fixed shuffle per class, both lists in index order."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, target in enumerate(targets):
+        by_class.setdefault(int(target), []).append(index)
+    held: list[int] = []
+    for members in by_class.values():
+        count = max(1, round(len(members) * fraction)) if len(members) >= 2 else 0
+        held += [members[i] for i in rng.permutation(len(members))[:count]]
+    if not held and len(targets) > 0:
+        held = [int(rng.integers(len(targets)))]
+    chosen = set(held)
+    return sorted(held), [i for i in range(len(targets)) if i not in chosen]
+
+
 def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
     if not path.is_dir():
         raise UserError(f"imagefolder: {path} is not a directory of class folders")
@@ -266,10 +286,8 @@ def _imagefolder(path: Path, image_size: int, color_mode: str) -> DatasetBundle:
         else:
             full = _ImageFolder(path)
             classes = full.classes
-            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
-            n_test = max(1, int(len(full) * IMAGEFOLDER_TEST_FRACTION))
-            test = Subset(full, order[:n_test].tolist())
-            train = Subset(full, order[n_test:].tolist())
+            held, kept = stratified_holdout(full.targets, IMAGEFOLDER_TEST_FRACTION)
+            test, train = Subset(full, held), Subset(full, kept)
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"imagefolder: {err}") from err
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if color_mode == "RGB" else ((0.5,), (0.5,))
