@@ -95,6 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else TELEMETRY_OFF,
+        # A path with a stray slash is a 404 like any unknown path, not a redirect built from
+        # the request's Host header (which a client chooses).
+        redirect_slashes=False,
     )
     routes = [route for router in ROUTERS for route in router.routes]
     if settings.cors_origin_list:  # off by default (docs/security.md)

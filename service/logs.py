@@ -28,6 +28,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+MULTIPART_LOGGER = "python_multipart"
+
+
 def configure(log_format: str, level: str, *, with_pid: bool = False) -> None:
     """Root logging to stderr; `with_pid` (worker processes) names the process in each line."""
     handler = logging.StreamHandler(sys.stderr)
@@ -41,3 +44,6 @@ def configure(log_format: str, level: str, *, with_pid: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The multipart parser warns about every malformed body a client sends, a line each; the
+    # client already gets its 400, and the log must not be a client's to fill.
+    logging.getLogger(MULTIPART_LOGGER).setLevel(max(root.level, logging.ERROR))

@@ -28,7 +28,9 @@ from service.v2.schemas import (
     BYTES,
     FP32,
     HEADER_LENGTH,
+    SHARED_MEMORY_REGION,
     InferRequest,
+    Parameters,
     RequestInput,
 )
 
@@ -73,6 +75,7 @@ def parse_request(
     binary: dict[int, bytes] = {}
     offset = 0
     for index, tensor in enumerate(request.inputs):
+        refuse_shared_memory(tensor.parameters, f"input {tensor.name!r}")
         size = tensor.parameters.get(BINARY_DATA_SIZE)
         if size is None:
             if tensor.data is None:
@@ -94,6 +97,16 @@ def parse_request(
             f"the body has {len(tail)} bytes of binary tensor data, the inputs declare {offset}"
         )
     return ParsedRequest(request, binary)
+
+
+def refuse_shared_memory(parameters: Parameters, where: str) -> None:
+    """A tensor placed in shared memory cannot be served: the extension is not offered (server
+    metadata lists the ones that are), and ignoring the parameter would answer elsewhere."""
+    if SHARED_MEMORY_REGION in parameters:
+        raise BadRequest(
+            f"{where}: {SHARED_MEMORY_REGION} is not supported (this server offers no "
+            "shared-memory extension): send the tensor in the body"
+        )
 
 
 def element_count(shape: list[int]) -> int:

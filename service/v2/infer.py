@@ -27,6 +27,7 @@ from service.v2.codec import (
     encode_response,
     fp32_tensor,
     parse_request,
+    refuse_shared_memory,
 )
 from service.v2.schemas import (
     BINARY_DATA,
@@ -73,12 +74,13 @@ def _flag(parameters: Parameters, key: str, default: bool, where: str) -> bool:
 def plan_outputs(meta: ModelMetadata, request: InferRequest) -> list[OutputPlan]:
     """Requested outputs, checked before any work; none requested = logits alone."""
     default_binary = _flag(request.parameters, BINARY_DATA_OUTPUT, False, "request")
-    if request.outputs is None:
+    if not request.outputs:  # none, or an empty list as Triton reads it: the logits
         return [OutputPlan(meta.output.name, None, default_binary)]
     known = [meta.output.name, *(fm.output for fm in meta.feature_maps)]
     plans: list[OutputPlan] = []
     for output in request.outputs:
         where = f"output {output.name!r}"
+        refuse_shared_memory(output.parameters, where)
         if output.name not in known:
             raise BadRequest(f"{meta.name} has no output {output.name!r} (known: {known})")
         if any(p.name == output.name for p in plans):
@@ -182,7 +184,11 @@ def _deadline(request: InferRequest, deadline: float | None) -> float | None:
     timeout_us = request.parameters.get(TIMEOUT_US)
     if timeout_us is None:
         return deadline
-    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us <= 0:
+    if (
+        isinstance(timeout_us, bool)
+        or not isinstance(timeout_us, int | float)
+        or not timeout_us > 0  # also NaN, which no comparison holds for
+    ):
         raise BadRequest(f"parameter {TIMEOUT_US!r} must be a positive number of microseconds")
     if timeout_us >= NO_TIMEOUT_US:  # also: an int past float's range would not convert
         return deadline

@@ -35,6 +35,8 @@ BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
 CLASSIFICATION = "classification"
 TIMEOUT_US = "timeout"  # tritonclient's per-request timeout, microseconds
+# Parameter of the shared-memory extensions, which this server does not offer.
+SHARED_MEMORY_REGION = "shared_memory_region"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 

@@ -97,6 +97,20 @@ def test_concurrent_requests_are_batched(service: ServiceProcess) -> None:
     assert batched / runs > 1
 
 
+def test_malformed_multipart_bodies_do_not_fill_the_log(service: ServiceProcess) -> None:
+    """Each is a 400 for its client; none adds a line to the server's log."""
+    before = service.log().count("\n")
+    for _ in range(20):
+        answer = httpx.post(
+            f"{service.base_url}/v1/classify",
+            content=b"not multipart at all",
+            headers={"content-type": "multipart/form-data; boundary=xyz"},
+        )
+        assert answer.status_code == 400, answer.text
+    added = service.log().splitlines()[before:]
+    assert not [line for line in added if "multipart" in line], added[:3]
+
+
 def test_sigterm_exits_cleanly(repo: Path, tmp_path: Path) -> None:
     with ServiceProcess(tmp_path / "s.log", model_repository=repo, providers="cpu") as process:
         process.terminate()

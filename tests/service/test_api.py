@@ -420,6 +420,10 @@ def test_root_docs_and_openapi(client: httpx.Client) -> None:
     assert "404" in spec["paths"]["/v1/models/{model}"]["get"]["responses"]
     assert "503" in spec["paths"]["/v2/health/ready"]["get"]["responses"]
     assert_error(client.get("/no/such/route"), 404, "not_found")
+    # a stray slash is not redirected to a URL made of the client's Host header
+    stray = client.get("/v1/models/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert_error(stray, 404, "not_found")
+    assert "location" not in stray.headers
 
 
 def test_metrics_exposition(client: httpx.Client) -> None:

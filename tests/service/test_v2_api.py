@@ -246,6 +246,7 @@ def test_null_parameters_ids_and_outputs_are_accepted(
     bodies = [
         {"id": None, "parameters": None, "inputs": [tensor], "outputs": None},
         {"inputs": [tensor], "outputs": [{"name": "logits", "parameters": None}]},
+        {"inputs": [tensor], "outputs": []},  # as Triton reads it: the default outputs
     ]
     (expected,) = offline(tiny_cnn, x, ["logits"])
     for body in bodies:
@@ -258,6 +259,21 @@ def test_null_parameters_ids_and_outputs_are_accepted(
         f"/v2/repository/models/{MODEL}/load", json={"parameters": None}, headers=admin
     )
     assert load.status_code == 200, load.text
+
+
+def test_shared_memory_tensors_are_refused(client: httpx.Client) -> None:
+    """No shared-memory extension is offered: a tensor placed in a region is a 400 naming the
+    parameter, not a 200 that ignores where the client reads or wrote it."""
+    region = {"shared_memory_region": "out0", "shared_memory_byte_size": 40}
+    asked = tensor_request(inputs(1), outputs=[{"name": "logits", "parameters": region}])
+    placed = {
+        "inputs": [{**{k: v for k, v in TENSOR.items() if k != "data"}, "parameters": region}]
+    }
+    for body in (asked, placed):
+        response = client.post(INFER, json=body)
+        assert response.status_code == 400, response.text
+        assert "shared_memory_region is not supported" in response.json()["error"]
+    assert "shared_memory" not in " ".join(client.get("/v2").json()["extensions"])
 
 
 def test_an_unknown_v2_path_is_counted_as_a_native_one_is(client: httpx.Client) -> None:
@@ -348,6 +364,18 @@ def test_bad_timeout_header_is_a_422_with_the_v2_body(client: httpx.Client, valu
     assert response.status_code == 422, response.text
     assert set(response.json()) == {"error"}
     assert "X-Request-Timeout-Ms" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "-1", "0", '"5"', "true", "-Infinity"])
+def test_bad_timeout_parameter_is_a_400(client: httpx.Client, value: str) -> None:
+    """The `timeout` parameter must be a positive number: NaN, which compares false with every
+    number, must not pass for one and switch the server's own deadline off."""
+    body = json.dumps(tensor_request(inputs(1), parameters={"timeout": 1})).replace(
+        '"timeout": 1', f'"timeout": {value}'
+    )
+    response = client.post(INFER, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "'timeout' must be a positive number" in response.json()["error"]
 
 
 def test_v2_and_native_requests_share_a_batch(client: httpx.Client, gate: GatedRuntime) -> None:
