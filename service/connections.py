@@ -23,6 +23,13 @@ used; nothing of uvicorn's protocol but its constructor, called with uvicorn's o
   waited longest for its request head: those do no work yet, and a client's own head arrives
   within a round trip (nginx likewise reuses connections that wait). When none waits, the new
   one is answered 503 `too_many_connections` and closed.
+- A request head may take at most `MAX_HEAD_BYTES`: a longer one is answered 431 and its
+  connection closed (uvicorn's default parser keeps a head of any size in memory).
+- Pipelined requests reach uvicorn one at a time: once its protocol pauses reading (it does for
+  a request that arrives while the one before is still answered), the rest of what was received
+  waits here, and the socket is not read, until it resumes. uvicorn would otherwise take every
+  request of a read at once, a few KiB of state each: a client pipelining 100,000 tiny requests
+  on each of four connections held about 1 GB.
 """
 
 from __future__ import annotations
@@ -46,8 +53,11 @@ BODY_GRACE_S = 1.0
 REPORT_INTERVAL_S = 10.0
 # Bytes of one line kept while looking for its end (the framing headers' names and values).
 MAX_LINE_BYTES = 8192
+# The longest request head (request line and headers, as sent), as large as a head of many big
+# cookies or tokens gets; nginx's default is 8 KiB per line, four lines of them.
+MAX_HEAD_BYTES = 65536
 
-IDLE, HEAD, BODY, OPAQUE = "idle", "head", "body", "opaque"
+IDLE, HEAD, BODY, OPAQUE, TOO_LARGE = "idle", "head", "body", "opaque", "too_large"
 # Where a chunked body is (RFC 9112 §7.1).
 CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS = "size", "data", "end", "trailers"
 
@@ -55,29 +65,42 @@ _REFUSAL_BODY = (
     b'{"error":{"code":"too_many_connections","message":"the server has as many connections '
     b'open as it allows: retry later"}}'
 )
-REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"content-type: application/json\r\n"
-    b"content-length: %d\r\n"
-    b"retry-after: 1\r\n"
-    b"connection: close\r\n"
-    b"x-content-type-options: nosniff\r\n"
-    b"x-frame-options: DENY\r\n"
-    b"\r\n" % len(_REFUSAL_BODY)
-) + _REFUSAL_BODY
+
+
+def _closing_answer(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    """A whole JSON answer that closes its connection, written below HTTP."""
+    head = (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: %d\r\n" % len(body) + extra + b"connection: close\r\n"
+        b"x-content-type-options: nosniff\r\n"
+        b"x-frame-options: DENY\r\n"
+        b"\r\n"
+    )
+    return head + body
+
+
+REFUSAL = _closing_answer(b"503 Service Unavailable", _REFUSAL_BODY, b"retry-after: 1\r\n")
+HEAD_TOO_LARGE = _closing_answer(
+    b"431 Request Header Fields Too Large",
+    b'{"error":{"code":"header_too_large","message":"the request head (request line and '
+    b'headers) is longer than %d bytes"}}' % MAX_HEAD_BYTES,
+)
 
 
 class RequestFraming:
     """Where each request's head and body end in one connection's bytes (RFC 9112): a head
     ends at its empty line; its body is then `Content-Length` bytes, or chunks up to the last
     one and its trailers, or nothing. `phase` is IDLE (between requests), HEAD, BODY, or
-    OPAQUE once a head's framing cannot be read (the HTTP parser behind refuses such heads);
-    `heads` counts the heads completed."""
+    OPAQUE once a head's framing cannot be read (the HTTP parser behind refuses such heads),
+    TOO_LARGE once a head passes MAX_HEAD_BYTES; `heads` counts the heads completed."""
 
     __slots__ = (
         "_bad",
         "_chunk",
         "_chunked",
+        "_ended",
+        "_head_bytes",
         "_length",
         "_line",
         "_remaining",
@@ -96,11 +119,18 @@ class RequestFraming:
         self._bad = False
         self._remaining = 0  # body bytes left: the whole body's, or the chunk's
         self._chunk = CHUNK_SIZE
+        self._head_bytes = 0  # of the head so far
+        self._ended = False  # a request ended in this `feed`
 
-    def feed(self, data: bytes) -> None:
-        position, end = 0, len(data)
-        while position < end and self.phase != OPAQUE:
+    def feed(self, data: bytes, start: int = 0, *, one_request: bool = False) -> int:
+        """Read `data` from `start`; returns where reading stopped: the end, or with
+        `one_request` just after the first request that ends in it."""
+        position, end = start, len(data)
+        self._ended = False
+        while position < end and self.phase not in (OPAQUE, TOO_LARGE):
             if self.phase == IDLE:
+                if one_request and self._ended:
+                    return position
                 self.phase = HEAD
             if self.phase == BODY and (self._length is not None or self._chunk == CHUNK_DATA):
                 taken = min(self._remaining, end - position)
@@ -113,14 +143,19 @@ class RequestFraming:
                         self._end_body()
                 continue
             if self.phase == HEAD and not self._line and not self._started:
-                head_end = data.find(b"\r\n\r\n", position)
+                head_end = data.find(b"\r\n\r\n", position, position + MAX_HEAD_BYTES)
                 if head_end >= 0 and self._whole_head(data[position : head_end + 2]):
                     position = head_end + 4
                     continue
             newline = data.find(b"\n", position)
+            if self.phase == HEAD:
+                self._head_bytes += (end if newline < 0 else newline + 1) - position
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self.phase = TOO_LARGE
+                    return position
             if newline < 0:
                 self._line = (self._line + data[position:])[:MAX_LINE_BYTES]
-                return
+                return end
             line = data[position:newline]
             if self._line:
                 line = (self._line + line)[:MAX_LINE_BYTES]
@@ -131,6 +166,7 @@ class RequestFraming:
                 self._head_line(line)
             else:
                 self._chunk_line(line)
+        return position if self.phase == TOO_LARGE else end
 
     def _whole_head(self, head: bytes) -> bool:
         """The usual case, a whole head in one read (`head`: up to the CRLF of its last line),
@@ -180,6 +216,7 @@ class RequestFraming:
     def _end_head(self) -> None:
         self.heads += 1
         self._started = False
+        self._head_bytes = 0
         if self._bad:
             self.phase = OPAQUE
         elif self._chunked:
@@ -211,6 +248,33 @@ class RequestFraming:
         self.phase = IDLE
         self._length = None
         self._chunked = False
+        self._ended = True
+
+
+class InnerTransport:
+    """The transport uvicorn's protocol is given: the connection's own, but for pausing and
+    resuming reading, which go through the connection (it may hold requests back)."""
+
+    __slots__ = ("_connection", "_transport")
+
+    def __init__(self, connection: GuardedConnection, transport: asyncio.Transport) -> None:
+        self._connection = connection
+        self._transport = transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+
+    def pause_reading(self) -> None:
+        self._connection.inner_reading(False)
+
+    def resume_reading(self) -> None:
+        self._connection.inner_reading(True)
+
+    def is_reading(self) -> bool:
+        return self._connection.inner_reads and not self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -224,6 +288,9 @@ class GuardedConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.admitted = False  # passed to `inner` (a refused connection never is)
         self.counted = False  # one of the guard's open connections
+        self.inner_reads = True  # `inner` has not paused reading
+        self.held = b""  # received, not yet passed to `inner` (it paused reading)
+        self.socket_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is one, though not an asyncio.Transport subclass).
@@ -233,23 +300,83 @@ class GuardedConnection(asyncio.Protocol):
             transport.close()
             return
         self.admitted = self.counted = True
-        self.inner.connection_made(transport)
+        self.inner.connection_made(cast(asyncio.Transport, InnerTransport(self, transport)))
         self._enter_phase()
 
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
             return
+        if self.held:  # read before the socket was paused
+            self.held += data
+            return
+        self._pass(data)
+
+    def _pass(self, data: bytes) -> None:
+        """Pass `data` to `inner` request by request, holding back what follows a request once
+        `inner` has paused reading; refuse a head past MAX_HEAD_BYTES."""
         framing = self.framing
-        phase, heads = framing.phase, framing.heads
-        framing.feed(data)
-        if framing.phase != phase or framing.heads != heads:  # a new head or body began
-            self._enter_phase()
-        self.inner.data_received(data)
+        position, end = 0, len(data)
+        while position < end:
+            phase, heads = framing.phase, framing.heads
+            stop = framing.feed(data, position, one_request=True)
+            if framing.phase == TOO_LARGE:
+                self._refuse_head()
+                return
+            if framing.phase != phase or framing.heads != heads:  # a new head or body began
+                self._enter_phase()
+            whole = position == 0 and stop == end  # the usual case: one request, no copy
+            self.inner.data_received(data if whole else data[position:stop])
+            position = stop
+            if self.transport is None or self.transport.is_closing():  # e.g. a 400 from `inner`
+                return
+            if position < end and not self.inner_reads:
+                self.held = data[position:]
+                break
+        paused = bool(self.held) or not self.inner_reads
+        if paused != self.socket_paused:
+            self._pause_socket(paused)
+
+    def inner_reading(self, reads: bool) -> None:
+        """`inner` paused or resumed reading: held requests go on once it reads again."""
+        self.inner_reads = reads
+        if reads and self.held:
+            asyncio.get_running_loop().call_soon(self._release)
+        else:
+            self._pause_socket(not reads or bool(self.held))
+
+    def _release(self) -> None:
+        if self.held and self.inner_reads and self.transport is not None:
+            held, self.held = self.held, b""
+            if not self.transport.is_closing():
+                self._pass(held)
+
+    def _pause_socket(self, paused: bool) -> None:
+        transport = self.transport
+        if paused == self.socket_paused or transport is None or transport.is_closing():
+            return
+        self.socket_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _refuse_head(self) -> None:
+        """431 and close: nothing of the oversized head reaches `inner`."""
+        self.held = b""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.guard.waiting.pop(self, None)
+        if self.transport is not None:
+            self.transport.write(HEAD_TOO_LARGE)
+            self.transport.close()
+        self.guard.note("header_too_large")
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.admitted else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.held = b""
         self.guard.forget(self)
         if self.admitted:
             self.inner.connection_lost(exc)
@@ -307,7 +434,9 @@ class ConnectionGuard:
         self.open = 0
         # Connections waiting for (the rest of) a request head, the longest waiting first.
         self.waiting: dict[GuardedConnection, None] = {}
-        self.closed = dict.fromkeys(("header_timeout", "body_timeout", "evicted", "refused"), 0)
+        self.closed = dict.fromkeys(
+            ("header_timeout", "header_too_large", "body_timeout", "evicted", "refused"), 0
+        )
         self._reported_at = float("-inf")
         self._report: asyncio.TimerHandle | None = None
 
@@ -319,7 +448,7 @@ class ConnectionGuard:
         the cap is reached and none waits (the new one is then refused)."""
         if self.open >= self.max_connections:
             if not self.waiting:
-                self._note("refused")
+                self.note("refused")
                 return False
             self.close(next(iter(self.waiting)), "evicted")
         self.open += 1
@@ -330,7 +459,7 @@ class ConnectionGuard:
         self.forget(connection)
         if connection.transport is not None:
             connection.transport.abort()
-        self._note(reason)
+        self.note(reason)
 
     def forget(self, connection: GuardedConnection) -> None:
         if connection.timer is not None:
@@ -341,7 +470,7 @@ class ConnectionGuard:
             connection.counted = False
             self.open -= 1
 
-    def _note(self, reason: str) -> None:
+    def note(self, reason: str) -> None:
         self.closed[reason] += 1
         if self._report is not None:
             return
@@ -356,10 +485,13 @@ class ConnectionGuard:
         crowded = counts["evicted"] or counts["refused"]
         logger.log(
             logging.WARNING if crowded else logging.DEBUG,
-            "connections: %d closed waiting for a request head (%.3g s), %d for a body, %d "
-            "closed at the cap of %d open to make room, %d refused with 503 (%d open now)",
+            "connections: %d closed waiting for a request head (%.3g s), %d with a head over %d "
+            "bytes (431), %d waiting for a body, %d closed at the cap of %d open to make room, "
+            "%d refused with 503 (%d open now)",
             counts["header_timeout"],
             self.header_timeout_s or 0,
+            counts["header_too_large"],
+            MAX_HEAD_BYTES,
             counts["body_timeout"],
             counts["evicted"],
             self.max_connections,

@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.connections import BODY, HEAD, IDLE, OPAQUE, ConnectionGuard, RequestFraming
+from service.connections import (
+    BODY,
+    HEAD,
+    IDLE,
+    MAX_HEAD_BYTES,
+    OPAQUE,
+    TOO_LARGE,
+    ConnectionGuard,
+    RequestFraming,
+)
 from service.settings import FD_HEADROOM, Settings
 from tests.service.server import ServiceProcess, threaded_server
 from tests.service.tiny_model import random_png
@@ -142,6 +151,36 @@ def test_a_bad_chunk_size_is_opaque() -> None:
     assert framing.phase == OPAQUE
 
 
+def test_one_request_at_a_time() -> None:
+    """`one_request` stops just after each request's end, bodies included; the last read part of
+    a request is read to the end."""
+    posted = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+    got = b"GET / HTTP/1.1\r\n\r\n"
+    data = posted + got + posted[:20]
+    framing = RequestFraming()
+    stops = [framing.feed(data, 0, one_request=True)]
+    while stops[-1] < len(data):
+        stops.append(framing.feed(data, stops[-1], one_request=True))
+    assert stops == [len(posted), len(posted + got), len(data)]
+    assert (framing.phase, framing.heads) == (HEAD, 2)
+
+
+def test_a_head_past_the_limit_is_too_large_however_it_arrives() -> None:
+    line = b"X-Cookie: " + b"c" * 1000 + b"\r\n"
+    lines = MAX_HEAD_BYTES // len(line) + 1
+    head = b"GET / HTTP/1.1\r\n" + line * lines + b"\r\n"
+    whole = RequestFraming()
+    assert whole.feed(head) < len(head)
+    assert whole.phase == TOO_LARGE
+    split = RequestFraming()
+    for at in range(0, len(head), 700):
+        split.feed(head[at : at + 700])
+    assert (split.phase, split.heads) == (TOO_LARGE, 0)
+    fits = b"GET / HTTP/1.1\r\n" + line * (lines - 2) + b"\r\n"
+    framing = _fed(fits, fits[:50], fits[50:])  # and the limit is per head
+    assert (framing.phase, framing.heads) == (IDLE, 2)
+
+
 def test_the_guard_travels_to_worker_processes() -> None:
     guard = ConnectionGuard(max_connections=7, header_timeout_s=2.5, body_timeout_s=9)
     copy = pickle.loads(pickle.dumps(guard))
@@ -225,6 +264,82 @@ def test_at_the_cap_a_connection_waiting_for_its_head_makes_room(tiny_repo: Path
     assert refused.json()["error"]["code"] == "too_many_connections"
     assert refused.headers["retry-after"] == "1"
     assert answered.status_code == 200
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
+
+
+def _answers(sock: socket.socket, count: int) -> list[bytes]:
+    """The status lines and bodies of `count` answers (each with a Content-Length)."""
+    buffer, answers = b"", []
+    sock.settimeout(CLOSE_WAIT_S)
+    while len(answers) < count:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buffer[:end].lower()
+            at = head.index(b"content-length:") + len(b"content-length:")
+            length = int(head[at:].split(b"\r\n")[0])
+            if len(buffer) >= end + 4 + length:
+                answers.append(buffer[: buffer.index(b"\r\n")] + b" " + buffer[end + 4 :][:length])
+                buffer = buffer[end + 4 + length :]
+                continue
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        buffer += data
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order_and_held_back(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """Requests pipelined on one connection, GETs and POSTs with bodies, are answered in order;
+    a client pipelining 100,000 requests on each of two connections without reading the answers
+    is taken a request at a time (uvicorn alone holds every request of each read: ~250 MB per
+    such connection), and others are answered meanwhile."""
+    png = random_png(3)
+    post = (
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(png)
+    ) + png
+    live = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with ServiceProcess(
+        tmp_path / "service.log", model_repository=tiny_repo, default_model="tiny-cnn"
+    ) as service:
+        with socket.create_connection(_address(service.base_url)) as sock:
+            sock.sendall((live + post) * 50)
+            answers = _answers(sock, 100)
+        assert len(answers) == 100
+        assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+        assert [b"predictions" in a for a in answers] == [False, True] * 50
+        pid = service.process.pid
+        before = _rss_mib(pid)
+        with _connections(service.base_url, 2, b"") as socks:
+            for sock in socks:
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sent = sock.send(live * 100_000)  # as much as the socket takes: some MB
+                    assert sent > 1_000_000
+            time.sleep(1)
+            probe = httpx.get(service.base_url + "/health/live", timeout=10)
+            grown = _rss_mib(pid) - before
+        assert probe.status_code == 200
+        assert grown < 100, f"the server grew by {grown:.0f} MiB"
+
+
+def test_a_head_too_large_is_a_431(tiny_repo: Path) -> None:
+    settings = Settings(model_repository=tiny_repo, default_model="tiny-cnn", providers="cpu")
+    big = b"X-Big: " + b"b" * MAX_HEAD_BYTES + b"\r\n"
+    with threaded_server(settings) as url, _connections(url, 1, b"") as (sock,):
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        (answer,) = _answers(sock, 1)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert b'"code":"header_too_large"' in answer
+        assert _closed_by_server([sock], CLOSE_WAIT_S) == [True]
+        fits = httpx.get(url + "/health/live", headers={"x-fits": "f" * (MAX_HEAD_BYTES - 200)})
+        assert fits.status_code == 200
 
 
 def _good_requests(base_url: str, count: int) -> dict[str, list[int | str]]:
