@@ -167,6 +167,8 @@ def test_channel_enlarges_with_its_colour_scale(page: Page, service: ServiceProc
 
 def test_invalid_files_show_an_error(page: Page, service: ServiceProcess) -> None:
     open_page(page, service.base_url)
+    page.set_input_files("#file-input", str(FASHION_SAMPLE))
+    expect(page.locator("#result-section")).to_be_visible()
     # Claims to be a PNG: the service refuses it (400 invalid_image).
     page.set_input_files(
         "#file-input",
@@ -176,6 +178,16 @@ def test_invalid_files_show_an_error(page: Page, service: ServiceProcess) -> Non
     expect(error).to_be_visible()
     expect(error).to_have_attribute("data-code", "invalid_image")
     expect(page.locator("#error-message")).to_contain_text("Unsupported file")
+    # the last image's prediction is not left under the error as if it were this file's
+    expect(page.locator("#result-section")).to_be_hidden()
+    expect(page.locator("#error-retry")).to_be_hidden()  # the same file would fail again
+    # A request the service refuses for good, whatever its code: no Retry either.
+    refusal = {"error": {"code": "invalid_option", "message": "no such option"}}
+    page.route("**/classify?*", lambda route: route.fulfill(status=400, json=refusal))
+    page.set_input_files("#file-input", str(FASHION_SAMPLE))
+    expect(error).to_have_attribute("data-code", "invalid_option")
+    expect(page.locator("#error-retry")).to_be_hidden()
+    page.unroute("**/classify?*")
     # A GIF is refused in the page before any request.
     page.set_input_files(
         "#file-input", files=[FilePayload(name="a.gif", mimeType="image/gif", buffer=b"GIF89a")]

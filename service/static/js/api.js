@@ -111,11 +111,14 @@ export function describeError(err) {
   switch (err.code) {
     case "unsupported_file":
     case "invalid_image":
+    case "unsupported_image":
     case "unsupported_media_type":
       return { text: `Unsupported file: ${err.message}. Use a PNG, JPEG or WebP image.`, retry: false };
     case "image_too_large":
     case "payload_too_large":
       return { text: `Image too large: ${err.message}`, retry: false };
+    case "image_too_small":
+      return { text: `Image too small: ${err.message}`, retry: false };
     case "queue_full":
       return { text: `The service is overloaded (its queue is full).${wait}`, retry: true };
     case "not_ready":
@@ -130,7 +133,10 @@ export function describeError(err) {
       return { text: `The service took too long: ${err.message}`, retry: true };
     case "network":
       return { text: `Cannot reach the service (${err.message}).`, retry: true };
-    default:
-      return { text: `The service answered ${err.status} ${err.code}: ${err.message}`, retry: true };
+    default: {
+      // Sending the same request again helps only when the service, not the request, failed.
+      const transient = err.status >= 500 || err.status === 408 || err.status === 429;
+      return { text: `The service answered ${err.status} ${err.code}: ${err.message}`, retry: transient };
+    }
   }
 }

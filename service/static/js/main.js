@@ -272,6 +272,7 @@ async function classify() {
   } catch (err) {
     if (sequence !== state.sequence) return;
     setBusy("");
+    $("result-section").hidden = true; // what it shows is another image's or model's answer
     // A model or version gone (a reload removed it), or the service unreachable: Retry lists
     // the models again (and classifies the image with what is there); otherwise it resends.
     const relist = ["model_not_found", "version_not_found", "network"].includes(err.code);
