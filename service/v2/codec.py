@@ -130,6 +130,9 @@ def fp32_tensor(tensor: RequestInput, raw: bytes | None) -> npt.NDArray[np.float
             parsed = np.asarray(tensor.data)
         except (TypeError, ValueError) as err:  # ragged nesting
             raise BadRequest(f"input {tensor.name!r}: 'data' is not an array of numbers") from err
+        if parsed.dtype == object and all(type(v) in (int, float) for v in parsed.flat):
+            # integers past int64 (numpy keeps them as objects) are numbers like any other
+            parsed = np.array([float(v) if abs(v) < 1e308 else math.inf for v in parsed.flat])
         if parsed.size and parsed.dtype.kind not in "iuf":  # strings, booleans, objects
             raise BadRequest(f"input {tensor.name!r}: 'data' holds non-numbers")
         with np.errstate(over="ignore"):  # beyond float32's range: infinity, refused below

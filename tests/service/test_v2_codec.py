@@ -158,13 +158,33 @@ def test_fp32_size_and_datatype_mismatches() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [["1.0", "2.0"], [True, False], [[1.0], [2.0, 3.0]], [1.0, 1e39], [{"a": 1}, 2]]
+    "data",
+    [
+        ["1.0", "2.0"],
+        [True, False],
+        [[1.0], [2.0, 3.0]],
+        [1.0, 1e39],
+        [{"a": 1}, 2],
+        [2**70, "x"],
+        [True, 2**70],
+        [1, 10**400],  # past float64: infinity
+    ],
 )
 def test_fp32_json_data_must_be_finite_numbers(data: list[Any]) -> None:
     body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": data}]}
     parsed = parse_request(json.dumps(body).encode(), None)
     with pytest.raises(BadRequest, match="numbers|non-numbers|NaN or infinity|needs 2 values"):
         fp32_tensor(parsed.request.inputs[0], None)
+
+
+def test_fp32_json_integers_of_any_size_are_numbers() -> None:
+    """Integers past int64 are JSON numbers like 1.18e21 is: converted, not "non-numbers"."""
+    body = (
+        b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [[%d, %d, 2.5]]}]}'
+    )
+    parsed = parse_request(body % (2**64, 2**70), None)
+    values = fp32_tensor(parsed.request.inputs[0], None)
+    np.testing.assert_array_equal(values, np.array([[2**64, 2**70, 2.5]], dtype=np.float32))
 
 
 def test_fp32_binary_data_must_be_finite() -> None:
