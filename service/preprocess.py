@@ -246,6 +246,15 @@ def _orient(image: Image.Image, transpose: Image.Transpose | None) -> Image.Imag
     return image if transpose is None else image.transpose(transpose)
 
 
+def upright(opened: Image.Image, color_mode: str) -> Image.Image:
+    """The pixels of an opened image in `color_mode` ("L" or "RGB"), EXIF orientation applied:
+    what the service classifies, and what training reads from image files (training.data), so a
+    model is trained on the pixels it is later served. UnsupportedImage for a mode it has no
+    conversion for."""
+    transpose = _load(opened)
+    return _orient(_convert(opened, color_mode), transpose)
+
+
 def decode(data: bytes, *, color_mode: str, max_pixels: int, min_side: int = 1) -> Image.Image:
     """Decode an encoded image, apply EXIF orientation, convert to `color_mode` ("L" or "RGB").
 
@@ -253,9 +262,7 @@ def decode(data: bytes, *, color_mode: str, max_pixels: int, min_side: int = 1) 
     refused.
     """
     with _decode_errors():
-        opened = _open(data, max_pixels=max_pixels, min_side=min_side)
-        transpose = _load(opened)
-        return _orient(_convert(opened, color_mode), transpose)
+        return upright(_open(data, max_pixels=max_pixels, min_side=min_side), color_mode)
 
 
 def draft_scale(width: int, height: int, resize: int) -> int:

@@ -9,6 +9,7 @@ config. Values are tensors and plain Python types only: no numpy, dataclass or N
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -69,10 +70,16 @@ def describe_load_error(err: Exception) -> str:
     if pickled:
         return f"it holds a pickled {pickled.group(1)}, which is never unpickled: tensors only"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    refused = bool(lines) and lines[0].startswith(TORCH_ADVICE)  # weights_only said why
+    if isinstance(err, KeyError | EOFError) or (
+        isinstance(err, pickle.UnpicklingError) and not refused
+    ):  # what the unpickler meets in a text file, or any other file not written by torch.save
+        return "not a file that torch.save wrote"
     first = next((ln for ln in lines if not ln.startswith(TORCH_ADVICE)), "")
     if not first:
         return type(err).__name__
-    return f"{type(err).__name__}: {first[:160]}"
+    sentence = first.split(". ", 1)[0].rstrip(".")  # torch's advice follows the first sentence
+    return f"{type(err).__name__}: {sentence[:160]}"
 
 
 def model_from_checkpoint(content: dict[str, Any]) -> nn.Module:

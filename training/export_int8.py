@@ -59,6 +59,7 @@ from PIL import Image, ImageOps
 
 from service.runtime import ORT_ERRORS
 from training.cli import positive_int
+from training.data.images import load_image
 from training.errors import UserError
 from training.onnx_check import (
     LOGITS_NAME,
@@ -128,11 +129,7 @@ class ImageSet:
         item = self.items[index]
         if isinstance(item, Image.Image):
             return item
-        try:
-            with Image.open(item) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise UserError(f"calibration data: cannot read image {item}: {err}") from err
+        return load_image(item, "calibration data")
 
     def batches(self, preprocess: Preprocess, batch_size: int) -> Iterator[tuple[Images, Labels]]:
         """(images, labels) in order; labels are -1 where unknown."""
@@ -566,7 +563,7 @@ def check_int8_options(
         if on
     ]
     if given and not int8:
-        raise UserError(f"{', '.join(given)} go with --int8")
+        raise UserError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --int8")
     if calibration < 1 or (gate_images is not None and gate_images < 1):
         raise UserError("--calibration and --gate-images must be at least 1")
 

@@ -102,6 +102,18 @@ PHOTO_DIR = Path(__file__).resolve().parents[1] / "service" / "static" / "sample
 # Views of each photo for the parity check: whole, mirrored, and two off-centre crops
 # (fractions left, upper, right, lower), 8 images in all.
 MAX_ALL_FEATURE_MAPS = 64
+# Nodes of a graph quantized already (QDQ, QOperator, dynamic quantization).
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+    }
+)
 # Ops whose 4-D outputs `--feature-maps all` offers: convolutions, pools and activations.
 ALL_MAP_OPS = frozenset(
     {
@@ -448,9 +460,12 @@ def served_logits(
     return output, values
 
 
-def conv_precision(model: onnx.ModelProto) -> Literal["float32", "float16"]:
-    """float16 when the graph's convolution weights are float16 initializers (a graph converted
-    with float32 inputs and outputs kept), else float32."""
+def graph_precision(model: onnx.ModelProto) -> Literal["float32", "float16", "int8"]:
+    """int8 when the graph is already quantized (any of QUANTIZED_OPS: QDQ or QOperator, as
+    `onnxruntime.quantization` writes either); float16 when its convolution weights are float16
+    initializers (a graph converted with float32 inputs and outputs kept); else float32."""
+    if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        return "int8"
     initializers = {t.name: t.data_type for t in model.graph.initializer}
     weights = [initializers.get(n.input[1]) for n in model.graph.node if n.op_type == "Conv"]
     return "float16" if onnx.TensorProto.FLOAT16 in weights else "float32"
@@ -576,6 +591,16 @@ def main(cfg: ImportConfig) -> Path:
     )
     check_repository(cfg.repository, cfg.name)
     model = read_graph(cfg.model)
+    precision = graph_precision(model)
+    if cfg.int8 and precision != "float32":
+        raise UserError(
+            f"--int8 quantizes a float32 graph, and {cfg.model} is {precision} already: "
+            + (
+                "import it without --int8"
+                if precision == "int8"
+                else "import the float32 graph it was converted from with --int8"
+            )
+        )
     info = input_info(model)
     original = load_session(cfg.model)
     logits, num_classes = logits_output(original)
@@ -634,7 +659,6 @@ def main(cfg: ImportConfig) -> Path:
         cfg.feature_maps,
         ", ".join(f"{m.layer} {'x'.join(map(str, m.shape))}" for m in maps) or "none",
     )
-    precision = conv_precision(model)
     if precision == "float16":
         logger.info(
             "the graph computes in float16 (float16 convolution weights): its layers' float16 "

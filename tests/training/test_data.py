@@ -10,7 +10,9 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import transforms as T
 
+from service.preprocess import decode
 from training.data.datasets import load_dataset, stratified_holdout, with_transform
+from training.data.images import load_image
 from training.data.transforms import Preprocessing, eval_transform, train_transform
 from training.errors import UserError
 
@@ -93,6 +95,43 @@ def test_stratified_holdout_is_fixed_and_never_empty() -> None:
     held, kept = stratified_holdout([0, 1, 2], 0.1)  # one image per class
     assert len(held) == 1
     assert len(kept) == 2
+
+
+def _odd_images(folder: Path) -> dict[str, Path]:
+    """Files whose pixels depend on how they are read: EXIF orientation, 16-bit grey, a palette
+    with transparency, CMYK."""
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 255, (18, 30, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90° clockwise
+    files = {name: folder / name for name in ("exif.jpg", "grey16.png", "palette.png", "cmyk.jpg")}
+    photo.save(files["exif.jpg"], exif=exif, quality=95)
+    wide = rng.integers(2000, 60000, (18, 30), dtype=np.uint16)
+    Image.fromarray(wide).save(files["grey16.png"])
+    palette = photo.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(files["palette.png"])
+    photo.convert("CMYK").save(files["cmyk.jpg"])
+    return files
+
+
+def test_image_files_are_read_as_the_service_reads_them(tmp_path: Path) -> None:
+    """Training, evaluation and calibration see the pixels the service classifies: a phone
+    photo upright, a 16-bit grey scaled (not clipped to white)."""
+    for name, path in _odd_images(tmp_path).items():
+        served = decode(path.read_bytes(), color_mode="RGB", max_pixels=10**8)
+        trained = load_image(path)
+        assert trained.size == served.size, name
+        np.testing.assert_array_equal(np.asarray(trained), np.asarray(served), err_msg=name)
+    assert load_image(tmp_path / "exif.jpg").size == (18, 30)
+    assert len(np.unique(np.asarray(load_image(tmp_path / "grey16.png")))) > 100
+    folder = tmp_path / "tree"
+    (folder / "odd").mkdir(parents=True)
+    (tmp_path / "exif.jpg").rename(folder / "odd" / "exif.jpg")
+    (folder / "odd" / "also.png").write_bytes((tmp_path / "grey16.png").read_bytes())
+    data = load_dataset(f"imagefolder:{folder}", image_size=16)
+    sizes = {data.train[0][0].size, data.test[0][0].size}  # type: ignore[index]
+    assert sizes == {(18, 30), (30, 18)}
 
 
 def test_eval_transform_is_the_service_pipeline() -> None:

@@ -303,7 +303,7 @@ def test_int8_options_need_int8(tiny_run: TrainResult, tmp_path: Path) -> None:
         export_main(ExportConfig(**common, calibration=8, accept_accuracy_loss=True))  # type: ignore[arg-type]
     with pytest.raises(UserError, match="one of --fp16 and --int8"):
         export_main(ExportConfig(**common, fp16=True, int8=True))  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="--gate-images go with --int8"):
+    with pytest.raises(UserError, match="--gate-images goes with --int8"):
         import_main(ImportConfig(COMMITTED_LENET / "model.onnx", "x", tmp_path, gate_images=5))
     assert not list(tmp_path.iterdir())
 
@@ -471,3 +471,45 @@ def test_a_graph_below_the_qdq_opset_is_converted_for_int8(tmp_path: Path) -> No
     session = ort_session(folder / "model.onnx")
     (logits,) = session.run(["logits"], {"input": np.zeros((2, 3, 32, 32), np.float32)})
     assert logits.shape == (2, 4)
+
+
+def test_a_quantized_graph_is_imported_as_int8_and_not_quantized_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An int8 version's own model.onnx: --int8 is one ERROR line (quantizing QDQ nodes again
+    failed inside ONNX Runtime), and a plain import records it as int8, not float32."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    source = tmp_path / "float.onnx"
+    torch.onnx.export(
+        net, (torch.randn(1, 3, 32, 32),), str(source), dynamo=False, opset_version=13,
+        input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+    )  # fmt: skip
+    quantized = tmp_path / "int8.onnx"
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter([{"input": np.random.default_rng(i).random((1, 3, 32, 32),
+                                                                        np.float32)}
+                                 for i in range(4)])  # fmt: skip
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
+
+    quantize_static(str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8)  # fmt: skip
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    repo = tmp_path / "models"
+    common = [str(quantized), "--repository", str(repo), "--labels", str(labels)]
+    caplog.set_level(logging.ERROR)
+    again = [*common, "--name", "again", "--int8", "--calibration", "8", "--gate-images", "8"]
+    assert run_cli(import_cli, again) == USER_ERROR_EXIT_CODE
+    (refusal,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "is int8 already: import it without --int8" in refusal
+    assert not (repo / "again").exists()
+    assert run_cli(import_cli, [*common, "--name", "plain"]) == 0
+    assert metadata_of(repo / "plain" / "1").export.precision == "int8"

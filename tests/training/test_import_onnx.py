@@ -38,6 +38,7 @@ from tests.training.onnx_exports import (
 )
 from training.artifacts import sha256_of
 from training.cli import USER_ERROR_EXIT_CODE, run_cli
+from training.errors import UserError
 from training.import_onnx import (
     MAX_ALL_FEATURE_MAPS,
     PHOTO_DIR,
@@ -331,6 +332,13 @@ def test_a_graph_computing_in_float16_is_recorded_as_such(
     assert meta.feature_maps == []
     assert "computes in float16" in caplog.text
     assert_classifies_alike(folder / "model.onnx", source)
+    # --int8 would quantize around the float16 weights and write a graph labelled int8 that
+    # computes as before: refused, pointing at the float32 original
+    quantize = ImportConfig(
+        source, "half8", repository=tmp_path / "models", labels=str(labels10), int8=True
+    )
+    with pytest.raises(UserError, match="float16 already: import the float32 graph"):
+        main(quantize)
 
 
 def test_feature_maps_auto_all_and_none(tiny_file: Path, labels10: Path, tmp_path: Path) -> None:

@@ -179,7 +179,13 @@ def test_truncated_file_is_refused(
     truncated.write_bytes(resnet18_file.read_bytes()[: 1 << 20])
     line = refused(export_args(tmp_path / "repo", truncated), caplog)
     assert "not a readable state-dict file" in line
+    assert "If you are seeing this error" not in line  # torch's first sentence, not its advice
+    assert line.endswith(")")
     assert not (tmp_path / "repo").exists()
+    text = tmp_path / "notes.pth"
+    text.write_text("hello weights\n")
+    line = refused(export_args(tmp_path / "repo", text), caplog)
+    assert "not a readable state-dict file (not a file that torch.save wrote)" in line
 
 
 class _Marker:

@@ -24,6 +24,7 @@ from training.data.idx import (
     IdxFormatError,
     load_fashion_mnist,
 )
+from training.data.images import load_image
 from training.data.transforms import Preprocessing
 from training.errors import UserError
 from training.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -203,30 +204,6 @@ def _bad_cifar10_files(folder: Path) -> list[str]:
         elif not check_integrity(str(path), md5):
             bad.append(f"{name} corrupt")
     return bad
-
-
-class UnreadableImage(UserError):
-    """An image file of an imagefolder tree that PIL cannot read.
-
-    A DataLoader worker's exception is re-raised in the main process as `type(err)(text)`, the
-    text holding the worker's traceback; only its last line, the original message, is kept, so
-    `--workers N` still ends in one ERROR line.
-    """
-
-    def __init__(self, message: str) -> None:
-        marker = f"{type(self).__name__}: "
-        if "\nOriginal Traceback" in message and marker in message:
-            message = message.rsplit(marker, 1)[1].strip()
-        super().__init__(message)
-
-
-def load_image(path: str) -> Image.Image:
-    """ImageFolder's loader (PIL, RGB); an unreadable file is a `UserError` naming it."""
-    try:
-        with open(path, "rb") as fh:
-            return Image.open(fh).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(f"imagefolder: cannot read image {path}: {err}") from err
 
 
 class _ImageFolder(ImageFolder):  # type: ignore[misc]  # torchvision is untyped
