@@ -190,6 +190,7 @@ class ImportConfig:
     version: int | None = None
     force: bool = False
     labels: str | None = None  # None: imagenet for 1000 classes, else required
+    logits: str | None = None  # None: the first output of shape (N, classes)
     preprocess: str = "imagenet"
     feature_maps: str = "auto"
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
@@ -277,24 +278,35 @@ def load_session(path: Path) -> ort.InferenceSession:
         raise UserError(f"ONNX Runtime cannot load {path}: {one_line(err)}") from err
 
 
-def logits_output(session: ort.InferenceSession) -> tuple[str, int]:
-    """The first output of declared shape (N, num_classes), num_classes ≥ 2."""
+def logits_output(session: ort.InferenceSession, wanted: str | None = None) -> tuple[str, int]:
+    """`wanted`, or the first output of declared shape (N, num_classes), num_classes ≥ 2."""
+    outputs = session.get_outputs()
     candidates = [
         (o.name, o.shape[1])
-        for o in session.get_outputs()
+        for o in outputs
         if o.type == "tensor(float)"
         and isinstance(o.shape, list)
         and len(o.shape) == 2
         and isinstance(o.shape[1], int)
         and o.shape[1] >= 2
     ]
+    described = ", ".join(f"{o.name} {o.shape} {o.type}" for o in outputs)
+    if wanted is not None:
+        chosen = [c for c in candidates if c[0] == wanted]
+        if not chosen:
+            raise UserError(
+                f"--logits {wanted}: not a float output of shape (N, num_classes); outputs are "
+                f"{described}"
+            )
+        return wanted, int(chosen[0][1])
     if not candidates:
-        outputs = ", ".join(f"{o.name} {o.shape} {o.type}" for o in session.get_outputs())
-        raise UserError(f"no float output of shape (N, num_classes): outputs are {outputs}")
+        raise UserError(f"no float output of shape (N, num_classes): outputs are {described}")
     if len(candidates) > 1:
         others = ", ".join(name for name, _ in candidates[1:])
         logger.info(
-            "logits: %s (also of shape (N, classes), ignored: %s)", candidates[0][0], others
+            "logits: %s (also of shape (N, classes), ignored: %s; --logits picks another)",
+            candidates[0][0],
+            others,
         )
     name, classes = candidates[0]
     return name, int(classes)
@@ -603,7 +615,7 @@ def main(cfg: ImportConfig) -> Path:
         )
     info = input_info(model)
     original = load_session(cfg.model)
-    logits, num_classes = logits_output(original)
+    logits, num_classes = logits_output(original, cfg.logits)
     opset = default_opset(model)
     logger.info(
         "read %s: %s %s, opset %d, %d nodes; input %s (%s, %d, %s, %s), logits %s (%d classes)",
@@ -631,7 +643,7 @@ def main(cfg: ImportConfig) -> Path:
         list(pre.mean),
         list(pre.std),
     )
-    labels = class_labels(cfg.labels, num_classes)
+    labels = class_labels(cfg.labels, num_classes, logits)
     images = parity_images(pre)
     chunk = info.batch or 1  # the original runs at its own batch size
     what = f"{cfg.model} on the sample photos"
@@ -783,12 +795,13 @@ def int8_plan(
     )
 
 
-def class_labels(choice: str | None, num_classes: int) -> list[str]:
+def class_labels(choice: str | None, num_classes: int, logits: str) -> list[str]:
     """`--labels`: ImageNet's by default for 1000 classes, else a file is required."""
     if choice is None:
         if num_classes != IMAGENET_CLASSES:
             raise UserError(
-                f"the model has {num_classes} classes: pass --labels FILE (one label per line)"
+                f"the model has {num_classes} classes (output {logits}; --logits picks another): "
+                "pass --labels FILE (one label per line)"
             )
         choice = IMAGENET
     labels = resolve_labels(choice, num_classes)
@@ -899,6 +912,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels",
         help="imagenet (the default for 1000 classes) or a file with one label per line",
+    )
+    p.add_argument(
+        "--logits",
+        help="the output that holds the logits (default: the first of shape (N, classes))",
     )
     p.add_argument(
         "--preprocess",

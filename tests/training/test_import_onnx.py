@@ -243,6 +243,45 @@ class Probabilities(nn.Module):
         return torch.softmax(logits, 1)
 
 
+class EmbeddingThenLogits(nn.Module):
+    """Two outputs of shape (N, k): an embedding first, then the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.net = TinyCNN().eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        x = net.pool(net.relu(net.conv1(x)))
+        embedding = net.relu2(net.conv2(x)).mean((2, 3))
+        return embedding, net.fc(embedding)
+
+
+def test_logits_picks_the_output_that_holds_them(labels10: Path, tmp_path: Path) -> None:
+    """By default the first (N, k) output is taken (here a 16-wide embedding, so the labels do
+    not fit); `--logits` names the one to serve."""
+    sample = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    names = {"output_names": ["embedding", "scores"], "input_names": ["input"]}
+    axes = {"dynamic_axes": {"input": {0: "n"}, "embedding": {0: "n"}, "scores": {0: "n"}}}
+    path = torchscript_export(EmbeddingThenLogits(), tmp_path / "two.onnx", sample, **names, **axes)
+    with pytest.raises(UserError, match="has 10 labels but the model has 16"):
+        main(ImportConfig(path, "two", repository=tmp_path / "m", labels=str(labels10)))
+    cfg = ImportConfig(
+        path, "two", repository=tmp_path / "m", labels=str(labels10), logits="scores"
+    )
+    folder = main(cfg)
+    export = json.loads((folder / "metadata.json").read_text())["export"]
+    assert export["original_logits"] == "scores"
+    assert validated(folder).num_classes == TINY_CLASSES
+    images = photo_inputs(validated(folder))
+    with torch.no_grad():
+        expected = EmbeddingThenLogits()(torch.from_numpy(images))[1].numpy()
+    np.testing.assert_allclose(
+        logits_one_by_one(folder / "model.onnx", images), expected, rtol=1e-4, atol=1e-4
+    )
+
+
 def test_a_final_softmax_is_left_to_the_service(
     labels10: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -523,7 +562,8 @@ REFUSALS: dict[str, RefusalCase] = {
     "no-logits": (no_logits, [], "no float output of shape (N, num_classes)"),
     "nan-logits": (nan_logits, [], "outputs NaN or infinity in logged for the sample photos"),
     "labels-count": (same, ["--labels", "{labels9}"], "has 9 labels but the model has 10"),
-    "labels-missing": (same, [], "the model has 10 classes: pass --labels FILE"),
+    "labels-missing": (same, [], "the model has 10 classes (output output; --logits picks"),
+    "logits-unknown": (same, ["--logits", "nope"], "--logits nope: not a float output of shape"),
     "preprocess": (same, ["--preprocess", "{bad_pre}"], "std must be positive"),
     "preprocess-resize": (
         same,
