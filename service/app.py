@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
+from starlette.routing import BaseRoute
 
 from service.api import classify, health, models, v2, web
 from service.api.edge import CutOff, EdgeMiddleware
@@ -99,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the request's Host header (which a client chooses).
         redirect_slashes=False,
     )
-    routes = [route for router in ROUTERS for route in router.routes]
+    routes = with_head([route for router in ROUTERS for route in router.routes])
     if settings.cors_origin_list:  # off by default (docs/security.md)
         app.add_middleware(
             CORSMiddleware,
@@ -127,6 +129,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each router's prefix is already in its routes' paths.
     app.router.routes.extend(routes)
     return app
+
+
+def with_head(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """`routes` and, for each GET-only route, a HEAD twin kept out of the schema: HTTP asks that
+    a GET resource answer HEAD (load balancers and monitors probe with it), which Starlette's
+    routes do and FastAPI's do not. The answer is the GET answer's head; uvicorn sends no body."""
+    twins: list[BaseRoute] = [
+        APIRoute(
+            route.path,
+            route.endpoint,
+            methods=["HEAD"],
+            name=route.name,
+            include_in_schema=False,
+            response_model=route.response_model,
+            response_class=route.response_class,
+            dependencies=route.dependencies,
+        )
+        for route in routes
+        if isinstance(route, APIRoute) and route.methods == {"GET"}
+    ]
+    return [*routes, *twins]
 
 
 async def _drain(manager: ModelManager, timeout_s: int, cut_off: CutOff) -> None:

@@ -20,15 +20,12 @@ def readiness(body: dict[str, object], ready: bool) -> JSONResponse:
     return JSONResponse(body, 503, headers=answer_headers(503, NotReady.retry_after_s))
 
 
-# HEAD as well, undocumented: load balancers often probe with it.
-@router.head("/health/live", include_in_schema=False)
 @router.get("/health/live")
 async def live() -> dict[str, str]:
     """The process is up and its event loop answers."""
     return {"status": "ok"}
 
 
-@router.head("/health/ready", include_in_schema=False)
 @router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
 async def ready(manager: ManagerDep) -> JSONResponse:
     """200 only when every configured model is loaded and warmed up; 503 otherwise."""

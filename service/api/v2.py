@@ -68,13 +68,11 @@ async def server_metadata(settings: SettingsDep) -> dict[str, Any]:
     return v2_models.server_metadata(settings)
 
 
-@health.head("/health/live", include_in_schema=False)
 @health.get("/health/live")
 async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@health.head("/health/ready", include_in_schema=False)
 @health.get("/health/ready", responses={503: {"description": "Not ready"}})
 async def server_ready(manager: ManagerDep) -> JSONResponse:
     """200 when every configured model is loaded and warmed (as /health/ready), else 503."""
@@ -82,14 +80,12 @@ async def server_ready(manager: ManagerDep) -> JSONResponse:
     return readiness({"ready": ready}, ready)
 
 
-@health.head("/models/{model}/ready", include_in_schema=False)
 @health.get("/models/{model}/ready")
 async def model_ready(model: str, manager: ManagerDep) -> dict[str, Any]:
     manager.get(model)
     return {"name": model, "ready": True}
 
 
-@health.head("/models/{model}/versions/{version}/ready", include_in_schema=False)
 @health.get("/models/{model}/versions/{version}/ready")
 async def version_ready(model: str, version: str, manager: ManagerDep) -> dict[str, Any]:
     manager.get(model, v2_models.parse_version(version, model))

@@ -73,6 +73,22 @@ def test_health(client: httpx.Client) -> None:
         assert (head.status_code, head.content) == (200, b""), path
 
 
+def test_every_get_route_answers_head(client: httpx.Client) -> None:
+    """HEAD gets the GET answer's status and headers, no body, on every GET route; the schema
+    lists GET alone."""
+    v1 = ["/metrics", "/v1/models", "/v1/models/tiny-cnn", "/v1/models/tiny-cnn/versions/1"]
+    paths = [*v1, "/v2", "/v2/models/tiny-cnn", "/v2/models/tiny-cnn/config", "/openapi.json", "/"]
+    for path in paths:
+        get, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    missing = client.head("/v1/models/nope")
+    assert (missing.status_code, missing.content) == (404, b"")
+    assert client.head("/v1/classify").status_code == 405  # POST only
+    schema = client.get("/openapi.json").json()
+    assert not [p for p, ops in schema["paths"].items() if "head" in ops]
+
+
 def test_raw_png_top5_matches_offline_onnx(client: httpx.Client, tiny_cnn: TinyModel) -> None:
     image = random_png(3)
     response = client.post(
