@@ -88,8 +88,9 @@ async def model_ready(model: str, manager: ManagerDep) -> dict[str, Any]:
 
 @health.get("/models/{model}/versions/{version}/ready")
 async def version_ready(model: str, version: str, manager: ManagerDep) -> dict[str, Any]:
-    manager.get(model, v2_models.parse_version(version, model))
-    return {"name": model, "version": version, "ready": True}
+    number = v2_models.parse_version(version, model)
+    manager.get(model, number)
+    return {"name": model, "version": str(number), "ready": True}  # "01" answers as "1"
 
 
 @models.get("/{model}")

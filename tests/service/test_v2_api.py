@@ -102,6 +102,8 @@ def test_server_metadata_and_health(client: httpx.Client) -> None:
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
     assert client.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200
+    padded = client.get(f"/v2/models/{MODEL}/versions/01/ready").json()
+    assert padded == {"name": MODEL, "version": "1", "ready": True}  # the version it is
     assert client.get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 404
 
 
