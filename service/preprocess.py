@@ -212,7 +212,9 @@ def _decode_errors() -> Iterator[None]:
     try:
         yield
     except UnidentifiedImageError as err:
-        raise InvalidImage(f"not a {'/'.join(ALLOWED_FORMATS)} image") from err
+        raise InvalidImage(
+            f"not a {'/'.join(ALLOWED_FORMATS)} image, or its header is damaged"
+        ) from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Pillow's text names twice the limit past 2x, and "DOS attack": say what was refused.
         counted = BOMB_PIXELS.search(str(err))
