@@ -435,23 +435,26 @@ def test_pretrained_weights_fall_back_to_the_photos(
     assert [n.op_type for n in graph.node].count("SpaceToDepth") == 1
 
 
+def small_rgb_graph(path: Path, *, opset: int) -> Path:
+    """conv → relu → global pool → linear, 3×32×32 in, 4 classes, a dynamic batch, written with
+    the legacy exporter at `opset`."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    torch.onnx.export(
+        net, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=opset,
+        input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+    )  # fmt: skip
+    return path
+
+
 def test_a_graph_below_the_qdq_opset_is_converted_for_int8(tmp_path: Path) -> None:
     """Per-channel QDQ needs opset 13 (DequantizeLinear's axis): an older graph, as
     torchvision's and many exporters' defaults still write, is converted, not refused with a
     traceback from the quantized graph."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 4),
-    ).eval()
-    source = tmp_path / "opset12.onnx"
-    torch.onnx.export(
-        net, (torch.randn(1, 3, 32, 32),), str(source), dynamo=False, opset_version=12,
-        input_names=["input"], dynamic_axes={"input": {0: "batch"}},
-    )  # fmt: skip
+    source = small_rgb_graph(tmp_path / "opset12.onnx", opset=12)
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\nd\n")
     preprocess = tmp_path / "pre.json"
@@ -478,16 +481,7 @@ def test_a_quantized_graph_is_imported_as_int8_and_not_quantized_again(
 ) -> None:
     """An int8 version's own model.onnx: --int8 is one ERROR line (quantizing QDQ nodes again
     failed inside ONNX Runtime), and a plain import records it as int8, not float32."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(), torch.nn.Linear(8, 4),
-    ).eval()  # fmt: skip
-    source = tmp_path / "float.onnx"
-    torch.onnx.export(
-        net, (torch.randn(1, 3, 32, 32),), str(source), dynamo=False, opset_version=13,
-        input_names=["input"], dynamic_axes={"input": {0: "batch"}},
-    )  # fmt: skip
+    source = small_rgb_graph(tmp_path / "float.onnx", opset=13)
     quantized = tmp_path / "int8.onnx"
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
