@@ -6,6 +6,7 @@ The graph: input `input` (N, C, H, W) float32 with a dynamic batch axis, output 
 
 from __future__ import annotations
 
+import collections
 import logging
 import warnings
 from collections.abc import Sequence
@@ -74,14 +75,18 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
 
 def check_feature_map_shapes(model: nn.Module, layers: Sequence[str], sample: torch.Tensor) -> None:
     """Every layer must output one (N, C, H, W) tensor (metadata `feature_maps` are (C, H, W)
-    maps of conv/pool blocks, docs/repository.md); runs `model` once on `sample[:1]` to see."""
+    maps of conv/pool blocks, docs/repository.md) and run once per forward pass (a module
+    called twice, as torchvision's residual blocks call their one ReLU, has no one output);
+    runs `model` once on `sample[:1]` to see."""
     if not layers:
         return
     outputs: dict[str, Any] = {}
+    calls: collections.Counter[str] = collections.Counter()
 
     def record(name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             outputs.setdefault(name, output)
+            calls[name] += 1
 
         return hook
 
@@ -104,12 +109,20 @@ def check_feature_map_shapes(model: nn.Module, layers: Sequence[str], sample: to
             return f"{layer} (output {tuple(output.shape)})"
         return f"{layer} (output {type(output).__name__})"
 
+    valid = [n for n, o in outputs.items() if is_map(o) and calls[n] == 1]
     bad = [described(layer) for layer in layers if not is_map(outputs.get(layer))]
     if bad:
-        valid = [n for n, o in outputs.items() if is_map(o)]
         raise UserError(
             f"feature-map layer(s) {', '.join(bad)} do not output (N, C, H, W) maps; layers "
             f"that do include: {', '.join(valid[:40])}"
+        )
+    reused = [f"{layer} ({calls[layer]} times)" for layer in layers if calls[layer] > 1]
+    if reused:
+        parents = sorted({layer.rpartition(".")[0] for layer in layers if calls[layer] > 1} - {""})
+        hint = f", e.g. the block around it: {', '.join(parents)}" if parents else ""
+        raise UserError(
+            f"feature-map layer(s) {', '.join(reused)} run more than once in one forward pass, "
+            f"so no single output is theirs: pick a module that runs once{hint}"
         )
 
 

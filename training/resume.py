@@ -69,32 +69,54 @@ def check_resumable(
         )
 
 
+# Keys a scheduler keeps in the optimizer's param groups (OneCycleLR's peak and ends, the
+# schedules' starting LR): a rebuilt schedule's, not the checkpoint's.
+SCHEDULE_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
+
+
 def restore_schedule(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     total_steps: int,
     steps_per_epoch: int,
+    *,
+    lr: float,
+    schedule: str,
+    weight_decay: float,
 ) -> None:
-    """Load the optimizer's state and carry the LR schedule over: as it was when its length is
-    unchanged (an exact resume), else `scheduler` (fresh, `total_steps` long: a longer --epochs
-    or another batch size) advanced to the steps already taken."""
+    """Load the optimizer's state and carry the LR schedule over: as it was when nothing about
+    it changed (an exact resume), else `scheduler` (fresh: this run's --lr and --schedule,
+    `total_steps` long) advanced to the steps already taken. A longer --epochs or another batch
+    size changes its length; --lr or --schedule given beside --resume change the rest. The
+    weight decay is this run's either way."""
     saved = state["scheduler"]
+    saved_config = state.get("config") or {}
     saved_total = saved.get("total_steps", saved.get("T_max"))
-    respan = saved_total is not None and saved_total != total_steps
-    if respan:
-        done = state["epoch"] * steps_per_epoch
+    changed = [
+        f"{key} {saved_config[key]!r} -> {value!r}"
+        for key, value in (("lr", lr), ("schedule", schedule))
+        if key in saved_config and saved_config[key] != value
+    ]
+    if saved_total is not None and saved_total != total_steps:
+        changed.append(f"{saved_total} -> {total_steps} steps")
+    done = state["epoch"] * steps_per_epoch
+    if changed and done < total_steps:
         with warnings.catch_warnings():  # stepping the schedule with no optimizer step
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(min(done, total_steps)):
+            for _ in range(done):
                 scheduler.step()
-        logger.info(
-            "LR schedule now spans %d steps, was %d: continued at step %d",
-            total_steps, saved_total, done,
-        )  # fmt: skip
+        logger.info("LR schedule rebuilt (%s): continued at step %d", ", ".join(changed), done)
+    fresh = [{k: g[k] for k in SCHEDULE_GROUP_KEYS if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])  # moments, and the LR the run had reached
-    if respan:
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr
+    if changed:
+        for group, keys, last in zip(
+            optimizer.param_groups, fresh, scheduler.get_last_lr(), strict=True
+        ):
+            for key in SCHEDULE_GROUP_KEYS:
+                group.pop(key, None)
+            group.update(keys, lr=last)
     else:
         scheduler.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        group["weight_decay"] = weight_decay

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -343,7 +344,16 @@ def _resume(
     advanced to the steps already taken."""
     model.load_state_dict(state["model"])
     scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
-    restore_schedule(scheduler, optimizer, state, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    restore_schedule(
+        scheduler,
+        optimizer,
+        state,
+        cfg.epochs * steps_per_epoch,
+        steps_per_epoch,
+        lr=cfg.lr,
+        schedule=cfg.schedule,
+        weight_decay=cfg.weight_decay,
+    )
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     logger.info("resumed from %s after epoch %d", cfg.resume, state["epoch"])
@@ -425,6 +435,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
             info.world_size,
         )
     out = cfg.out
+    if cfg.resume is not None and info.is_main:
+        carry_run_files(cfg.resume.parent, out)
     pretrained_source = pretrained.source if pretrained else (state or {}).get("pretrained")
     if start_epoch >= cfg.epochs and info.is_main:
         logger.warning(
@@ -488,6 +500,19 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
                 fh.write(json.dumps(row) + "\n")
         barrier(info)
     return TrainResult(best, out / "best.pt", out / "last.pt", history)
+
+
+def carry_run_files(source: Path, out: Path) -> None:
+    """A run resumed into another --out takes its best.pt and metrics.jsonl along, so the new
+    folder holds the whole run: the best epoch so far (which a worse new epoch would otherwise
+    leave nowhere in it) and every epoch's row."""
+    if out.resolve() == source.resolve():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", METRICS_FILE):
+        if (source / name).is_file() and not (out / name).exists():
+            shutil.copy2(source / name, out / name)
+            logger.info("copied %s from %s into %s", name, source, out)
 
 
 def _pretrained_preprocessing(cfg: TrainConfig, pretrained: Pretrained) -> Preprocessing:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from service import metadata as schema
 from tests.training.conftest import IMAGE_SIDE, write_tree
@@ -17,6 +18,7 @@ from training.evaluate import cli as evaluate_cli
 from training.evaluate import main as evaluate_main
 from training.export import ExportConfig
 from training.export import main as export_main
+from training.onnx_io import check_feature_map_shapes
 from training.train import TrainConfig
 from training.train import main as train_main
 
@@ -103,6 +105,24 @@ def test_linear_layer_is_not_a_feature_map(checkpoint: Path, tmp_path: Path) -> 
         UserError, match=r"classifier\.fc1 \(output \(1, 120\)\).*features\.conv1.*features\.pool2"
     ):
         _export(checkpoint, tmp_path, feature_maps="features.conv1,classifier.fc1")
+
+
+def test_a_module_that_runs_twice_is_no_feature_map() -> None:
+    """torchvision's BasicBlock calls its one ReLU twice: the hook would keep one call's output
+    under the module's name (the second, the block's output), so the layer is refused and the
+    block named instead; the layers offered in the refusal run once."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18().eval()
+    sample = torch.randn(2, 3, 64, 64)
+    with pytest.raises(
+        UserError, match=r"layer1\.0\.relu \(2 times\).*the block around it: layer1\.0"
+    ):
+        check_feature_map_shapes(resnet, ["layer1.0.relu"], sample)
+    with pytest.raises(UserError, match="do not output") as refused:
+        check_feature_map_shapes(resnet, ["fc"], sample)
+    assert "layer1.0.relu" not in str(refused.value)
+    assert "layer1.0," in str(refused.value)
+    check_feature_map_shapes(resnet, ["relu", "layer1.0", "layer1.0.conv1"], sample)
 
 
 def test_max_batch_size_zero_is_refused_by_main(checkpoint: Path, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ cannot change, and what cannot be resumed says so in one line."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,44 @@ def test_another_batch_size_re_spans_the_schedule(tmp_path: Path) -> None:
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 2
     assert state["scheduler"]["total_steps"] == 2 * 256 // 32
+
+
+def test_lr_schedule_and_decay_given_on_resume_are_the_ones_used(tmp_path: Path) -> None:
+    """--lr, --schedule and --weight-decay beside --resume rebuild what they set, advanced to
+    the steps taken (4 per epoch here), and the checkpoint records what was used."""
+    out = tmp_path / "run"
+    cli([*BASE, "--epochs", "3", "--stop-after", "1", "--out", str(out)])
+    runs = {
+        "same": [],
+        "lr": ["--lr", "0.03"],
+        "constant": ["--schedule", "constant", "--lr", "0.004"],
+        "cosine": ["--schedule", "cosine", "--lr", "0.0001", "--weight-decay", "0.5"],
+    }
+    lrs = {}
+    for name, extra in runs.items():
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        cli(["--resume", str(copy / "last.pt"), "--stop-after", "1", *extra])
+        lrs[name] = _rows(copy)[1]["lr"]  # the rate as epoch 2 begins
+    assert lrs["lr"] == pytest.approx(lrs["same"] * 0.03 / 0.003)  # one-cycle, ten times higher
+    assert lrs["constant"] == pytest.approx(0.004)
+    assert lrs["cosine"] == pytest.approx(0.0001 * (1 + math.cos(math.pi * 4 / 12)) / 2)
+    state = load_checkpoint(tmp_path / "cosine" / "last.pt")
+    assert (state["config"]["schedule"], state["config"]["lr"]) == ("cosine", 0.0001)
+    assert {g["weight_decay"] for g in state["optimizer"]["param_groups"]} == {0.5}
+    assert "max_lr" not in state["optimizer"]["param_groups"][0]  # nothing left of one-cycle
+
+
+def test_a_run_resumed_into_another_folder_takes_its_best_and_history(tmp_path: Path) -> None:
+    """The new --out holds the whole run: best.pt (export reads it) even when the new epoch is
+    worse, and every epoch's metrics row."""
+    out, more = tmp_path / "run", tmp_path / "more"
+    cli([*BASE, "--epochs", "2", "--stop-after", "1", "--out", str(out)])
+    cli(["--resume", str(out / "last.pt"), "--lr", "5", "--out", str(more)])  # a ruinous rate
+    assert [r["epoch"] for r in _rows(more)] == [1, 2]
+    best = load_checkpoint(more / "best.pt")
+    assert best["epoch"] == load_checkpoint(more / "last.pt")["best_epoch"]
+    assert [r["epoch"] for r in _rows(out)] == [1]  # the first folder as it was
 
 
 def test_settings_that_shape_the_weights_cannot_change(tmp_path: Path) -> None:
