@@ -46,6 +46,17 @@ def test_any_torchvision_classifier_by_name() -> None:
     assert get_spec("mobilenet_v3_small").feature_layers(model)[0] == "features.0"
 
 
+@pytest.mark.parametrize("arch", ["vgg11", "vgg13_bn"])
+def test_every_vgg_gets_the_small_input_head(arch: str) -> None:
+    """Not only vgg16/vgg19: at 32 px torchvision's 7×7×512 → 4096 head alone would be 120 M
+    weights (1.5 GB checkpoints for a toy run)."""
+    model = build_model(arch, num_classes=3, in_channels=1, image_size=32)
+    assert sum(p.numel() for p in model.parameters()) < 20_000_000
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    assert get_spec(arch).feature_layers(model)
+
+
 def test_lenet5_layout() -> None:
     model = LeNet5(num_classes=10, batch_norm=False)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

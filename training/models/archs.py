@@ -167,7 +167,17 @@ def convnext_tiny(
     return model
 
 
-for _name in ("alexnet", "vgg16", "vgg19"):
+for _name in (
+    "alexnet",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+):
     _register_mlp_net(_name)
 for _name in ("resnet18", "resnet50", "resnet152"):
     _register_resnet(_name)
