@@ -112,17 +112,37 @@ def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: 
     want their own size, Inception at least 75 px): one forward pass of two blank images, so the
     run fails before its first step, not in it."""
     was_training = model.training
+
+    def takes(size: int) -> bool:
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, in_channels, size, size))
+        except (RuntimeError, AssertionError, ValueError):
+            return False
+        return True
+
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(2, in_channels, image_size, image_size))
     except (RuntimeError, AssertionError, ValueError) as err:
         native = get_spec(name).native_size
+        tried = [size for size in PROBED_SIZES if image_size < size < native]
+        smallest = next((size for size in tried if takes(size)), None)
+        advice = (
+            f"--image-size {native}, its native size"
+            if smallest is None
+            else f"--image-size {smallest}, the smallest of {', '.join(map(str, tried))} it takes"
+        )
         raise UserError(
             f"{name} cannot take {in_channels}x{image_size}x{image_size} inputs "
-            f"({str(err).splitlines()[0]}); try --image-size {native}"
+            f"({str(err).splitlines()[0]}); try {advice}"
         ) from err
     finally:
         model.train(was_training)
+
+
+# Input sizes tried, smallest first, to name the least a model takes when it refuses one.
+PROBED_SIZES = (16, 24, 28, 32, 48, 64, 75, 96, 128, 160, 192)
 
 
 # Alias in the torchvision spelling.

@@ -80,6 +80,10 @@ def test_too_small_an_input_is_refused_before_training() -> None:
     model = build_model("vit_b_16", num_classes=10, in_channels=1, image_size=28)
     with pytest.raises(UserError, match="vit_b_16 cannot take 1x28x28 inputs.*--image-size 224"):
         check_input_size(model, "vit_b_16", 1, 28)
+    # a net that only needs a little more is told how little, not its native 224
+    densenet = build_model("densenet121", num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(UserError, match="try --image-size 32, the smallest of 32, 48"):
+        check_input_size(densenet, "densenet121", 1, 28)
 
 
 def test_googlenet_trains_on_its_main_output() -> None:
