@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.checkpoint import load_checkpoint
+from training.data.datasets import IMAGEFOLDER_PREFIX
 from training.data.transforms import Preprocessing
 from training.errors import UserError
 
@@ -48,6 +50,30 @@ def resume_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     return args
 
 
+def moved(saved: str, given: str) -> bool:
+    """Both image folders: the same data may have moved (its classes are checked once read)."""
+    return saved.startswith(IMAGEFOLDER_PREFIX) and given.startswith(IMAGEFOLDER_PREFIX)
+
+
+def check_data(cfg_dataset: str, state: dict[str, Any], labels: Sequence[str]) -> None:
+    """A resumed run's data must have the checkpoint's classes, in its order."""
+    if list(labels) != list(state["labels"]):
+        raise UserError(
+            f"{cfg_dataset} has classes {', '.join(labels)}; the checkpoint was trained on "
+            f"{', '.join(state['labels'])}"
+        )
+
+
+def check_data_folder(dataset: str) -> None:
+    """An image folder that is gone: say how to resume with the folder where it is now."""
+    folder = dataset.removeprefix(IMAGEFOLDER_PREFIX)
+    if dataset.startswith(IMAGEFOLDER_PREFIX) and not Path(folder).is_dir():
+        raise UserError(
+            f"the run's image folder {folder} is not there any more: resume with --dataset "
+            "imagefolder:PATH naming where its class folders are now"
+        )
+
+
 def check_resumable(
     given: dict[str, Any], path: Path, state: dict[str, Any], pre: Preprocessing
 ) -> None:
@@ -58,7 +84,7 @@ def check_resumable(
     differ = [
         f"{k} {value!r} (checkpoint: {saved[k]!r})"
         for k, value in given.items()
-        if k in saved and value != saved[k]
+        if k in saved and value != saved[k] and not (k == "dataset" and moved(saved[k], value))
     ]
     if state["preprocessing"] != pre.to_dict():
         differ.append("input size or colour mode (--image-size, --color-mode)")

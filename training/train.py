@@ -55,7 +55,14 @@ from training.pretrained import (
     shape_mismatches,
 )
 from training.registry import build_model, check_input_size, list_models, torchvision_names
-from training.resume import FIXED_ON_RESUME, check_resumable, restore_schedule, resume_defaults
+from training.resume import (
+    FIXED_ON_RESUME,
+    check_data,
+    check_data_folder,
+    check_resumable,
+    restore_schedule,
+    resume_defaults,
+)
 from training.seeding import rng_state, seed_everything, set_rng_state
 
 logger = command_logger(__name__, __spec__)
@@ -366,6 +373,8 @@ def _resume(
 def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResult:
     # Ranks differ in augmentation randomness; the data order comes from the sampler's seed.
     seed_everything(cfg.seed + info.rank, deterministic=cfg.deterministic)
+    if cfg.resume is not None:
+        check_data_folder(cfg.dataset)
     data = load_dataset(
         cfg.dataset,
         cfg.data_dir,
@@ -390,6 +399,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
         )
     if state is not None and cfg.resume is not None:
         check_resumable({k: getattr(cfg, k) for k in FIXED_ON_RESUME}, cfg.resume, state, pre)
+        check_data(cfg.dataset, state, data.labels)
     arch_kwargs = {**(pretrained.arch_kwargs if pretrained else {}), **cfg.arch_kwargs}
     model = build_model(cfg.arch, len(data.labels), pre.channels, pre.center_crop, **arch_kwargs)
     check_input_size(model, cfg.arch, pre.channels, pre.center_crop)

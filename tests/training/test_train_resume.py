@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.training.conftest import write_tree
 from training.checkpoint import load_checkpoint
 from training.errors import UserError
 from training.train import METRICS_FILE, cli, config_from_args, get_args_parser
@@ -119,6 +120,25 @@ def test_what_is_not_a_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
         cli(["--resume", str(tmp_path / "last.pt")])
     assert "\n" not in str(bad.value)
     assert "weights_only" not in str(bad.value)
+
+
+def test_a_moved_image_folder_is_named_on_resume(tmp_path: Path) -> None:
+    """The folder a run trained on has moved: resuming says to name where it is now, and with
+    --dataset naming it the run goes on; a folder of other classes is refused."""
+    tree = write_tree(tmp_path / "photos", {"a": 6, "b": 6})
+    out = tmp_path / "run"
+    small = ["--arch", "lenet5", "--image-size", "16", "--color-mode", "L", "--batch-size", "4",
+             "--threads", "1", "--epochs", "2", "--stop-after", "1", "--out", str(out)]  # fmt: skip
+    cli(["--dataset", f"imagefolder:{tree}", *small])
+    moved = tree.rename(tmp_path / "moved")
+    with pytest.raises(UserError, match="is not there any more: resume with --dataset"):
+        cli(["--resume", str(out / "last.pt")])
+    other = write_tree(tmp_path / "other", {"a": 6, "c": 6})
+    with pytest.raises(UserError, match="has classes a, c; the checkpoint was trained on a, b"):
+        cli(["--resume", str(out / "last.pt"), "--dataset", f"imagefolder:{other}"])
+    cli(["--resume", str(out / "last.pt"), "--dataset", f"imagefolder:{moved}"])
+    state = load_checkpoint(out / "last.pt")
+    assert (state["epoch"], state["dataset"]) == (2, f"imagefolder:{moved}")
 
 
 def test_an_image_folder_is_stored_with_its_absolute_path(
