@@ -162,7 +162,13 @@ async def _multipart(request: Request, max_images: int) -> list[bytes]:
     try:
         parts = form.getlist(FILE_FIELD)
         if not parts:
-            raise BadRequest(f"multipart body has no '{FILE_FIELD}' part")
+            names = list(dict.fromkeys(form.keys()))  # the client's: a few, shortened
+            sent = ", ".join(repr(name[:40]) for name in names[:5]) or "none"
+            sent += ", …" if len(names) > 5 else ""
+            raise BadRequest(
+                f"multipart body has no '{FILE_FIELD}' part (its parts: {sent}): send each "
+                f"image as a file part named '{FILE_FIELD}'"
+            )
         images = []
         for part in parts:
             if not isinstance(part, UploadFile):
