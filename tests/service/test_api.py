@@ -311,8 +311,9 @@ def test_streamed_body_over_limit_is_413(client: httpx.Client) -> None:
 def test_multipart_without_file_part(client: httpx.Client) -> None:
     response = client.post("/v1/classify", data={"other": "1"}, files={"image": ("a", b"b")})
     assert_error(response, 400, "bad_request")
-    assert "(its parts: 'other', 'image'): send each image as a file part named 'file'" in (
-        response.json()["error"]["message"]
+    assert (
+        "(its parts: 'other', 'image'): send each image as a file part named 'file'"
+        in (response.json()["error"]["message"])
     )
 
 
