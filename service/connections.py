@@ -363,10 +363,7 @@ class GuardedConnection(asyncio.Protocol):
     def _refuse_head(self) -> None:
         """431 and close: nothing of the oversized head reaches `inner`."""
         self.held = b""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.guard.waiting.pop(self, None)
+        self.guard.forget(self)
         if self.transport is not None:
             self.transport.write(HEAD_TOO_LARGE)
             self.transport.close()
