@@ -113,21 +113,22 @@ def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: 
     run fails before its first step, not in it."""
     was_training = model.training
 
-    def takes(size: int) -> bool:
+    def refusal(size: int) -> Exception | None:
+        """What a forward pass of two blank size x size images raises, if anything."""
         try:
             with torch.no_grad():
                 model.eval()(torch.zeros(2, in_channels, size, size))
-        except (RuntimeError, AssertionError, ValueError):
-            return False
-        return True
+        except (RuntimeError, AssertionError, ValueError) as err:
+            return err
+        return None
 
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, in_channels, image_size, image_size))
-    except (RuntimeError, AssertionError, ValueError) as err:
+        err = refusal(image_size)
+        if err is None:
+            return
         native = get_spec(name).native_size
         tried = [size for size in PROBED_SIZES if image_size < size < native]
-        smallest = next((size for size in tried if takes(size)), None)
+        smallest = next((size for size in tried if refusal(size) is None), None)
         advice = (
             f"--image-size {native}, its native size"
             if smallest is None
