@@ -55,15 +55,6 @@ def moved(saved: str, given: str) -> bool:
     return saved.startswith(IMAGEFOLDER_PREFIX) and given.startswith(IMAGEFOLDER_PREFIX)
 
 
-def check_data(cfg_dataset: str, state: dict[str, Any], labels: Sequence[str]) -> None:
-    """A resumed run's data must have the checkpoint's classes, in its order."""
-    if list(labels) != list(state["labels"]):
-        raise UserError(
-            f"{cfg_dataset} has classes {', '.join(labels)}; the checkpoint was trained on "
-            f"{', '.join(state['labels'])}"
-        )
-
-
 def check_data_folder(dataset: str) -> None:
     """An image folder that is gone: say how to resume with the folder where it is now."""
     folder = dataset.removeprefix(IMAGEFOLDER_PREFIX)
@@ -75,10 +66,15 @@ def check_data_folder(dataset: str) -> None:
 
 
 def check_resumable(
-    given: dict[str, Any], path: Path, state: dict[str, Any], pre: Preprocessing
+    given: dict[str, Any],
+    path: Path,
+    state: dict[str, Any],
+    pre: Preprocessing,
+    labels: Sequence[str],
 ) -> None:
     """UserError naming every setting in `given` (FIXED_ON_RESUME) that differs from the
-    checkpoint's, and an input size or colour mode that does."""
+    checkpoint's, an input size or colour mode that does, and data (`labels`: its classes, in
+    order) of other classes than the checkpoint's."""
     saved = {**(state.get("config") or {}), "arch": state["arch"], "dataset": state["dataset"]}
     saved["arch_kwargs"] = state["arch_kwargs"]
     differ = [
@@ -88,6 +84,11 @@ def check_resumable(
     ]
     if state["preprocessing"] != pre.to_dict():
         differ.append("input size or colour mode (--image-size, --color-mode)")
+    if list(labels) != list(state["labels"]):
+        differ.append(
+            f"{given.get('dataset', 'the data')} has classes {', '.join(labels)}; the checkpoint "
+            f"was trained on {', '.join(state['labels'])}"
+        )
     if differ:
         raise UserError(
             f"cannot resume {path} with other settings: {'; '.join(differ)}. Leave them out to "

@@ -57,7 +57,6 @@ from training.pretrained import (
 from training.registry import build_model, check_input_size, list_models, torchvision_names
 from training.resume import (
     FIXED_ON_RESUME,
-    check_data,
     check_data_folder,
     check_resumable,
     restore_schedule,
@@ -347,8 +346,8 @@ def _resume(
     steps_per_epoch: int,
 ) -> tuple[_Progress, torch.optim.lr_scheduler.LRScheduler]:
     """Restore weights, optimizer, scaler and RNG states; the LR schedule as it was, or, when
-    this run's --epochs or batch size changes its length, a schedule over the new length,
-    advanced to the steps already taken."""
+    this run's --epochs, batch size, --lr or --schedule changes it, this run's schedule,
+    advanced to the steps already taken (`restore_schedule`)."""
     model.load_state_dict(state["model"])
     scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
     restore_schedule(
@@ -398,8 +397,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo) -> TrainResul
             "imagefolder datasets trained from scratch)"
         )
     if state is not None and cfg.resume is not None:
-        check_resumable({k: getattr(cfg, k) for k in FIXED_ON_RESUME}, cfg.resume, state, pre)
-        check_data(cfg.dataset, state, data.labels)
+        given = {k: getattr(cfg, k) for k in FIXED_ON_RESUME}
+        check_resumable(given, cfg.resume, state, pre, data.labels)
     arch_kwargs = {**(pretrained.arch_kwargs if pretrained else {}), **cfg.arch_kwargs}
     model = build_model(cfg.arch, len(data.labels), pre.channels, pre.center_crop, **arch_kwargs)
     check_input_size(model, cfg.arch, pre.channels, pre.center_crop)
